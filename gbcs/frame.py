@@ -27,11 +27,10 @@ never depends on a re-encoding.
 
 from __future__ import annotations
 
+import msgspec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-import msgspec
 
 from . import _der
 from .codes import CraFlag, message_code_name
@@ -189,7 +188,9 @@ def _decode_general_signing(
     try:
         cra = CraFlag(transaction[0])
     except ValueError:
-        raise BadField(f"CRA flag 0x{transaction[0]:02X} is not 1, 2 or 3", offset=start + 2) from None
+        raise BadField(
+            f"CRA flag 0x{transaction[0]:02X} is not 1, 2 or 3", offset=start + 2
+        ) from None
     counter = int.from_bytes(transaction[1:], "big")
     originator = _fixed(r, EUI64_SIZE, "originator system title")
     recipient = _fixed(r, EUI64_SIZE, "recipient system title")
@@ -283,7 +284,9 @@ def _enc_other_information(h: GroupingHeader) -> bytes:
         if any(v is not None for v in extras):
             raise EncodeError("supplementary fields need a supplementary remote party")
         return out
-    out += _eui(h.supplementary_remote_party, "supplementary remote party")
+    if len(h.supplementary_remote_party) != EUI64_SIZE:
+        raise EncodeError("supplementary remote party must be 8 bytes")
+    out += h.supplementary_remote_party  # no length prefix inside other-information
     if h.supplementary_remote_party_counter is None:
         if h.supplementary_originator_counter is not None or h.supplementary_certificate:
             raise EncodeError("supplementary counter missing")
