@@ -288,17 +288,28 @@ def _enc_other_information(h: GroupingHeader) -> bytes:
         raise EncodeError("supplementary remote party must be 8 bytes")
     out += h.supplementary_remote_party  # no length prefix inside other-information
     if h.supplementary_remote_party_counter is None:
-        if h.supplementary_originator_counter is not None or h.supplementary_certificate:
+        if (
+            h.supplementary_originator_counter is not None
+            or h.supplementary_certificate is not None
+        ):
             raise EncodeError("supplementary counter missing")
         return out
     out += h.supplementary_remote_party_counter.to_bytes(8, "big")
-    if h.supplementary_originator_counter is not None and h.supplementary_certificate:
-        raise EncodeError("a supplementary originator counter and certificate exclude each other")
     if h.supplementary_originator_counter is not None:
+        if h.supplementary_certificate is not None:
+            raise EncodeError(
+                "a supplementary originator counter and certificate exclude each other"
+            )
         out += h.supplementary_originator_counter.to_bytes(8, "big")
     elif h.supplementary_certificate is not None:
-        if not h.supplementary_certificate:
-            raise EncodeError("empty supplementary certificate")
+        # The decoder tells a certificate from an 8-byte originator counter by size
+        # alone (other-information longer than 26 bytes), so a certificate must be
+        # longer than 8 bytes to survive a round trip; real ones are hundreds long.
+        if (
+            len(h.supplementary_certificate)
+            <= _OTHER_INFO_ORIGINATOR_COUNTER - _OTHER_INFO_SRP_COUNTER
+        ):
+            raise EncodeError("a supplementary certificate must be longer than 8 bytes")
         out += h.supplementary_certificate
     return out
 
