@@ -1,0 +1,738 @@
+"""The suppression engine: sans-I/O decisions on MP102B's rules.
+
+Theory of operation
+-------------------
+The engine holds every tracked activation and decides, for each DCC alert, whether it
+reaches the Network Operators. It never reads a clock and never does I/O: every call
+takes ``now`` (integer milliseconds, UTC) and returns typed results; the daemon applies
+them (persists, publishes, logs, counts). Facts that live in stores the daemon owns
+are passed in with each input: the inventory record of the target device, whether it
+is on the GUID list, and the last originator counter accepted for it.
+
+An activation is opened by a CS06 Activate Firmware command that passes every rule
+(``on_command``): signed by a trusted remote party, not a replay, targeting a SMETS2
+ESME of a listed manufacturer that is on the GUID list, with the feature switch on.
+Its window belongs to the CHF on the ESME's HAN (looked up when the command is seen),
+starts at the execution time (``sent_at`` for on-demand, ExecutionDateTime for
+future-dated) and lasts ``window_ms``; ``lead_ms`` before the start also counts, for
+meter clocks a little out of sync. Each ESME has at most one *pending* future-dated
+activation: a later CS06 replaces it, a cancellation removes it; a window that is
+already running is never cut short by a new command.
+
+Device outcomes adjust windows: an immediate CS06 response or a 0x00CA 8F67 alert with
+outcome 1 (no image held) or 2 (hash mismatch) closes the window early, because the
+meter never rebooted; outcome 3 (activation failure) keeps it; 8F66 success is noted.
+
+An AD1 (``on_dcc_alert``) is judged at its event time ``raised_at`` unless that lies
+more than ``skew_ms`` after ``now``, and is suppressed iff a window of its CHF covers
+that instant, comparing exact timestamps. A second copy of an alert id gets the same
+decision, marked as a duplicate. Anything the engine cannot decide is forwarded.
+
+The timer wheel drives housekeeping only (pending windows opening, windows expiring,
+dedupe entries ageing out), never the decision. Checks are coalesced per wheel tick
+(one wheel timer per tick, a list of CHFs to look at), and a check re-reads the
+activation's exact times, so a replaced or closed activation needs no cancellation.
+
+Memory: 1.4 million tracked windows must fit in a few hundred MB, so activations are
+kept packed (43 bytes each, ``_REC``) in one ``bytes`` value per CHF, and materialised
+as :class:`Activation` structs only when a result needs one.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Final, Literal
+
+import msgspec
+
+import gbcs
+from gbcs import (
+    ActivateFirmwareCommand,
+    ActivateFirmwareResponse,
+    ActivationResponseCode,
+    AlertCode,
+    CraFlag,
+    Frame,
+    FutureDatedActivationAlert,
+    MessageCode,
+    PowerRestorationAlert,
+    RemotePartyRole,
+    SignatureStatus,
+)
+
+from .devices import DeviceRecord, DeviceType, normalize_manufacturer
+from .wheel import TimerWheel
+from .wire import DccAlertEnvelope
+
+MINUTE_MS: Final = 60_000
+
+
+class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the engine needs from the configuration (durations in milliseconds)."""
+
+    enabled: bool = True  # the MP102B feature switch
+    manufacturers: tuple[str, ...] = ("Landis+Gyr",)
+    window_ms: int = 30 * MINUTE_MS
+    lead_ms: int = 2 * MINUTE_MS
+    skew_ms: int = 5 * MINUTE_MS
+    dedupe_ms: int = 120 * MINUTE_MS
+    tick_ms: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("window_ms", "lead_ms", "skew_ms", "dedupe_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.window_ms == 0 or self.tick_ms <= 0:
+            raise ValueError("window_ms and tick_ms must be positive")
+
+
+# -- inputs -------------------------------------------------------------------------
+
+
+class CommandSeen(msgspec.Struct, frozen=True):
+    """A CS06 command seen on its way to the CSP, with the facts the rules need.
+
+    Attributes:
+        frame: the decoded frame.
+        signature: the result of verifying it over the received bytes.
+        signer_role: the verified signer's role (None if not verified, or a device).
+        target: inventory record of the recipient, None when unknown.
+        on_guid_list: whether the recipient is on the Landis+Gyr GUID list.
+        last_counter: last originator counter accepted from this originator for this
+            device (durable store), None if none.
+        sent_at: when the DSP sent it (ms).
+        request_id: DUIS RequestID from the envelope, if any.
+    """
+
+    frame: Frame
+    signature: SignatureStatus
+    signer_role: RemotePartyRole | None
+    target: DeviceRecord | None
+    on_guid_list: bool
+    last_counter: int | None
+    sent_at: int
+    request_id: str | None = None
+
+
+class DeviceOutcomeSeen(msgspec.Struct, frozen=True):
+    """A CS06 response or 0x00CA alert from a device, with the device's inventory record."""
+
+    frame: Frame
+    signature: SignatureStatus
+    device: DeviceRecord | None
+    sent_at: int
+
+
+# -- values and results ---------------------------------------------------------------
+
+
+class Activation(msgspec.Struct, frozen=True):
+    """One tracked firmware activation and its suppression window.
+
+    The window covers ``[start_ms - lead, end_ms)``; ``lead`` is the engine's
+    ``lead_ms``.
+    """
+
+    esme: bytes
+    chf: bytes
+    originator: bytes
+    counter: int
+    start_ms: int
+    end_ms: int
+    future_dated: bool
+    seen_at: int
+    closed_early: bool = False
+    succeeded: bool = False
+
+    @property
+    def kind(self) -> Literal["on-demand", "future-dated"]:
+        """``on-demand`` or ``future-dated``."""
+        return "future-dated" if self.future_dated else "on-demand"
+
+    @property
+    def request_id(self) -> str:
+        """The DUIS RequestID ``originator:target:counter`` of the command behind it."""
+        return f"{gbcs.format_eui64(self.originator)}:{gbcs.format_eui64(self.esme)}:{self.counter}"
+
+
+class RefusalReason(enum.StrEnum):
+    """Why a CS06 command opened no window (a log field and a metric label)."""
+
+    FEATURE_OFF = "feature-off"
+    UNSIGNED = "unsigned"
+    UNTRUSTED_SIGNER = "untrusted-signer"
+    BAD_SIGNATURE = "bad-signature"
+    REPLAY = "replay"
+    UNKNOWN_DEVICE = "unknown-device"
+    NOT_ESME = "not-esme"
+    NOT_SMETS2 = "not-smets2"
+    MANUFACTURER_NOT_LISTED = "manufacturer-not-listed"
+    NOT_ON_GUID_LIST = "not-on-guid-list"
+    UNKNOWN_CHF = "unknown-chf"
+    NOT_CS06 = "not-cs06"
+
+
+class ActivationTracked(msgspec.Struct, frozen=True):
+    """A command opened (or scheduled) a window; ``replaced`` is the pending one it replaced."""
+
+    activation: Activation
+    replaced: Activation | None = None
+
+
+class ActivationCancelled(msgspec.Struct, frozen=True):
+    """A cancellation was accepted; ``cancelled`` is the pending activation it removed
+    (None when nothing was pending). Its counter is accepted all the same."""
+
+    esme: bytes
+    originator: bytes
+    counter: int
+    cancelled: Activation | None = None
+
+
+class CommandRefused(msgspec.Struct, frozen=True):
+    """A command opened no window, and why."""
+
+    reason: RefusalReason
+    detail: str
+    esme: bytes
+    originator: bytes
+    counter: int
+
+
+CommandResult = ActivationTracked | ActivationCancelled | CommandRefused
+
+
+class OutcomeKind(enum.StrEnum):
+    """What a device outcome did to the activation it refers to."""
+
+    CLOSED_EARLY = "closed-early"  # outcome 1 or 2: the meter never rebooted
+    KEPT = "kept"  # outcome 3, or an immediate success: the window runs its course
+    SUCCEEDED = "succeeded"  # 8F66 future-dated success recorded
+    ACCEPTED = "accepted"  # "command accepted" response: nothing to change
+    IGNORED = "ignored"  # could not be matched or trusted; see ``reason``
+
+
+class OutcomeApplied(msgspec.Struct, frozen=True):
+    """Result of a CS06 response or 0x00CA alert."""
+
+    kind: OutcomeKind
+    reason: str
+    activation: Activation | None = None
+    response_code: int | None = None
+
+
+class RestorationObserved(msgspec.Struct, frozen=True):
+    """An ECS80 power restoration alert; counted and reported, never suppressed."""
+
+    esme: bytes
+    chf: bytes | None
+    in_window: bool
+    activation: Activation | None = None
+
+
+class AlertDecision(msgspec.Struct, frozen=True):
+    """The decision on one DCC alert.
+
+    ``reason``: ``inside-window`` (suppressed), ``no-window``, ``not-ad1``,
+    ``feature-off``. ``judged_at`` is the instant compared with the windows:
+    ``raised_at``, or ``now`` when ``raised_at`` was later than now plus the skew.
+    """
+
+    alert_id: str
+    chf: bytes
+    suppressed: bool
+    reason: str
+    judged_at: int
+    decided_at: int
+    duplicate: bool = False
+    activation: Activation | None = None
+
+
+class WindowOpened(msgspec.Struct, frozen=True):
+    """Housekeeping: a future-dated window's start time has come."""
+
+    activation: Activation
+
+
+class WindowExpired(msgspec.Struct, frozen=True):
+    """Housekeeping: a window ended and its activation is no longer tracked."""
+
+    activation: Activation
+
+
+class DedupeExpired(msgspec.Struct, frozen=True):
+    """Housekeeping: this many remembered alert ids aged out."""
+
+    count: int
+
+
+Housekeeping = WindowOpened | WindowExpired | DedupeExpired
+
+
+class InventoryNoted(msgspec.Struct, frozen=True):
+    """An inventory change seen by the engine; ``tracked`` lists the device's
+    activations, which stay with the CHF seen when their command arrived."""
+
+    device_id: bytes
+    tracked: tuple[Activation, ...] = ()
+
+
+# -- packed activation records ---------------------------------------------------------
+
+# esme, originator index, counter, start, end, seen_at, flags
+_REC = struct.Struct("<8sHQqqqB")
+_REC_SIZE = _REC.size
+_F_FUTURE = 0x01
+_F_CLOSED = 0x02
+_F_SUCCEEDED = 0x04
+_F_OPENED = 0x08  # start reached (counted as active rather than pending)
+
+_CLOSING_OUTCOMES = frozenset(
+    {ActivationResponseCode.NO_IMAGE_HELD, ActivationResponseCode.HASH_MISMATCH}
+)
+
+
+class Engine:
+    """Sans-I/O suppression engine. See the module docstring."""
+
+    def __init__(self, config: EngineConfig, now_ms: int) -> None:
+        self.config = config
+        self._manufacturers = frozenset(normalize_manufacturer(m) for m in config.manufacturers)
+        # CHF id -> concatenated packed records (usually exactly one).
+        self._by_chf: dict[bytes, bytes] = {}
+        self._parties: list[bytes] = []
+        self._party_index: dict[bytes, int] = {}
+        # alert id -> decision, for QoS 1 redelivery; aged out by the wheel.
+        self._decided: dict[str, AlertDecision] = {}
+        # wheel tick -> CHFs to re-examine / alert ids to forget at that tick.
+        self._checks: dict[int, list[bytes]] = {}
+        self._forget: dict[int, list[str]] = {}
+        self._wheel: TimerWheel[tuple[bool, int]] = TimerWheel(now_ms, tick_ms=config.tick_ms)
+        self.active_windows = 0
+        self.pending_windows = 0
+
+    # -- queries --------------------------------------------------------------------
+
+    def next_deadline(self) -> int | None:
+        """When ``advance`` next has work to do (ms), or None."""
+        return self._wheel.next_deadline()
+
+    def activations(self) -> Iterator[Activation]:
+        """Every tracked activation (for status, snapshots and tests)."""
+        for chf, packed in self._by_chf.items():
+            for i in range(0, len(packed), _REC_SIZE):
+                yield self._materialise(chf, packed, i)
+
+    def activations_for(self, chf: bytes) -> list[Activation]:
+        """The activations tracked against one CHF."""
+        packed = self._by_chf.get(chf, b"")
+        return [self._materialise(chf, packed, i) for i in range(0, len(packed), _REC_SIZE)]
+
+    def decision_for(self, alert_id: str) -> AlertDecision | None:
+        """The remembered decision on an alert id, if still within the dedupe horizon."""
+        return self._decided.get(alert_id)
+
+    @property
+    def tracked_count(self) -> int:
+        """Number of tracked activations (pending plus active)."""
+        return self.active_windows + self.pending_windows
+
+    # -- DCC alerts (the hot path) --------------------------------------------------
+
+    def on_dcc_alert(self, alert: DccAlertEnvelope, now: int) -> AlertDecision:
+        """Decide whether a DCC alert is forwarded or suppressed."""
+        previous = self._decided.get(alert.alert_id)
+        if previous is not None and previous.chf == alert.device_id:
+            return msgspec.structs.replace(previous, duplicate=True)
+        judged_at = alert.raised_at if alert.raised_at <= now + self.config.skew_ms else now
+        if alert.code != "AD1":
+            decision = AlertDecision(
+                alert.alert_id, alert.device_id, False, "not-ad1", judged_at, now
+            )
+        elif not self.config.enabled:
+            decision = AlertDecision(
+                alert.alert_id, alert.device_id, False, "feature-off", judged_at, now
+            )
+        else:
+            decision = self._judge(alert, judged_at, now)
+        self._remember(decision, now)
+        return decision
+
+    def _judge(self, alert: DccAlertEnvelope, judged_at: int, now: int) -> AlertDecision:
+        packed = self._by_chf.get(alert.device_id)
+        if packed is not None:
+            lead = self.config.lead_ms
+            for i in range(0, len(packed), _REC_SIZE):
+                _, _, _, start, end, _, _ = _REC.unpack_from(packed, i)
+                if start - lead <= judged_at < end:
+                    return AlertDecision(
+                        alert.alert_id,
+                        alert.device_id,
+                        True,
+                        "inside-window",
+                        judged_at,
+                        now,
+                        activation=self._materialise(alert.device_id, packed, i),
+                    )
+        return AlertDecision(alert.alert_id, alert.device_id, False, "no-window", judged_at, now)
+
+    def _remember(self, decision: AlertDecision, decided_at: int) -> None:
+        # One forget entry per decision; the forget pass re-checks decided_at, so a
+        # stale entry (the id was decided again later) never drops a fresh decision.
+        tick = self._tick_for(decided_at + self.config.dedupe_ms)
+        batch = self._forget.get(tick)
+        if batch is None:
+            batch = self._forget[tick] = []
+            self._wheel.schedule(tick * self.config.tick_ms, (False, tick))
+        batch.append(decision.alert_id)
+        self._decided[decision.alert_id] = decision
+
+    def remember_decision(self, decision: AlertDecision) -> None:
+        """Re-load a decision from the durable store at start-up, so that a QoS 1
+        redelivery after a restart gets the same decision."""
+        self._remember(decision, decision.decided_at)
+
+    # -- CS06 commands ------------------------------------------------------------------
+
+    def on_command(self, seen: CommandSeen, now: int) -> CommandResult:
+        """Apply MP102B's rules to a CS06 command; track, replace, cancel or refuse."""
+        header = seen.frame.header
+        esme, originator, counter = header.recipient, header.originator, header.originator_counter
+
+        def refuse(reason: RefusalReason, detail: str) -> CommandRefused:
+            return CommandRefused(reason, detail, esme, originator, counter)
+
+        payload = seen.frame.payload
+        if header.message_code != MessageCode.CS06_ACTIVATE_FIRMWARE or not isinstance(
+            payload, ActivateFirmwareCommand
+        ):
+            return refuse(RefusalReason.NOT_CS06, f"message code 0x{header.message_code:04X}")
+        if header.cra_flag is not CraFlag.COMMAND:
+            return refuse(RefusalReason.NOT_CS06, "not a command")
+        if not self.config.enabled:
+            return refuse(RefusalReason.FEATURE_OFF, "suppression feature switch is off")
+        refusal = self._check_signature(seen)
+        if refusal is not None:
+            return refuse(*refusal)
+        target = seen.target
+        if target is None:
+            return refuse(RefusalReason.UNKNOWN_DEVICE, "target not in the inventory")
+        if target.device_type is not DeviceType.ESME:
+            return refuse(RefusalReason.NOT_ESME, f"target is a {target.device_type}")
+        if target.smets != 2:
+            return refuse(RefusalReason.NOT_SMETS2, f"target is SMETS{target.smets}")
+        if normalize_manufacturer(target.manufacturer) not in self._manufacturers:
+            return refuse(
+                RefusalReason.MANUFACTURER_NOT_LISTED, f"manufacturer {target.manufacturer!r}"
+            )
+        if not seen.on_guid_list:
+            return refuse(RefusalReason.NOT_ON_GUID_LIST, "target not on the GUID list")
+        if seen.last_counter is not None and counter <= seen.last_counter:
+            return refuse(
+                RefusalReason.REPLAY, f"counter {counter} <= last accepted {seen.last_counter}"
+            )
+        last_tracked = self._last_counter_tracked(target, originator)
+        if last_tracked is not None and counter <= last_tracked:
+            return refuse(RefusalReason.REPLAY, f"counter {counter} <= tracked {last_tracked}")
+        if target.chf_id is None:
+            return refuse(RefusalReason.UNKNOWN_CHF, "the ESME's CHF is not in the inventory")
+
+        pending = self._take_pending(target.chf_id, esme, now)
+        if payload.is_cancellation:
+            return ActivationCancelled(esme, originator, counter, pending)
+        if payload.execution_time is None:
+            start, future = (
+                seen.sent_at if seen.sent_at <= now + self.config.skew_ms else now,
+                False,
+            )
+        else:
+            start, future = int(payload.execution_time.timestamp() * 1000), True
+        activation = Activation(
+            esme=esme,
+            chf=target.chf_id,
+            originator=originator,
+            counter=counter,
+            start_ms=start,
+            end_ms=start + self.config.window_ms,
+            future_dated=future,
+            seen_at=now,
+        )
+        self._track(activation, now)
+        return ActivationTracked(activation, pending)
+
+    @staticmethod
+    def _check_signature(seen: CommandSeen) -> tuple[RefusalReason, str] | None:
+        status = seen.signature
+        if status is SignatureStatus.UNSIGNED:
+            return RefusalReason.UNSIGNED, "command carries no signature"
+        if status is SignatureStatus.UNKNOWN_SIGNER:
+            return RefusalReason.UNTRUSTED_SIGNER, "no trusted key for the originator"
+        if status is SignatureStatus.INVALID:
+            return RefusalReason.BAD_SIGNATURE, "signature does not verify"
+        if seen.signer_role is None:
+            # CS06 is a remote party's command; a device key must not open windows.
+            return RefusalReason.UNTRUSTED_SIGNER, "signer is not a remote party"
+        return None
+
+    def _last_counter_tracked(self, target: DeviceRecord, originator: bytes) -> int | None:
+        # Defence in depth: the durable store passes last_counter, but a command racing
+        # its own persistence must still not be accepted twice.
+        if target.chf_id is None:
+            return None
+        party = self._party_index.get(originator)
+        best = None
+        packed = self._by_chf.get(target.chf_id, b"")
+        for i in range(0, len(packed), _REC_SIZE):
+            esme, p, counter, *_ = _REC.unpack_from(packed, i)
+            if esme == target.device_id and p == party and (best is None or counter > best):
+                best = counter
+        return best
+
+    def _take_pending(self, chf: bytes, esme: bytes, now: int) -> Activation | None:
+        """Remove and return the ESME's pending (not yet started) activation, if any."""
+        packed = self._by_chf.get(chf)
+        if packed is None:
+            return None
+        for i in range(0, len(packed), _REC_SIZE):
+            rec_esme, _, _, start, _, _, flags = _REC.unpack_from(packed, i)
+            if rec_esme == esme and not flags & _F_OPENED and start > now:
+                removed = self._materialise(chf, packed, i)
+                self._store(chf, packed[:i] + packed[i + _REC_SIZE :])
+                self.pending_windows -= 1
+                return removed
+        return None
+
+    def _track(self, a: Activation, now: int) -> None:
+        flags = _F_FUTURE if a.future_dated else 0
+        if a.start_ms <= now:
+            flags |= _F_OPENED
+            self.active_windows += 1
+        else:
+            self.pending_windows += 1
+            self._schedule_check(a.chf, a.start_ms)
+        self._schedule_check(a.chf, a.end_ms)
+        record = _REC.pack(
+            a.esme,
+            self._party(a.originator),
+            a.counter,
+            a.start_ms,
+            a.end_ms,
+            a.seen_at,
+            flags | (_F_CLOSED if a.closed_early else 0) | (_F_SUCCEEDED if a.succeeded else 0),
+        )
+        self._by_chf[a.chf] = self._by_chf.get(a.chf, b"") + record
+
+    def restore(self, activations: Iterable[Activation], now: int) -> list[Housekeeping]:
+        """Re-load activations from the durable store at start-up, then expire what is past.
+
+        Returns the housekeeping that was due (expired windows, windows that opened).
+        """
+        for a in activations:
+            self._track(a, min(now, a.seen_at))
+        return self.advance(now)
+
+    # -- device outcomes --------------------------------------------------------------
+
+    def on_device_outcome(self, seen: DeviceOutcomeSeen, now: int) -> OutcomeApplied:
+        """Apply a CS06 response or a 0x00CA Future Dated Activation Alert."""
+        frame, payload = seen.frame, seen.frame.payload
+        if seen.signature in (SignatureStatus.INVALID, SignatureStatus.UNSIGNED):
+            # An unknown signer is accepted: device certificates may not be loaded, and
+            # acting on an outcome can only shorten a window (the safe direction).
+            return OutcomeApplied(OutcomeKind.IGNORED, f"signature {seen.signature.value}")
+        if isinstance(payload, ActivateFirmwareResponse):
+            counter, outcome = frame.header.originator_counter, payload.outcome
+            if outcome is None:
+                return OutcomeApplied(OutcomeKind.ACCEPTED, "command accepted")
+        elif isinstance(payload, FutureDatedActivationAlert):
+            counter, outcome = payload.originator_counter, payload.outcome
+        else:
+            return OutcomeApplied(OutcomeKind.IGNORED, "not a CS06 outcome")
+        device = seen.device
+        if device is None or device.chf_id is None:
+            return OutcomeApplied(OutcomeKind.IGNORED, "device or its CHF unknown")
+        chf, esme = device.chf_id, frame.header.originator
+        index = self._find(chf, esme, frame.header.recipient, counter)
+        code = outcome.response_code
+        if index is None:
+            return OutcomeApplied(
+                OutcomeKind.IGNORED, "no tracked activation for it", response_code=code
+            )
+        packed = self._by_chf[chf]
+        if code in _CLOSING_OUTCOMES:
+            return self._close_early(chf, packed, index, now, code)
+        if (
+            isinstance(payload, FutureDatedActivationAlert)
+            and payload.alert_code == AlertCode.FUTURE_DATED_ACTIVATION_SUCCESS
+            and code == ActivationResponseCode.SUCCESS
+        ):
+            rec = list(_REC.unpack_from(packed, index))
+            rec[6] |= _F_SUCCEEDED
+            self._store(chf, packed[:index] + _REC.pack(*rec) + packed[index + _REC_SIZE :])
+            return OutcomeApplied(
+                OutcomeKind.SUCCEEDED,
+                "future-dated activation succeeded",
+                self._materialise(chf, self._by_chf[chf], index),
+                code,
+            )
+        return OutcomeApplied(
+            OutcomeKind.KEPT,
+            f"outcome {code}: the meter may have rebooted",
+            self._materialise(chf, packed, index),
+            code,
+        )
+
+    def _find(self, chf: bytes, esme: bytes, originator: bytes, counter: int) -> int | None:
+        party = self._party_index.get(originator)
+        packed = self._by_chf.get(chf, b"")
+        for i in range(0, len(packed), _REC_SIZE):
+            rec_esme, p, c, *_ = _REC.unpack_from(packed, i)
+            if rec_esme == esme and p == party and c == counter:
+                return i
+        return None
+
+    def _close_early(
+        self, chf: bytes, packed: bytes, index: int, now: int, code: int
+    ) -> OutcomeApplied:
+        esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, index)
+        rest = packed[:index] + packed[index + _REC_SIZE :]
+        if now <= start:
+            # Never started: drop it altogether.
+            self._store(chf, rest)
+            if flags & _F_OPENED:
+                self.active_windows -= 1
+            else:
+                self.pending_windows -= 1
+            closed = self._materialise(chf, packed, index)
+            closed = msgspec.structs.replace(closed, end_ms=start, closed_early=True)
+        else:
+            new_end = min(end, now)
+            rec = _REC.pack(esme, party, counter, start, new_end, seen_at, flags | _F_CLOSED)
+            self._store(chf, rest[:index] + rec + rest[index:])
+            self._schedule_check(chf, new_end)
+            closed = self._materialise(chf, self._by_chf[chf], index)
+        return OutcomeApplied(
+            OutcomeKind.CLOSED_EARLY, f"outcome {code}: the meter never rebooted", closed, code
+        )
+
+    # -- ECS80 restoration alerts and inventory --------------------------------------
+
+    def on_restoration(
+        self, frame: Frame, device: DeviceRecord | None, now: int
+    ) -> RestorationObserved:
+        """Count an ECS80 power restoration alert; report whether its CHF is in a window."""
+        esme = frame.header.originator
+        if not isinstance(frame.payload, PowerRestorationAlert):
+            raise TypeError("on_restoration needs an ECS80 restoration alert frame")
+        if device is None or device.chf_id is None:
+            return RestorationObserved(esme, None, False)
+        chf = device.chf_id
+        packed = self._by_chf.get(chf, b"")
+        lead = self.config.lead_ms
+        for i in range(0, len(packed), _REC_SIZE):
+            _, _, _, start, end, _, _ = _REC.unpack_from(packed, i)
+            if start - lead <= now < end:
+                return RestorationObserved(esme, chf, True, self._materialise(chf, packed, i))
+        return RestorationObserved(esme, chf, False)
+
+    def on_inventory(self, record: DeviceRecord, now: int) -> InventoryNoted:
+        """Note an inventory change: report the device's activations on its current CHF.
+
+        Windows stay with the CHF seen when their command arrived (MP102B: the CHF "on
+        the same HAN" at the time of the command); a later move does not carry them.
+        """
+        del now  # part of the uniform input signature; nothing here depends on time
+        if record.chf_id is None:
+            return InventoryNoted(record.device_id)
+        tracked = tuple(
+            a for a in self.activations_for(record.chf_id) if a.esme == record.device_id
+        )
+        return InventoryNoted(record.device_id, tracked)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def advance(self, now: int) -> list[Housekeeping]:
+        """Run the housekeeping due by ``now``: windows opening and expiring, dedupe ageing."""
+        out: list[Housekeeping] = []
+        for _, (is_check, tick) in self._wheel.advance(now):
+            if is_check:
+                for chf in self._checks.pop(tick, ()):
+                    self._housekeep(chf, now, out)
+            else:
+                forgotten = 0
+                for alert_id in self._forget.pop(tick, ()):
+                    decision = self._decided.get(alert_id)
+                    if decision is not None and decision.decided_at + self.config.dedupe_ms <= now:
+                        del self._decided[alert_id]
+                        forgotten += 1
+                if forgotten:
+                    out.append(DedupeExpired(forgotten))
+        return out
+
+    def _housekeep(self, chf: bytes, now: int, out: list[Housekeeping]) -> None:
+        packed = self._by_chf.get(chf)
+        if packed is None:
+            return
+        kept = bytearray()
+        for i in range(0, len(packed), _REC_SIZE):
+            esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, i)
+            if end <= now:
+                if flags & _F_OPENED:
+                    self.active_windows -= 1
+                else:
+                    self.pending_windows -= 1
+                out.append(WindowExpired(self._materialise(chf, packed, i)))
+                continue
+            if not flags & _F_OPENED and start <= now:
+                flags |= _F_OPENED
+                self.pending_windows -= 1
+                self.active_windows += 1
+                rec = _REC.pack(esme, party, counter, start, end, seen_at, flags)
+                out.append(WindowOpened(self._materialise(chf, rec, 0)))
+                kept += rec
+            else:
+                kept += packed[i : i + _REC_SIZE]
+        self._store(chf, bytes(kept))
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _tick_for(self, at_ms: int) -> int:
+        return -(-at_ms // self.config.tick_ms)  # ceiling: never fire before the instant
+
+    def _schedule_check(self, chf: bytes, at_ms: int) -> None:
+        tick = self._tick_for(at_ms)
+        batch = self._checks.get(tick)
+        if batch is None:
+            batch = self._checks[tick] = []
+            self._wheel.schedule(tick * self.config.tick_ms, (True, tick))
+        batch.append(chf)
+
+    def _store(self, chf: bytes, packed: bytes) -> None:
+        if packed:
+            self._by_chf[chf] = packed
+        else:
+            self._by_chf.pop(chf, None)
+
+    def _party(self, originator: bytes) -> int:
+        index = self._party_index.get(originator)
+        if index is None:
+            index = self._party_index[originator] = len(self._parties)
+            self._parties.append(originator)
+        return index
+
+    def _materialise(self, chf: bytes, packed: bytes, i: int) -> Activation:
+        esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, i)
+        return Activation(
+            esme=esme,
+            chf=chf,
+            originator=self._parties[party],
+            counter=counter,
+            start_ms=start,
+            end_ms=end,
+            future_dated=bool(flags & _F_FUTURE),
+            seen_at=seen_at,
+            closed_early=bool(flags & _F_CLOSED),
+            succeeded=bool(flags & _F_SUCCEEDED),
+        )

@@ -1,0 +1,594 @@
+"""The Smart Metering Inventory: SQLite storage, CSV import, envelopes, and its CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.cli_inventory import add_parser
+from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.inventory import (
+    APPLICATION_ID,
+    CSV_COLUMNS,
+    SCHEMA_VERSION,
+    ImportIssue,
+    Inventory,
+    InventoryError,
+    _header_index,
+    _RowParser,
+    from_envelope,
+    write_inventory_csv,
+)
+from gateway.wire import InventoryEnvelope, decode_inventory, encode
+
+CHF_A = bytes.fromhex("00DB1234567890A0")
+CHF_B = bytes.fromhex("00DB1234567890B0")
+ESME_A = bytes.fromhex("00DB1234567890A1")
+GSME_A = bytes.fromhex("00DB1234567890A2")
+PPMID_A = bytes.fromhex("00DB1234567890A3")
+ESME_B = bytes.fromhex("00DB1234567890B1")
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+HEADER = ",".join(CSV_COLUMNS)
+
+
+def chf(device_id: bytes) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=device_id,
+        device_type=DeviceType.CHF,
+        smets=2,
+        manufacturer="Toshiba",
+        status=DeviceStatus.COMMISSIONED,
+    )
+
+
+def esme(device_id: bytes, chf_id: bytes, manufacturer: str = "Landis+Gyr") -> DeviceRecord:
+    return DeviceRecord(
+        device_id=device_id,
+        device_type=DeviceType.ESME,
+        smets=2,
+        manufacturer=manufacturer,
+        status=DeviceStatus.COMMISSIONED,
+        chf_id=chf_id,
+        model="E470",
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "inventory.sqlite"
+
+
+@pytest.fixture
+def inventory(db_path: Path) -> Iterator[Inventory]:
+    with Inventory.open(db_path) as inv:
+        yield inv
+
+
+def write_csv(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# Storage -------------------------------------------------------------------------------
+
+
+def test_upserted_device_is_returned_by_get(inventory: Inventory) -> None:
+    record = esme(ESME_A, CHF_A)
+    inventory.upsert(record, T0)
+    assert inventory.get(ESME_A) == record
+    assert inventory.count() == 1
+
+
+def test_unknown_device_is_none(inventory: Inventory) -> None:
+    assert inventory.get(ESME_A) is None
+    assert inventory.chf_of(ESME_A) is None
+    assert inventory.count() == 0
+
+
+def test_upsert_replaces_every_field_of_a_known_device(inventory: Inventory) -> None:
+    inventory.upsert(esme(ESME_A, CHF_A), T0)
+    moved = DeviceRecord(
+        device_id=ESME_A,
+        device_type=DeviceType.ESME,
+        smets=1,
+        manufacturer="Secure",
+        status=DeviceStatus.DECOMMISSIONED,
+        chf_id=CHF_B,
+        model=None,
+    )
+    inventory.upsert(moved, T0 + 1)
+    assert inventory.get(ESME_A) == moved
+    assert inventory.count() == 1
+    assert inventory.devices_on_chf(CHF_A) == []
+
+
+def test_esme_maps_to_the_chf_on_its_han(inventory: Inventory) -> None:
+    inventory.upsert(chf(CHF_A), T0)
+    inventory.upsert(esme(ESME_A, CHF_A), T0)
+    assert inventory.chf_of(ESME_A) == CHF_A
+    found = inventory.get(ESME_A)
+    assert found is not None
+    assert found.chf_id == CHF_A
+    assert inventory.chf_of(CHF_A) is None  # a CHF sits on no other CHF's HAN
+
+
+def test_devices_on_chf_lists_that_han_only_in_eui_order(inventory: Inventory) -> None:
+    gsme = DeviceRecord(
+        device_id=GSME_A,
+        device_type=DeviceType.GSME,
+        smets=2,
+        manufacturer="Itron",
+        status=DeviceStatus.INSTALLED_NOT_COMMISSIONED,
+        chf_id=CHF_A,
+    )
+    inventory.upsert_many(
+        [chf(CHF_A), chf(CHF_B), gsme, esme(ESME_B, CHF_B), esme(ESME_A, CHF_A)], T0
+    )
+    assert inventory.devices_on_chf(CHF_A) == [esme(ESME_A, CHF_A), gsme]
+    assert [r.device_id for r in inventory.devices_on_chf(CHF_B)] == [ESME_B]
+    assert inventory.devices_on_chf(ESME_A) == []
+
+
+def test_upsert_many_counts_what_it_wrote(inventory: Inventory) -> None:
+    written = inventory.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A), esme(ESME_A, CHF_B)], T0)
+    assert written == 3
+    assert inventory.count() == 2
+    assert inventory.chf_of(ESME_A) == CHF_B  # the later record wins
+
+
+def test_upsert_many_writes_nothing_if_one_record_is_invalid(inventory: Inventory) -> None:
+    bad = msgspec.structs.replace(esme(ESME_B, CHF_B), smets=3)
+    with pytest.raises(InventoryError) as info:
+        inventory.upsert_many([chf(CHF_A), bad], T0)
+    assert info.value.reason == "invalid-record"
+    assert inventory.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"device_id": b"\x00" * 7}, "device_id"),
+        ({"chf_id": b"\x00" * 9}, "chf_id"),
+        ({"smets": 3}, "smets"),
+        ({"smets": True}, "smets"),
+        ({"manufacturer": "  "}, "manufacturer"),
+        ({"device_type": "METER"}, "device_type"),
+        ({"status": "lost"}, "status"),
+    ],
+)
+def test_invalid_record_is_refused_naming_the_field(
+    inventory: Inventory, change: dict[str, object], field: str
+) -> None:
+    bad = msgspec.structs.replace(esme(ESME_A, CHF_A), **change)
+    with pytest.raises(InventoryError) as info:
+        inventory.upsert(bad, T0)
+    assert info.value.reason == "invalid-record"
+    assert info.value.column == field
+    assert inventory.count() == 0
+
+
+def test_data_survives_closing_and_reopening_the_file(db_path: Path) -> None:
+    with Inventory(db_path) as inv:
+        inv.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A)], T0)
+    with Inventory.open(db_path, create=False) as inv:
+        assert inv.count() == 2
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A)
+        assert inv.devices_on_chf(CHF_A) == [esme(ESME_A, CHF_A)]
+
+
+def test_new_file_has_the_schema_version_wal_and_the_chf_index(db_path: Path) -> None:
+    with Inventory(db_path) as inv:
+        inv.upsert(esme(ESME_A, CHF_A), T0)
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT device_id FROM devices WHERE chf_id = ?", (CHF_A,)
+        ).fetchall()
+        assert "devices_chf_id" in str(plan)
+        assert conn.execute("SELECT updated_at FROM devices").fetchall() == [(T0,)]
+
+
+def test_database_checks_refuse_rows_that_bypass_the_module(db_path: Path) -> None:
+    Inventory(db_path).close()
+    with closing(sqlite3.connect(db_path)) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO devices VALUES (?, 'ESME', 2, 'X', NULL, NULL, 'lost', 0)", (ESME_A,)
+        )
+
+
+def test_sqlite_file_of_another_application_is_refused(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("CREATE TABLE windows (chf_id BLOB)")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    with pytest.raises(InventoryError) as info:
+        Inventory(db_path)
+    assert info.value.reason == "not-an-inventory"
+    assert str(db_path) in str(info.value)
+
+
+def test_inventory_from_a_newer_gateway_is_refused(db_path: Path) -> None:
+    Inventory(db_path).close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(InventoryError) as info:
+        Inventory(db_path)
+    assert info.value.reason == "unsupported-schema"
+
+
+def test_file_that_is_not_sqlite_is_refused(db_path: Path) -> None:
+    db_path.write_bytes(b"device_id,device_type\n" * 100)
+    with pytest.raises(InventoryError) as info:
+        Inventory(db_path)
+    assert info.value.reason == "cannot-open"
+    assert str(db_path) in str(info.value)
+
+
+def test_open_without_create_does_not_make_a_file(db_path: Path) -> None:
+    with pytest.raises(InventoryError) as info:
+        Inventory.open(db_path, create=False)
+    assert info.value.reason == "cannot-open"
+    assert not db_path.exists()
+
+
+# Envelopes -----------------------------------------------------------------------------
+
+
+def test_envelope_from_the_wire_becomes_a_device_record() -> None:
+    env = InventoryEnvelope(
+        v=1,
+        kind="inventory",
+        device_id=ESME_A,
+        device_type=DeviceType.ESME,
+        smets=2,
+        manufacturer="Landis+Gyr",
+        model="E470",
+        chf_id=CHF_A,
+        status=DeviceStatus.COMMISSIONED,
+    )
+    record = Inventory.from_envelope(decode_inventory(encode(env)))
+    assert record == esme(ESME_A, CHF_A)
+    assert isinstance(record.device_type, DeviceType)
+    assert isinstance(record.status, DeviceStatus)
+
+
+def test_envelope_of_a_chf_has_no_chf_id_and_no_model() -> None:
+    env = InventoryEnvelope(
+        v=1,
+        kind="inventory",
+        device_id=CHF_A,
+        device_type=DeviceType.CHF,
+        smets=2,
+        manufacturer="Toshiba",
+        status=DeviceStatus.COMMISSIONED,
+    )
+    assert from_envelope(decode_inventory(encode(env))) == chf(CHF_A)
+
+
+def test_envelope_like_object_with_bad_values_is_refused() -> None:
+    class Duck(msgspec.Struct):
+        device_id: bytes = ESME_A
+        device_type: str = "ESME"
+        smets: int = 2
+        manufacturer: str = "Landis+Gyr"
+        model: str | None = None
+        chf_id: bytes | None = CHF_A
+        status: str = "commissioned"
+
+    assert from_envelope(Duck()).device_id == ESME_A
+    for duck, field in [
+        (Duck(device_type="esme-ish"), "device_type"),
+        (Duck(status="gone"), "status"),
+        (Duck(chf_id=b"\x01"), "chf_id"),
+    ]:
+        with pytest.raises(InventoryError) as info:
+            from_envelope(duck)
+        assert (info.value.reason, info.value.column) == ("invalid-record", field)
+
+
+# CSV import ----------------------------------------------------------------------------
+
+
+def test_csv_import_upserts_good_rows_and_reports_each_bad_row(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "inv.csv",
+        HEADER,
+        "00-DB-12-34-56-78-90-A0,CHF,2,Toshiba,,,commissioned",
+        "00-DB-12-34-56-78-90-ZZ,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned",
+        "00-DB-12-34-56-78-90-A1,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned",
+        "00-DB-12-34-56-78-90-A2,WATER,2,Itron,,00-DB-12-34-56-78-90-A0,commissioned",
+        "00-DB-12-34-56-78-90-A3,PPMID,3,Chameleon,,00-DB-12-34-56-78-90-A0,commissioned",
+        "00-DB-12-34-56-78-90-A4,GSME,2,,,00-DB-12-34-56-78-90-A0,commissioned",
+    )
+    report = inventory.import_csv(path, T0)
+    assert (report.rows_read, report.rows_imported, report.rows_invalid) == (6, 2, 4)
+    got = [(i.line, i.column, i.value, i.reason) for i in report.issues]
+    assert got == [
+        (3, "device_id", "00-DB-12-34-56-78-90-ZZ", "bad-eui64"),
+        (5, "device_type", "WATER", "unknown-device-type"),
+        (6, "smets", "3", "bad-smets"),
+        (7, "manufacturer", "", "missing-value"),
+    ]
+    assert "'Z' is not a hex digit" in report.issues[0].detail
+    assert "ESME" in report.issues[1].detail
+    assert inventory.count() == 2
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
+    assert inventory.get(PPMID_A) is None
+
+
+def test_csv_row_with_several_faults_reports_each_of_them(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "inv.csv", HEADER, "nonsense,meter,0,,,00-DB,lost")
+    report = inventory.import_csv(path, T0)
+    assert report.rows_invalid == 1
+    assert [(i.line, i.column) for i in report.issues] == [
+        (2, "device_id"),
+        (2, "device_type"),
+        (2, "smets"),
+        (2, "manufacturer"),
+        (2, "chf_id"),
+        (2, "status"),
+    ]
+
+
+def test_csv_accepts_every_eui_notation_header_case_and_extra_columns(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    path = tmp_path / "inv.csv"
+    path.write_text(
+        "\ufeffStatus, Device_ID ,DEVICE_TYPE,SMETS,Manufacturer,CHF_ID,Region\r\n"
+        "Commissioned,00:db:12:34:56:78:90:a1,esme,2,Landis+Gyr,00DB1234567890A0,North\r\n"
+        "\r\n"
+        "commissioned, 00-DB-12-34-56-78-90-A0 ,chf,2,Toshiba,,South\r\n",
+        encoding="utf-8",
+    )
+    report = inventory.import_csv(path, T0)
+    assert report.issues == ()
+    assert (report.rows_read, report.rows_imported) == (2, 2)
+    assert inventory.get(ESME_A) == msgspec.structs.replace(esme(ESME_A, CHF_A), model=None)
+    assert inventory.get(CHF_A) == chf(CHF_A)
+
+
+def test_csv_missing_column_error_names_the_file_and_column(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "inv.csv",
+        "device_id,device_type,manufacturer,status",
+        "00-DB-12-34-56-78-90-A0,CHF,Toshiba,commissioned",
+    )
+    with pytest.raises(InventoryError) as info:
+        inventory.import_csv(path, T0)
+    assert info.value.reason == "missing-column"
+    assert info.value.column == "smets"
+    assert str(path) in str(info.value)
+    assert "'smets'" in str(info.value)
+    assert inventory.count() == 0
+
+
+def test_csv_with_a_column_twice_is_refused(inventory: Inventory, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "inv.csv", HEADER + ",SMETS")
+    with pytest.raises(InventoryError) as info:
+        inventory.import_csv(path, T0)
+    assert (info.value.reason, info.value.column) == ("duplicate-column", "smets")
+
+
+def test_empty_csv_is_missing_every_column(inventory: Inventory, tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(InventoryError) as info:
+        inventory.import_csv(path, T0)
+    assert info.value.reason == "missing-column"
+    assert "no header row" in str(info.value)
+
+
+def test_unreadable_csv_names_the_file(inventory: Inventory, tmp_path: Path) -> None:
+    path = tmp_path / "absent.csv"
+    with pytest.raises(InventoryError) as info:
+        inventory.import_csv(path, T0)
+    assert info.value.reason == "unreadable-file"
+    assert str(path) in str(info.value)
+
+
+def test_csv_rows_that_are_not_well_formed_are_reported_and_skipped(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    path = tmp_path / "inv.csv"
+    path.write_bytes(
+        (HEADER + "\n").encode()
+        + b"00-DB-12-34-56-78-90-A0,CHF,2,Toshiba\n"  # too few fields
+        + b"00-DB-12-34-56-78-90-A1,ESME,2,Landis\xff,,,commissioned\n"  # not UTF-8
+        + b'00-DB-12-34-56-78-90-A2,GSME,2,"Itron"x,,,commissioned\n'  # bad quoting
+        + b'00-DB-12-34-56-78-90-A3,ESME,2,"Landis,\nGyr",,,commissioned\n'  # two lines
+        + b"00-DB-12-34-56-78-90-B0,CHF,2,Toshiba,,,commissioned\n"
+    )
+    report = inventory.import_csv(path, T0)
+    assert [(i.line, i.column, i.reason) for i in report.issues] == [
+        (2, None, "field-count"),
+        (3, "manufacturer", "not-utf8"),
+        (4, None, "bad-csv"),
+    ]
+    assert report.issues[1].value == "Landis\\xff"
+    assert (report.rows_read, report.rows_imported) == (5, 2)
+    multiline = inventory.get(bytes.fromhex("00DB1234567890A3"))
+    assert multiline is not None
+    assert multiline.manufacturer == "Landis,\nGyr"
+    assert inventory.get(CHF_B) == chf(CHF_B)
+
+
+def test_written_csv_imports_back_to_the_same_records(inventory: Inventory, tmp_path: Path) -> None:
+    records = [chf(CHF_A), esme(ESME_A, CHF_A, manufacturer='Landis, "Gyr"'), chf(CHF_B)]
+    path = tmp_path / "out.csv"
+    write_inventory_csv(path, records)
+    assert path.read_text().splitlines()[0] == HEADER
+    report = inventory.import_csv(path, T0)
+    assert (report.rows_imported, report.issues) == (3, ())
+    assert [inventory.get(r.device_id) for r in records] == records
+
+
+def test_import_over_several_batches_keeps_every_row(
+    inventory: Inventory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.inventory.IMPORT_BATCH_ROWS", 7)
+    records = [
+        chf(i.to_bytes(8, "big")) if i % 2 else esme(i.to_bytes(8, "big"), CHF_A)
+        for i in range(1, 51)
+    ]
+    path = tmp_path / "many.csv"
+    write_inventory_csv(path, records)
+    report = inventory.import_csv(path, T0)
+    assert report.rows_imported == 50
+    assert inventory.count() == 50
+    assert len(inventory.devices_on_chf(CHF_A)) == 25
+
+
+_FIELD_VALUES = {
+    "device_id": ["00-DB-12-34-56-78-90-A1", "00db1234567890a1", " 00:DB:12:34:56:78:90:A1", ""],
+    "device_type": ["ESME", "esme", " Chf ", "TYPE2", "Type 2", ""],
+    "smets": ["1", "2", " 2", "3", "02", ""],
+    "manufacturer": ["Landis+Gyr", " Itron ", "Énergie", "", "Bad\udcff"],
+    "model": ["E470", "", " ", "Mödel"],
+    "chf_id": ["", "00-DB-12-34-56-78-90-A0", "00DB1234567890A0", "00-DB-12", "00 DB"],
+    "status": ["commissioned", "Withdrawn", "installed-not-commissioned", "lost", ""],
+}
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            column: st.sampled_from(values) | st.text(max_size=24)
+            for column, values in _FIELD_VALUES.items()
+        }
+    )
+)
+def test_fast_row_parser_agrees_with_the_full_check(row: dict[str, str]) -> None:
+    parser = _RowParser(*_header_index(list(CSV_COLUMNS), "x.csv"))
+    fields = [row[column] for column in CSV_COLUMNS]
+    issues: list[ImportIssue] = []
+    checked = parser.check(fields, 2, issues)
+    fast = parser.parse(fields)
+    if fast is not None:
+        assert fast == checked
+    assert (checked is None) == bool(issues)
+
+
+# CLI -----------------------------------------------------------------------------------
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="poa-gateway")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["inventory", *argv])
+    status: int = args.handler(args)
+    return status
+
+
+@pytest.mark.parametrize("argv", [[], ["import"], ["show"]])
+def test_inventory_subcommands_have_help(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_cli(*argv, "--help")
+    assert info.value.code == 0
+    assert "usage: poa-gateway inventory" in capsys.readouterr().out
+
+
+def test_cli_import_prints_counts_and_every_invalid_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "var" / "inv.sqlite"
+    path = write_csv(
+        tmp_path / "inv.csv",
+        HEADER,
+        "00-DB-12-34-56-78-90-A0,CHF,2,Toshiba,,,commissioned",
+        "00-DB-12-34-56-78-90-A1,ESME,3,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned",
+        "00-DB-12-34-56-78-90-A2,GSME,2,Itron,,00-DB-12-34-56-78-90-A0,lost",
+    )
+    assert run_cli("import", str(path), "--db", str(db)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "3 rows read, 1 imported, 2 invalid" in out[0]
+    assert "now holds 1 devices" in out[0]
+    assert out[1:] == [
+        f"{path}:3: smets '3': bad-smets: expected 1 or 2",
+        f"{path}:4: status 'lost': unknown-status: expected commissioned, "
+        "installed-not-commissioned, decommissioned or withdrawn",
+    ]
+    with Inventory.open(db, create=False) as inv:
+        assert inv.get(CHF_A) == chf(CHF_A)
+
+
+def test_cli_import_uses_var_inventory_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_inventory_csv(tmp_path / "inv.csv", [chf(CHF_A)])
+    assert run_cli("import", "inv.csv") == 0
+    assert (tmp_path / "var" / "inventory.sqlite").is_file()
+    capsys.readouterr()
+
+
+def test_cli_import_of_a_file_without_a_column_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_csv(tmp_path / "inv.csv", "device_id,device_type,smets,manufacturer")
+    assert run_cli("import", str(path), "--db", str(tmp_path / "inv.sqlite")) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("poa-gateway inventory import: ")
+    assert str(path) in captured.err
+    assert "'status'" in captured.err
+
+
+def test_cli_show_prints_the_record_as_json(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Inventory(db_path) as inv:
+        inv.upsert(esme(ESME_A, CHF_A), T0)
+    assert run_cli("show", "00db1234567890a1", "--db", str(db_path)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "device_id": "00-DB-12-34-56-78-90-A1",
+        "device_type": "ESME",
+        "smets": 2,
+        "manufacturer": "Landis+Gyr",
+        "model": "E470",
+        "chf_id": "00-DB-12-34-56-78-90-A0",
+        "status": "commissioned",
+    }
+
+
+@pytest.mark.parametrize(
+    ("eui", "create", "message"),
+    [
+        ("00-DB-12-34-56-78-90-B1", True, "00-DB-12-34-56-78-90-B1 is not in the inventory"),
+        ("00-DB-12-34", True, "expected 8 groups"),
+        ("00-DB-12-34-56-78-90-B1", False, "no such inventory file"),
+    ],
+)
+def test_cli_show_fails_with_one_line(
+    db_path: Path, capsys: pytest.CaptureFixture[str], eui: str, create: bool, message: str
+) -> None:
+    if create:
+        Inventory(db_path).close()
+    assert run_cli("show", eui, "--db", str(db_path)) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("poa-gateway inventory show: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1
+    assert db_path.exists() == create
