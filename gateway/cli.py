@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gbcs
 
-from . import __version__, cli_guids, cli_inventory
+from . import __version__, cli_daemon, cli_guids, cli_inventory, cli_report, config
 from .render import render_frame
 
 EXIT_OK = 0
@@ -92,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust", type=Path, metavar="DIR", help="folder of PEM certificates to verify against"
     )
     decode.set_defaults(handler=_cmd_decode)
+    cli_daemon.add_parser(sub)
+    config.add_parser(sub)
     cli_guids.add_parser(sub)
     cli_inventory.add_parser(sub)
+    cli_report.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,722 @@
+"""The configuration file: TOML into frozen Structs, checked at start-up.
+
+Theory of operation
+-------------------
+The file is parsed by the standard library's :mod:`tomllib` and converted by
+``msgspec.convert`` into :class:`ConfigFile`, one frozen Struct per section with
+``forbid_unknown_fields=True``, so a typo such as ``windw`` fails at start-up naming the
+key. Durations are written ``"30m"`` and become :class:`Duration` (an ``int`` of
+milliseconds) during the conversion. Each section checks its own values in
+``__post_init__`` (ports, topics, positive windows...) and raises :class:`ConfigError`
+with the dotted key. msgspec's errors are translated once, in :func:`load_config`, into
+the same :class:`ConfigError`, so callers see one error type whose ``key`` names the
+offending setting and whose ``reason`` is a stable code.
+
+:func:`load_config` then builds the effective :class:`Config`: relative paths resolved
+(``paths.state_dir`` against the config file's folder, the other paths inside
+``state_dir``; TLS files against the config file's folder), and the MQTT password read
+from the environment variable that ``broker.password_env`` names. The password is kept
+in a :class:`Secret`, whose ``repr`` and ``str`` are ``***``: it is never in the file,
+never printed, never logged.
+
+The module also provides ``poa-gateway config check FILE`` and ``config show [FILE]``
+(see :func:`add_parser`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hmac
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import msgspec
+
+from .engine import EngineConfig
+
+__all__ = [
+    "LOG_LEVELS",
+    "TOPIC_NAMES",
+    "BrokerConfig",
+    "Config",
+    "ConfigError",
+    "ConfigFile",
+    "Duration",
+    "LogConfig",
+    "MetricsConfig",
+    "Paths",
+    "PathsConfig",
+    "ReportsConfig",
+    "Secret",
+    "SuppressionConfig",
+    "TopicName",
+    "TopicsConfig",
+    "add_parser",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+    "render_toml",
+]
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used.
+
+    Attributes:
+        reason: a stable code for logs and tests: ``unreadable``, ``bad-toml``,
+            ``unknown-key``, ``wrong-type``, ``bad-duration``, ``out-of-range``,
+            ``bad-topic``, ``bad-value``.
+        key: the dotted key at fault (``suppression.window``,
+            ``suppression.manufacturers[1]``), or None when the file as a whole is.
+    """
+
+    def __init__(self, message: str, *, reason: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.key = key
+
+
+def _fail(key: str, detail: str, reason: str = "bad-value") -> ConfigError:
+    return ConfigError(f"{key}: {detail}", reason=reason, key=key)
+
+
+# -- durations ------------------------------------------------------------------------
+
+_UNITS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE: Final = re.compile(r"([0-9]+)(ms|s|m|h|d)", re.ASCII)
+_MAX_DURATION_MS: Final = 3650 * _UNITS["d"]  # keeps every sum of times inside int64
+_DURATION_HINT: Final = "write an integer followed by ms, s, m, h or d, e.g. '30m'"
+
+
+class Duration(int):
+    """A duration from the configuration, in integer milliseconds (``"30m"`` -> 1800000)."""
+
+    __slots__ = ()
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds in a duration written as an integer and a unit: ``500ms``, ``30s``,
+    ``30m``, ``2h``, ``1d``.
+
+    Raises:
+        ValueError: anything else (a float, a negative number, a missing or unknown
+            unit, spaces); the message quotes the text and says how to write it.
+    """
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        if re.fullmatch(r"\s*-.*", text):
+            why = "negative durations are not allowed"
+        elif re.fullmatch(r"[0-9]+", text):
+            why = "missing unit; " + _DURATION_HINT
+        elif re.fullmatch(r"[0-9]*[.,][0-9]*\s*[a-z]*", text):
+            why = "use a whole number of a smaller unit, e.g. '90m' rather than '1.5h'"
+        else:
+            why = _DURATION_HINT
+        raise ValueError(f"not a duration: {text!r} ({why})")
+    value = int(match[1]) * _UNITS[match[2]]
+    if value > _MAX_DURATION_MS:
+        raise ValueError(f"not a duration: {text!r} (too long: at most 3650d)")
+    return value
+
+
+def format_duration(ms: int) -> str:
+    """The shortest spelling of ``ms`` that :func:`parse_duration` reads back exactly."""
+    for unit in ("d", "h", "m", "s"):
+        if ms and ms % _UNITS[unit] == 0:
+            return f"{ms // _UNITS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+def _d(text: str) -> Duration:
+    return Duration(parse_duration(text))
+
+
+_TYPE_NAMES: Final = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+    datetime.datetime: "a date-time",
+    datetime.date: "a date",
+    datetime.time: "a time",
+}
+
+
+def _decode_hook(kind: type, obj: Any) -> Any:
+    # msgspec calls this for the one custom type of the schema. A ValueError becomes a
+    # ValidationError carrying the path, translated by _from_validation_error.
+    if kind is Duration:
+        if isinstance(obj, str):
+            return Duration(parse_duration(obj))
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            raise ValueError(f"not a duration: {obj!r} (missing unit; {_DURATION_HINT})")
+        if isinstance(obj, float):
+            raise ValueError(
+                f"not a duration: {obj!r} (write a string of a whole number and a unit, "
+                "e.g. '90m' rather than 1.5)"
+            )
+        got = _TYPE_NAMES.get(type(obj), type(obj).__name__)
+        raise ValueError(f"expected a duration string such as '30m', got {got}")
+    raise NotImplementedError(kind)
+
+
+# -- secrets --------------------------------------------------------------------------
+
+
+class Secret:
+    """A secret value (the MQTT password). ``repr`` and ``str`` are ``***``; only
+    :meth:`reveal` returns the value, for the one place that needs it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself. Pass it straight to the client library; never log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+# -- sections -------------------------------------------------------------------------
+
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+_FILE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+_MQTT_MAX_KEEPALIVE_S: Final = 65_535  # MQTT 3.1.1 section 3.1.2.10: a 16-bit count of seconds
+_MQTT_MAX_INFLIGHT: Final = 65_535  # packet identifiers are 16 bits
+
+
+def _check_port(key: str, port: int) -> None:
+    if not 1 <= port <= 65_535:
+        raise _fail(key, f"port {port} is outside 1..65535", "out-of-range")
+
+
+def _check_not_empty(key: str, value: str) -> None:
+    if not value.strip():
+        raise _fail(key, "must not be empty")
+    if "\x00" in value:
+        raise _fail(key, "must not contain a NUL character")
+
+
+class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[broker]``: the MQTT broker and the session with it."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "poa-gateway"  # fixed: the session is persistent (clean session off)
+    username: str = ""  # empty: no authentication
+    # The NAME of the variable holding the password, never the password itself.
+    password_env: str = "POA_MQTT_PASSWORD"  # noqa: S105
+    tls: bool = False
+    ca_file: str = ""  # empty: the system's CA bundle
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive: Duration = _d("30s")
+    reconnect_min: Duration = _d("1s")  # jittered exponential backoff between these
+    reconnect_max: Duration = _d("30s")
+    inflight: int = 100  # bounded window of unacknowledged publishes
+
+    def __post_init__(self) -> None:
+        _check_not_empty("broker.host", self.host)
+        _check_port("broker.port", self.port)
+        _check_not_empty("broker.client_id", self.client_id)
+        if self.password_env and not _ENV_NAME_RE.fullmatch(self.password_env):
+            # Deliberately not quoting the value: it may be a password put here by mistake.
+            raise _fail(
+                "broker.password_env",
+                "must be the NAME of an environment variable (letters, digits, '_'), "
+                "not the password itself",
+            )
+        if self.keepalive % 1000 or self.keepalive > _MQTT_MAX_KEEPALIVE_S * 1000:
+            raise _fail(
+                "broker.keepalive",
+                f"{format_duration(self.keepalive)}: must be whole seconds, at most "
+                f"{_MQTT_MAX_KEEPALIVE_S}s",
+                "out-of-range",
+            )
+        if self.reconnect_min <= 0:
+            raise _fail("broker.reconnect_min", "must be longer than 0", "out-of-range")
+        if self.reconnect_max < self.reconnect_min:
+            raise _fail(
+                "broker.reconnect_max",
+                f"{format_duration(self.reconnect_max)} is shorter than broker.reconnect_min "
+                f"({format_duration(self.reconnect_min)})",
+                "out-of-range",
+            )
+        if not 1 <= self.inflight <= _MQTT_MAX_INFLIGHT:
+            raise _fail(
+                "broker.inflight",
+                f"{self.inflight} is outside 1..{_MQTT_MAX_INFLIGHT}",
+                "out-of-range",
+            )
+
+
+TopicName = Literal[
+    "gbcs_command", "gbcs_inbound", "dcc_alert", "inventory", "dno_alert", "suppressed", "reports"
+]
+TOPIC_NAMES: Final[tuple[TopicName, ...]] = get_args(TopicName)
+"""The topic keys of ``[topics]`` (everything but ``prefix``)."""
+
+
+def _check_topic(key: str, topic: str, *, allow_empty: bool = False) -> None:
+    if not topic and not allow_empty:
+        raise _fail(key, "must not be empty", "bad-topic")
+    for char, name in (("+", "'+'"), ("#", "'#'"), ("\x00", "a NUL character")):
+        if char in topic:
+            raise _fail(
+                key,
+                f"{topic!r} contains {name}: wildcards are for subscriptions, not topic names",
+                "bad-topic",
+            )
+
+
+class TopicsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[topics]``: topic names (WIRE.md), each with ``prefix`` put in front."""
+
+    prefix: str = ""  # e.g. "site-a/"
+    gbcs_command: str = "dsp/gbcs/command"
+    gbcs_inbound: str = "csp/gbcs/inbound"
+    dcc_alert: str = "csp/dcc/alert"
+    inventory: str = "dsp/inventory"
+    dno_alert: str = "dno/dcc/alert"
+    suppressed: str = "gateway/suppressed"
+    reports: str = "gateway/reports"
+
+    def __post_init__(self) -> None:
+        _check_topic("topics.prefix", self.prefix, allow_empty=True)
+        seen: dict[str, str] = {}
+        for name in TOPIC_NAMES:
+            topic = getattr(self, name)
+            _check_topic(f"topics.{name}", topic)
+            # An output topic equal to an input topic would feed the gateway its own output.
+            if topic in seen:
+                raise _fail(
+                    f"topics.{name}", f"same topic as topics.{seen[topic]}: {topic!r}", "bad-topic"
+                )
+            seen[topic] = name
+
+
+class SuppressionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[suppression]``: the MP102B rules."""
+
+    enabled: bool = True  # the MP102B feature switch
+    manufacturers: tuple[str, ...] = ("Landis+Gyr",)
+    window: Duration = _d("30m")
+    lead: Duration = _d("2m")  # tolerance before the execution time
+    skew: Duration = _d("5m")  # raised_at later than now + skew is not trusted
+    dedupe: Duration = _d("2h")  # how long alert ids are remembered
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.manufacturers:
+            raise _fail(
+                "suppression.manufacturers",
+                "must name at least one manufacturer while suppression.enabled is true",
+            )
+        for i, name in enumerate(self.manufacturers):
+            _check_not_empty(f"suppression.manufacturers[{i}]", name)
+        if self.window <= 0:
+            raise _fail("suppression.window", "must be longer than 0", "out-of-range")
+
+
+class PathsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[paths]`` as written; :class:`Paths` holds them resolved."""
+
+    state_dir: str = "var"  # relative: to the config file's folder (or the cwd)
+    trust_dir: str = "trust"  # the others, when relative, are inside state_dir
+    guid_list: str = "guid-list.bin"
+    inventory: str = "inventory.sqlite"
+    state: str = "state.sqlite"
+    outbox: str = "outbox"
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            _check_not_empty(f"paths.{name}", getattr(self, name))
+
+
+class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[reports]``: rotation of the suppression reports for the DNOs."""
+
+    period: Duration = _d("1h")  # rotate at each period boundary (aligned to the epoch, UTC)
+    max_records: int = 50_000  # ... or when this many records are pending
+    xlsx: bool = False  # also write an .xlsx copy
+    name_prefix: str = "POA-SUPPRESSION"
+
+    def __post_init__(self) -> None:
+        if self.period <= 0:
+            raise _fail("reports.period", "must be longer than 0", "out-of-range")
+        if self.max_records < 1:
+            raise _fail("reports.max_records", "must be at least 1", "out-of-range")
+        if not _FILE_NAME_RE.fullmatch(self.name_prefix):
+            raise _fail(
+                "reports.name_prefix",
+                f"{self.name_prefix!r}: use letters, digits, '.', '_' and '-' only "
+                "(it starts a file name)",
+            )
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+    def __post_init__(self) -> None:
+        _check_not_empty("metrics.host", self.host)
+        _check_port("metrics.port", self.port)
+
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+"""The values of ``log.level``, least severe first."""
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[log]``."""
+
+    level: str = "info"  # debug | info | warning | error
+
+    def __post_init__(self) -> None:
+        if self.level not in LOG_LEVELS:
+            raise _fail("log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {self.level!r}")
+
+
+class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The file as written: every section optional, every key defaulted."""
+
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
+    suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
+    paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
+    reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+# -- the effective configuration ------------------------------------------------------
+
+
+class Paths(msgspec.Struct, frozen=True):
+    """``[paths]`` resolved to absolute paths."""
+
+    state_dir: Path
+    trust_dir: Path
+    guid_list: Path
+    inventory: Path
+    state: Path
+    outbox: Path
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """The effective configuration: the file's sections with paths resolved and the
+    password read from the environment. Build it with :func:`load_config`."""
+
+    broker: BrokerConfig
+    topics: TopicsConfig
+    suppression: SuppressionConfig
+    paths: Paths
+    reports: ReportsConfig
+    metrics: MetricsConfig
+    log: LogConfig
+    source: Path | None = None  # the file it came from; None for built-in defaults
+    password: Secret | None = None  # from the variable named by broker.password_env
+
+    def broker_password(self) -> str | None:
+        """The MQTT password, or None if the variable is unset or empty."""
+        return None if self.password is None else self.password.reveal()
+
+    def topic(self, name: TopicName) -> str:
+        """The full topic name: ``topics.prefix`` followed by ``topics.<name>``."""
+        if name not in TOPIC_NAMES:
+            raise ValueError(f"no topic called {name!r}; expected one of {TOPIC_NAMES}")
+        topic: str = getattr(self.topics, name)
+        return self.topics.prefix + topic
+
+    def engine_config(self) -> EngineConfig:
+        """What :class:`gateway.engine.Engine` needs, durations in milliseconds."""
+        s = self.suppression
+        return EngineConfig(
+            enabled=s.enabled,
+            manufacturers=s.manufacturers,
+            window_ms=int(s.window),
+            lead_ms=int(s.lead),
+            skew_ms=int(s.skew),
+            dedupe_ms=int(s.dedupe),
+        )
+
+    def redacted_dict(self) -> dict[str, dict[str, Any]]:
+        """The effective configuration as plain data, for printing and logging.
+
+        Shaped like the file (durations written back as ``"30m"``, paths absolute) plus
+        ``broker.password``: ``"***"`` when set, else None. The secret never appears.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for section in ConfigFile.__struct_fields__:
+            value = getattr(self, section)
+            out[section] = {name: _plain(getattr(value, name)) for name in value.__struct_fields__}
+        out["broker"]["password"] = None if self.password is None else "***"
+        return out
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, Duration):
+        return format_duration(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# -- loading --------------------------------------------------------------------------
+
+_AT_RE: Final = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
+_UNKNOWN_RE: Final = re.compile(r"Object contains unknown field `(?P<name>.*)`", re.DOTALL)
+_EXPECTED_RE: Final = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`")
+_MSGSPEC_TYPES: Final = {
+    "int": "an integer",
+    "str": "a string",
+    "bool": "a boolean",
+    "float": "a float",
+    "array": "an array",
+    "object": "a table",
+    "null": "null",
+    "datetime": "a date-time",
+    "date": "a date",
+    "time": "a time",
+}
+
+
+def _from_validation_error(exc: msgspec.ValidationError) -> ConfigError:
+    # msgspec says e.g. "Object contains unknown field `windw` - at `$.suppression`".
+    parts = _AT_RE.fullmatch(str(exc))
+    assert parts is not None  # the pattern matches any text
+    message, path = parts["message"], (parts["path"] or "").removeprefix(".")
+    unknown = _UNKNOWN_RE.fullmatch(message)
+    if unknown is not None:
+        key = f"{path}.{unknown['name']}" if path else unknown["name"]
+        return ConfigError(f"unknown key {key!r}", reason="unknown-key", key=key)
+    key = path or "(top level)"
+    expected = _EXPECTED_RE.fullmatch(message)
+    if expected is not None:
+        want = _MSGSPEC_TYPES.get(expected["want"], expected["want"])
+        got = _MSGSPEC_TYPES.get(expected["got"], expected["got"])
+        return _fail(key, f"expected {want}, got {got}", "wrong-type")
+    if "duration" in message:
+        return _fail(key, message, "bad-duration")
+    return _fail(key, message[:1].lower() + message[1:].replace("`", "'"))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", reason="unreadable") from exc
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason}", reason="bad-toml") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", reason="bad-toml") from exc
+
+
+def _resolve(base: Path, text: str) -> Path:
+    return (base / text).resolve()
+
+
+def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
+    """Load, check and resolve the configuration.
+
+    Args:
+        path: the TOML file; None for the built-in defaults, with relative paths
+            resolved against the current working folder.
+        env: the environment (``os.environ`` in the daemon) from which the variable
+            named by ``broker.password_env`` is read. An unset or empty variable means
+            no password.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or a key is unknown, of the wrong
+            type or has a value that cannot be used; ``key`` names it.
+    """
+    if path is None:
+        file = ConfigFile()
+        base = Path.cwd()
+        source = None
+    else:
+        raw = _read_toml(path)
+        try:
+            file = msgspec.convert(raw, ConfigFile, dec_hook=_decode_hook)
+        except msgspec.ValidationError as exc:
+            raise _from_validation_error(exc) from exc
+        source = path.resolve()
+        base = source.parent
+
+    state_dir = _resolve(base, file.paths.state_dir)
+    p = file.paths
+    paths = Paths(
+        state_dir=state_dir,
+        trust_dir=_resolve(state_dir, p.trust_dir),
+        guid_list=_resolve(state_dir, p.guid_list),
+        inventory=_resolve(state_dir, p.inventory),
+        state=_resolve(state_dir, p.state),
+        outbox=_resolve(state_dir, p.outbox),
+    )
+    b = file.broker
+    broker = msgspec.structs.replace(
+        b,
+        **{
+            name: str(_resolve(base, getattr(b, name)))
+            for name in ("ca_file", "cert_file", "key_file")
+            if getattr(b, name)
+        },
+    )
+    secret = env.get(b.password_env) if b.password_env else None
+    return Config(
+        broker=broker,
+        topics=file.topics,
+        suppression=file.suppression,
+        paths=paths,
+        reports=file.reports,
+        metrics=file.metrics,
+        log=file.log,
+        source=source,
+        password=Secret(secret) if secret else None,
+    )
+
+
+# -- rendering ------------------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    # JSON string escapes are valid TOML basic-string escapes; DEL must be escaped too.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as a TOML file that :func:`load_config` reads back
+    to the same values; the password's presence is a comment, its value never shown."""
+    data = config.redacted_dict()
+    password = data["broker"].pop("password")
+    env_name = config.broker.password_env
+    if password is not None:
+        note = f"*** (from ${env_name})"
+    elif env_name:
+        note = f"not set (${env_name} is unset or empty)"
+    else:
+        note = "not used (broker.password_env is empty)"
+    lines = [
+        "# poa-gateway effective configuration (defaults filled in)",
+        f"# source: {config.source if config.source else 'built-in defaults'}",
+        f"# broker password: {note}",
+    ]
+    for section, values in data.items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+# -- command line ---------------------------------------------------------------------
+
+_EXIT_OK = 0
+_EXIT_BAD_INPUT = 1
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``config check`` and ``config show`` to a subcommand set."""
+    config = sub.add_parser(
+        "config",
+        help="check and show the configuration file",
+        description="Check the TOML configuration file and show the effective configuration.",
+    )
+    commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration file",
+        description=(
+            "Validate a configuration file: print 'ok' and the effective configuration "
+            "(defaults filled in, paths resolved, the password shown as ***) and exit 0, "
+            "or print one line naming the offending key and exit 1. The password is read "
+            "from the environment variable named by broker.password_env."
+        ),
+    )
+    check.add_argument("file", type=Path, metavar="FILE", help="the TOML configuration file")
+    _add_json(check)
+    check.set_defaults(handler=_cmd_check)
+
+    show = commands.add_parser(
+        "show",
+        help="print the effective configuration",
+        description=(
+            "Print the effective configuration as TOML: FILE with every default filled in "
+            "and paths resolved, or the built-in defaults when no FILE is given (paths "
+            "then relative to the current folder). Secrets are shown as ***."
+        ),
+    )
+    show.add_argument("file", type=Path, nargs="?", metavar="FILE", help="the TOML file")
+    _add_json(show)
+    show.set_defaults(handler=_cmd_show)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+
+
+def _render(config: Config, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(config.redacted_dict(), indent=2) + "\n"
+    return render_toml(config)
+
+
+def _load_for_cli(command: str, path: Path | None) -> Config | None:
+    try:
+        return load_config(path, env=os.environ)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        print(f"poa-gateway config {command}: {where}{exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _load_for_cli("check", args.file)
+    if config is None:
+        return _EXIT_BAD_INPUT
+    sys.stdout.write("ok\n" + _render(config, args.json))
+    return _EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    config = _load_for_cli("show", args.file)
+    if config is None:
+        return _EXIT_BAD_INPUT
+    sys.stdout.write(_render(config, args.json))
+    return _EXIT_OK

@@ -1,0 +1,267 @@
+"""Structured logs: one JSON object per line on stdout, for journald.
+
+Every line starts ``{"ts": ..., "level": ..., "event": ...}`` followed by the
+correlation fields (``reason``, ``alert_id``, ``device_id``, ``chf_id``,
+``request_id``, ``topic``) when given, then any other fields in name order, so lines
+diff and grep well. 8-byte values are EUI-64s and are written ``00-DB-12-34-56-78-90-A0``;
+other bytes are written as hex. Secrets are never written: a field whose name contains
+``password``, ``secret`` or ``token`` is written ``"***"``, and so is any
+:class:`gateway.config.Secret`, wherever it appears.
+
+Records of the standard :mod:`logging` module (gmqtt uses it) are routed into the same
+stream by :func:`route_stdlib_logging`, as events named ``lib.<logger name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TextIO
+
+import msgspec
+
+from .config import LOG_LEVELS, Secret
+from .eui import EUI64_LENGTH, format_eui64
+
+__all__ = ["LEVELS", "JsonLog", "route_stdlib_logging"]
+
+LEVELS: Final = dict(
+    zip(LOG_LEVELS, (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR), strict=True)
+)
+"""Level names (those of ``log.level``) and their :mod:`logging` numbers."""
+
+_HEAD: Final = ("ts", "level", "event")
+_LEADING: Final = ("reason", "alert_id", "device_id", "chf_id", "request_id", "topic")
+_SECRET_WORDS: Final = ("password", "secret", "token")
+_REDACTED: Final = "***"
+_MAX_DEPTH: Final = 6  # nested containers below this are written with str()
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _clean(value: object, depth: int = 0) -> object:
+    """``value`` made JSON-friendly with bytes formatted and secrets scrubbed."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if isinstance(value, Secret):
+        return _REDACTED
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return format_eui64(raw) if len(raw) == EUI64_LENGTH else raw.hex()
+    if depth >= _MAX_DEPTH:
+        return str(value)
+    if isinstance(value, msgspec.Struct):
+        return _clean_mapping(msgspec.structs.asdict(value), depth)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _clean_mapping(fields, depth)
+    if isinstance(value, Mapping):
+        return _clean_mapping(value, depth)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(item, depth + 1) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value if type(value.value) in _PLAIN else str(value.value)
+    # int/float/str subclasses (e.g. config Durations) as their plain values.
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    return value  # left to the encoder, which falls back to str()
+
+
+def _clean_mapping(mapping: Mapping[Any, object], depth: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, item in mapping.items():
+        name = str(key)
+        out[name] = _REDACTED if _is_secret_name(name) else _clean(item, depth + 1)
+    return out
+
+
+def _fallback(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a log line must never fail because of a field
+        return f"<unprintable {type(value).__name__}>"
+
+
+class JsonLog:
+    """A JSON-lines logger. Thread-safe: a lock is held around each write.
+
+    Args:
+        stream: where lines go; None means ``sys.stdout`` at construction time.
+        level: the least severe level written: debug, info, warning or error.
+        clock: epoch seconds (``time.time``), injected for tests.
+
+    Lines that cannot be written (a closed stream, a broken pipe) are counted in
+    :attr:`dropped` rather than raising into the caller.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        level: str = "info",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stream = sys.stdout if stream is None else stream
+        self._clock = clock
+        self._threshold = LEVELS["info"]
+        self.level = level
+        self._lock = threading.Lock()
+        self._encoder = msgspec.json.Encoder(enc_hook=_fallback)
+        self._second: tuple[int, str] = (-1, "")
+        self.dropped = 0
+
+    @property
+    def level(self) -> str:
+        """The least severe level written; settable."""
+        return self._level
+
+    @level.setter
+    def level(self, level: str) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+        self._level = level
+        self._threshold = LEVELS[level]
+
+    def enabled_for(self, level: str) -> bool:
+        """Whether a record at ``level`` would be written (to skip costly fields)."""
+        return LEVELS[level] >= self._threshold
+
+    def debug(self, event: str, /, **fields: object) -> None:
+        """Write a debug record."""
+        if self._threshold <= 10:
+            self._write("debug", event, fields, None)
+
+    def info(self, event: str, /, **fields: object) -> None:
+        """Write an info record."""
+        if self._threshold <= 20:
+            self._write("info", event, fields, None)
+
+    def warning(self, event: str, /, **fields: object) -> None:
+        """Write a warning record."""
+        if self._threshold <= 30:
+            self._write("warning", event, fields, None)
+
+    def error(self, event: str, /, **fields: object) -> None:
+        """Write an error record."""
+        self._write("error", event, fields, None)
+
+    def log(self, level: str, event: str, /, **fields: object) -> None:
+        """Write a record at a level chosen at run time."""
+        if LEVELS[level] >= self._threshold:
+            self._write(level, event, fields, None)
+
+    def _timestamp(self, seconds: float) -> str:
+        whole, ms = divmod(round(seconds * 1000), 1000)
+        cached_second, prefix = self._second
+        if whole != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            self._second = (whole, prefix)
+        return f"{prefix}.{ms:03d}Z"
+
+    def _write(
+        self, level: str, event: str, fields: Mapping[str, object], at: float | None
+    ) -> None:
+        record: dict[str, object] = {
+            "ts": self._timestamp(self._clock() if at is None else at),
+            "level": level,
+            "event": event,
+        }
+        for key in _LEADING:
+            if key in fields:
+                record[key] = self._field(key, fields[key])
+        for key in sorted(fields):
+            if key in record or key in _LEADING:
+                if key in _HEAD:  # a field named ts/level/event must not overwrite them
+                    record["_" + key] = self._field(key, fields[key])
+                continue
+            record[key] = self._field(key, fields[key])
+        try:
+            line = self._encoder.encode(record).decode("utf-8")
+        except (TypeError, ValueError, OverflowError):
+            line = json.dumps({k: v if type(v) in _PLAIN else str(v) for k, v in record.items()})
+        self._emit(line + "\n", record)
+
+    @staticmethod
+    def _field(name: str, value: object) -> object:
+        return _REDACTED if _is_secret_name(name) else _clean(value)
+
+    def _emit(self, line: str, record: Mapping[str, object]) -> None:
+        with self._lock:
+            try:
+                try:
+                    self._stream.write(line)
+                except UnicodeEncodeError:  # a stream that cannot take UTF-8: escape it
+                    self._stream.write(json.dumps(record, default=_fallback) + "\n")
+                self._stream.flush()  # one line at a time reaches journald
+            except (OSError, ValueError):
+                self.dropped += 1
+
+
+def _level_name(levelno: int) -> str:
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    if levelno >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+class _StdlibHandler(logging.Handler):
+    def __init__(self, log: JsonLog, level: int, secrets: Iterable[Secret]) -> None:
+        super().__init__(level)
+        self._log = log
+        self._secrets = tuple(s.reveal() for s in secrets if s.reveal())
+        self._formatter = logging.Formatter()
+
+    def _scrub(self, text: str) -> str:
+        # Third-party messages are free text: blank out any known secret in them.
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = _level_name(record.levelno)
+            if not self._log.enabled_for(level):
+                return
+            fields: dict[str, object] = {"message": self._scrub(record.getMessage())}
+            if record.exc_info:
+                fields["exc"] = self._scrub(self._formatter.formatException(record.exc_info))
+            self._log._write(level, f"lib.{record.name}", fields, record.created)
+        except Exception:  # noqa: BLE001 - the logging module's own convention
+            self.handleError(record)
+
+
+def route_stdlib_logging(
+    log: JsonLog, level: str = "warning", *, secrets: Iterable[Secret] = ()
+) -> logging.Handler:
+    """Send :mod:`logging` records (gmqtt's) to ``log`` as ``lib.<logger name>`` events.
+
+    Installs one handler on the root logger, replacing one installed earlier, and sets
+    the root level to ``level``; records are also subject to ``log``'s own level.
+    Occurrences of ``secrets`` in their messages are written ``***``. Returns the
+    handler, so that it can be removed with ``logging.getLogger().removeHandler``.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    handler = _StdlibHandler(log, LEVELS[level], secrets)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    return handler

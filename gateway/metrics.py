@@ -1,0 +1,242 @@
+"""Prometheus metrics: what the gateway counts, and what to alert on.
+
+:class:`Metrics` owns its own ``CollectorRegistry`` (never the global one), so tests and
+several instances in one process do not collide. Label values that are known in
+advance are created at zero, so that ``rate()`` and ``increase()`` see a series from the
+first scrape rather than only after the first event.
+
+Suggested alerts (the docstrings of each metric say more):
+
+* ``up{job="poa-gateway"} == 0`` or ``poa_up == 0`` for 2 minutes: the gateway is down or
+  not connected to the broker; AD1 alerts are then not reaching the DNOs at all.
+* ``increase(poa_alerts_total{outcome="rejected"}[15m]) > 0`` or a rising
+  ``rate(poa_decode_errors_total[15m])``: a peer is sending what we cannot read.
+* ``histogram_quantile(0.99, rate(poa_ack_latency_seconds_bucket[5m])) > 1``: the
+  gateway is falling behind.
+* ``rate(poa_mqtt_reconnects_total[15m]) > 0.01``: a flapping broker connection.
+* ``poa_inflight_publishes`` at ``broker.inflight`` for minutes: the broker does not
+  acknowledge; publishes are backing up.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+from .engine import OutcomeKind, RefusalReason
+
+__all__ = ["ACK_LATENCY_BUCKETS", "AlertOutcome", "CommandResultLabel", "Metrics", "MetricsServer"]
+
+AlertOutcome = Literal["forwarded", "suppressed", "duplicate", "rejected"]
+CommandResultLabel = Literal["tracked", "replaced", "cancelled", "refused"]
+_ALERT_OUTCOMES: Final = frozenset({"forwarded", "suppressed", "duplicate", "rejected"})
+_COMMAND_RESULTS: Final = frozenset({"tracked", "replaced", "cancelled", "refused"})
+
+ACK_LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+"""Buckets of ``poa_ack_latency_seconds``: half a millisecond to five seconds."""
+
+
+class MetricsServer:
+    """The HTTP endpoint serving ``/metrics`` from its own thread; close it to stop."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        self._server, self._thread = start_http_server(port, host, registry=registry)
+        self.host = host
+        self.port: int = self._server.server_port
+        """The bound port (the one chosen by the system when asked for port 0)."""
+
+    def close(self) -> None:
+        """Stop serving and release the port. Blocks for up to about half a second
+        (the server's poll interval): from asyncio, call it via ``asyncio.to_thread``."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Metrics:
+    """Every metric of the gateway, in a registry of its own.
+
+    The metric objects are public attributes, for the daemon to ``inc()``/``set()``;
+    the ``count_*`` helpers check label values that have a fixed set.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+
+        self.alerts = Counter(
+            "poa_alerts_total",
+            "DCC alerts handled, by outcome (forwarded, suppressed, duplicate, rejected) and "
+            "reason. Alert on any 'rejected' (alerts we could not read are forwarded "
+            "unjudged or lost), and compare suppressed with the expected activation volume.",
+            ["outcome", "reason"],
+            registry=reg,
+        )
+        self.commands = Counter(
+            "poa_commands_total",
+            "CS06 Activate Firmware commands seen, by result (tracked, replaced, "
+            'cancelled, refused) and reason. A rise in refused{reason="untrusted-signer"} '
+            'or "bad-signature" means the trust store is stale.',
+            ["result", "reason"],
+            registry=reg,
+        )
+        self.device_outcomes = Counter(
+            "poa_device_outcomes_total",
+            "CS06 responses and 0x00CA alerts applied to tracked activations, by kind. "
+            "A high share of 'ignored' means responses arrive for commands we never saw.",
+            ["kind"],
+            registry=reg,
+        )
+        self.restoration_alerts = Counter(
+            "poa_restoration_alerts_total",
+            "ECS80 power restoration alerts (never suppressed), by whether they fell in a "
+            'suppression window (true/false): in_window="true" confirms that windows '
+            "cover the firmware reboots.",
+            ["in_window"],
+            registry=reg,
+        )
+        self.decode_errors = Counter(
+            "poa_decode_errors_total",
+            "Messages dropped because they could not be decoded, by topic and reason. "
+            "Alert on any sustained rate: a peer sends what we cannot read.",
+            ["topic", "reason"],
+            registry=reg,
+        )
+        self.mqtt_reconnects = Counter(
+            "poa_mqtt_reconnects_total",
+            "Reconnections to the MQTT broker. Alert on a sustained rate (flapping link).",
+            registry=reg,
+        )
+        self.reports = Counter(
+            "poa_reports_total",
+            "Suppression report files written for the DNOs. Alert if it stops rising "
+            "while poa_suppression_records_total rises.",
+            registry=reg,
+        )
+        self.suppression_records = Counter(
+            "poa_suppression_records_total",
+            "Records written to the suppression log (one per suppressed alert).",
+            registry=reg,
+        )
+
+        self.windows_active = Gauge(
+            "poa_windows_active",
+            "Suppression windows running now.",
+            registry=reg,
+        )
+        self.windows_pending = Gauge(
+            "poa_windows_pending",
+            "Future-dated activations whose window has not started yet.",
+            registry=reg,
+        )
+        self.tracked_activations = Gauge(
+            "poa_tracked_activations",
+            "Activations tracked (active plus pending). Memory grows with it: alert well "
+            "above the largest planned firmware campaign.",
+            registry=reg,
+        )
+        self.inflight_publishes = Gauge(
+            "poa_inflight_publishes",
+            "Publishes awaiting the broker's acknowledgement. Alert when it stays at "
+            "broker.inflight: output is backing up.",
+            registry=reg,
+        )
+        self.up = Gauge(
+            "poa_up",
+            "1 while the gateway is connected to the broker and handling messages, else 0. "
+            "Alert when 0 (or absent) for more than 2 minutes: AD1 alerts are not flowing.",
+            registry=reg,
+        )
+        self.ack_latency = Histogram(
+            "poa_ack_latency_seconds",
+            "Time from receiving a message to acknowledging it. Alert when the 99th "
+            "percentile exceeds 1 s: the gateway is falling behind.",
+            buckets=ACK_LATENCY_BUCKETS,
+            registry=reg,
+        )
+
+        # Series known in advance start at zero.
+        for reason in ("no-window", "not-ad1", "feature-off"):
+            self.alerts.labels("forwarded", reason)
+        self.alerts.labels("suppressed", "inside-window")
+        for refusal in RefusalReason:
+            self.commands.labels("refused", refusal.value)
+        for kind in OutcomeKind:
+            self.device_outcomes.labels(kind.value)
+        for in_window in ("true", "false"):
+            self.restoration_alerts.labels(in_window)
+
+    # -- helpers with checked labels --------------------------------------------------
+
+    def count_alert(self, outcome: AlertOutcome, reason: str) -> None:
+        """Count one DCC alert."""
+        if outcome not in _ALERT_OUTCOMES:
+            raise ValueError(f"unknown alert outcome {outcome!r}")
+        self.alerts.labels(outcome, reason).inc()
+
+    def count_command(self, result: CommandResultLabel, reason: str) -> None:
+        """Count one CS06 command."""
+        if result not in _COMMAND_RESULTS:
+            raise ValueError(f"unknown command result {result!r}")
+        self.commands.labels(result, reason).inc()
+
+    def count_device_outcome(self, kind: OutcomeKind) -> None:
+        """Count one device outcome applied by the engine."""
+        self.device_outcomes.labels(OutcomeKind(kind).value).inc()
+
+    def count_restoration_alert(self, *, in_window: bool) -> None:
+        """Count one ECS80 power restoration alert."""
+        self.restoration_alerts.labels("true" if in_window else "false").inc()
+
+    def count_decode_error(self, topic: str, reason: str) -> None:
+        """Count one message dropped as undecodable."""
+        self.decode_errors.labels(topic, reason).inc()
+
+    def set_windows(self, *, active: int, pending: int) -> None:
+        """Set the window gauges from the engine's counts."""
+        self.windows_active.set(active)
+        self.windows_pending.set(pending)
+        self.tracked_activations.set(active + pending)
+
+    # -- exposition -------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> MetricsServer:
+        """Serve ``/metrics`` over HTTP on ``host:port`` from a daemon thread.
+
+        Raises:
+            OSError: the address cannot be bound (in use, no such interface).
+        """
+        return MetricsServer(host, port, self.registry)

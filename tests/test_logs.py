@@ -1,0 +1,280 @@
+"""JSON log lines: one object per line, stable key order, EUI-64s, no secrets."""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.config import Secret, load_config
+from gateway.logs import JsonLog, route_stdlib_logging
+
+EPOCH = 1_700_000_000.123  # 2023-11-14T22:13:20.123Z
+ESME = bytes.fromhex("00DB1234567890A0")
+CHF = bytes.fromhex("00DB1234567890A1")
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+
+
+class Tagged(msgspec.Struct):
+    device: bytes
+    token: str
+
+
+def make_log(level: str = "info") -> tuple[JsonLog, io.StringIO]:
+    stream = io.StringIO()
+    return JsonLog(stream, level=level, clock=lambda: EPOCH), stream
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    text = stream.getvalue()
+    assert text.endswith("\n") or text == ""
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_each_record_is_one_json_object_on_one_line() -> None:
+    log, stream = make_log()
+    log.info("alert.forwarded", note="two\nlines")
+    log.warning("alert.late")
+    records = lines(stream)
+    assert [r["event"] for r in records] == ["alert.forwarded", "alert.late"]
+    assert records[0]["note"] == "two\nlines"
+
+
+def test_timestamp_is_utc_iso8601_with_milliseconds() -> None:
+    log, stream = make_log()
+    log.info("x")
+    assert lines(stream)[0]["ts"] == "2023-11-14T22:13:20.123Z"
+
+
+def test_timestamps_round_to_the_millisecond_across_a_second() -> None:
+    stream = io.StringIO()
+    JsonLog(stream, clock=lambda: 1_700_000_000.9996).info("x")
+    assert lines(stream)[0]["ts"] == "2023-11-14T22:13:21.000Z"
+
+
+def test_keys_come_in_a_stable_order() -> None:
+    log, stream = make_log()
+    log.info(
+        "alert.suppressed",
+        zeta=1,
+        topic="csp/dcc/alert",
+        alpha=2,
+        request_id="r",
+        chf_id=CHF,
+        device_id=ESME,
+        alert_id="a-1",
+        reason="inside-window",
+    )
+    assert list(lines(stream)[0]) == [
+        "ts",
+        "level",
+        "event",
+        "reason",
+        "alert_id",
+        "device_id",
+        "chf_id",
+        "request_id",
+        "topic",
+        "alpha",
+        "zeta",
+    ]
+
+
+def test_eight_bytes_are_written_as_eui64_and_other_bytes_as_hex() -> None:
+    log, stream = make_log()
+    log.info("x", device_id=ESME, payload=b"\x01\xab", nested={"chf": CHF, "ids": [ESME]})
+    record = lines(stream)[0]
+    assert record["device_id"] == "00-DB-12-34-56-78-90-A0"
+    assert record["payload"] == "01ab"
+    assert record["nested"] == {
+        "chf": "00-DB-12-34-56-78-90-A1",
+        "ids": ["00-DB-12-34-56-78-90-A0"],
+    }
+
+
+def test_values_that_json_cannot_hold_are_written_as_text() -> None:
+    log, stream = make_log()
+    log.info("x", path=Path("/var/lib/poa"), error=ValueError("bad"), obj=object, color=Color.RED)
+    record = lines(stream)[0]
+    assert record["path"] == "/var/lib/poa"
+    assert record["error"] == "bad"
+    assert record["obj"] == str(object)
+    assert record["color"] == "red"
+
+
+def test_structs_are_written_as_objects_with_formatted_bytes_and_scrubbed_secrets() -> None:
+    log, stream = make_log()
+    log.info("x", tagged=Tagged(device=ESME, token="t0ps3cret"))
+    assert lines(stream)[0]["tagged"] == {"device": "00-DB-12-34-56-78-90-A0", "token": "***"}
+
+
+@pytest.mark.parametrize(
+    "name", ["password", "mqtt_password", "client_secret", "Token", "api_token_hash"]
+)
+def test_fields_named_like_secrets_are_never_written(name: str) -> None:
+    log, stream = make_log()
+    log.info("x", **{name: "hunter2"}, nested={name: "hunter2"})
+    text = stream.getvalue()
+    assert "hunter2" not in text
+    assert lines(stream)[0][name] == "***"
+    assert lines(stream)[0]["nested"][name] == "***"
+
+
+def test_secret_values_are_never_written_whatever_the_field_name() -> None:
+    log, stream = make_log()
+    log.info("x", credential=Secret("hunter2"), many=[Secret("hunter2")])
+    assert "hunter2" not in stream.getvalue()
+    assert lines(stream)[0]["credential"] == "***"
+
+
+def test_a_logged_configuration_keeps_the_password_out() -> None:
+    config = load_config(None, env={"POA_MQTT_PASSWORD": "hunter2"})
+    log, stream = make_log()
+    log.info("config.loaded", config=config, effective=config.redacted_dict())
+    assert "hunter2" not in stream.getvalue()
+    record = lines(stream)[0]
+    assert record["config"]["suppression"]["window"] == 1_800_000
+    assert record["effective"]["suppression"]["window"] == "30m"
+
+
+def test_a_field_named_like_a_header_key_does_not_replace_it() -> None:
+    log, stream = make_log()
+    log.info("x", level="custom", ts=1)
+    record = lines(stream)[0]
+    assert (record["level"], record["_level"], record["_ts"]) == ("info", "custom", 1)
+    assert record["event"] == "x"
+
+
+def test_records_below_the_level_are_not_written() -> None:
+    log, stream = make_log("warning")
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    log.error("e")
+    log.log("info", "i2")
+    log.log("error", "e2")
+    assert [(r["level"], r["event"]) for r in lines(stream)] == [
+        ("warning", "w"),
+        ("error", "e"),
+        ("error", "e2"),
+    ]
+    assert not log.enabled_for("info")
+    log.level = "debug"
+    log.debug("d2")
+    assert lines(stream)[-1]["event"] == "d2"
+
+
+def test_an_unknown_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="verbose"):
+        JsonLog(io.StringIO(), level="verbose")
+
+
+def test_a_closed_stream_drops_lines_instead_of_raising() -> None:
+    log, stream = make_log()
+    stream.close()
+    log.info("x")
+    assert log.dropped == 1
+
+
+def test_each_line_is_flushed() -> None:
+    class Recording(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+            super().flush()
+
+    stream = Recording()
+    log = JsonLog(stream, clock=lambda: EPOCH)
+    log.info("a")
+    log.info("b")
+    assert stream.flushes == 2
+
+
+def test_lines_from_many_threads_are_never_interleaved() -> None:
+    log, stream = make_log()
+
+    def work(n: int) -> None:
+        for i in range(200):
+            log.info("tick", thread=n, i=i, pad="x" * 200)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(lines(stream)) == 800
+
+
+def test_default_stream_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    JsonLog(clock=lambda: EPOCH).info("hello")
+    assert json.loads(capsys.readouterr().out)["event"] == "hello"
+
+
+# -- the standard logging module ---------------------------------------------------------
+
+
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_stdlib_records_come_out_as_lib_events() -> None:
+    log, stream = make_log("debug")
+    route_stdlib_logging(log, "info")
+    logging.getLogger("gmqtt.client").warning("connection lost to %s", "broker")
+    logging.getLogger("gmqtt.client").debug("below the routed level")
+    record = lines(stream)[0]
+    assert len(lines(stream)) == 1
+    assert record["event"] == "lib.gmqtt.client"
+    assert record["level"] == "warning"
+    assert record["message"] == "connection lost to broker"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["ts"])
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_stdlib_records_respect_the_log_level_and_carry_exceptions() -> None:
+    log, stream = make_log("error")
+    route_stdlib_logging(log, "debug")
+    lib = logging.getLogger("somelib")
+    lib.warning("filtered by the JsonLog level")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        lib.exception("it failed")
+    lib.critical("very bad")
+    records = lines(stream)
+    assert [(r["level"], r["message"]) for r in records] == [
+        ("error", "it failed"),
+        ("error", "very bad"),
+    ]
+    assert "RuntimeError: boom" in records[0]["exc"]
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_routing_twice_replaces_the_handler_and_scrubs_known_secrets() -> None:
+    log, stream = make_log()
+    route_stdlib_logging(log)
+    handler = route_stdlib_logging(log, "warning", secrets=[Secret("hunter2")])
+    assert logging.getLogger().handlers.count(handler) == 1
+    assert sum(type(h) is type(handler) for h in logging.getLogger().handlers) == 1
+    logging.getLogger("gmqtt").warning("CONNECT user=gw password=hunter2")
+    assert "hunter2" not in stream.getvalue()
+    assert lines(stream)[0]["message"] == "CONNECT user=gw password=***"

@@ -1,0 +1,103 @@
+"""Prometheus metrics: names and labels in the exposition, and the HTTP endpoint."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.engine import OutcomeKind
+from gateway.metrics import Metrics
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_counters_appear_in_the_exposition_with_their_labels() -> None:
+    metrics = Metrics()
+    metrics.count_alert("suppressed", "inside-window")
+    metrics.count_alert("suppressed", "inside-window")
+    metrics.count_alert("rejected", "bad-cbor")
+    metrics.count_command("tracked", "on-demand")
+    metrics.count_device_outcome(OutcomeKind.CLOSED_EARLY)
+    metrics.count_restoration_alert(in_window=True)
+    metrics.count_decode_error("csp/dcc/alert", "bad-cbor")
+    metrics.mqtt_reconnects.inc()
+    metrics.reports.inc()
+    metrics.suppression_records.inc(3)
+    got = samples(metrics)
+    assert got[("poa_alerts_total", (("outcome", "suppressed"), ("reason", "inside-window")))] == 2
+    assert got[("poa_alerts_total", (("outcome", "rejected"), ("reason", "bad-cbor")))] == 1
+    assert got[("poa_commands_total", (("reason", "on-demand"), ("result", "tracked")))] == 1
+    assert got[("poa_device_outcomes_total", (("kind", "closed-early"),))] == 1
+    assert got[("poa_restoration_alerts_total", (("in_window", "true"),))] == 1
+    assert got[("poa_restoration_alerts_total", (("in_window", "false"),))] == 0
+    assert (
+        got[("poa_decode_errors_total", (("reason", "bad-cbor"), ("topic", "csp/dcc/alert")))] == 1
+    )
+    assert got[("poa_mqtt_reconnects_total", ())] == 1
+    assert got[("poa_reports_total", ())] == 1
+    assert got[("poa_suppression_records_total", ())] == 3
+
+
+def test_known_label_values_start_at_zero() -> None:
+    got = samples(Metrics())
+    assert got[("poa_alerts_total", (("outcome", "forwarded"), ("reason", "no-window")))] == 0
+    assert got[("poa_commands_total", (("reason", "replay"), ("result", "refused")))] == 0
+    for kind in OutcomeKind:
+        assert got[("poa_device_outcomes_total", (("kind", kind.value),))] == 0
+
+
+def test_gauges_and_the_latency_histogram_are_exposed() -> None:
+    metrics = Metrics()
+    metrics.set_windows(active=3, pending=4)
+    metrics.inflight_publishes.set(7)
+    metrics.up.set(1)
+    metrics.ack_latency.observe(0.0004)
+    metrics.ack_latency.observe(0.2)
+    got = samples(metrics)
+    assert got[("poa_windows_active", ())] == 3
+    assert got[("poa_windows_pending", ())] == 4
+    assert got[("poa_tracked_activations", ())] == 7
+    assert got[("poa_inflight_publishes", ())] == 7
+    assert got[("poa_up", ())] == 1
+    assert got[("poa_ack_latency_seconds_bucket", (("le", "0.0005"),))] == 1
+    assert got[("poa_ack_latency_seconds_bucket", (("le", "0.25"),))] == 2
+    assert got[("poa_ack_latency_seconds_bucket", (("le", "5.0"),))] == 2
+    assert got[("poa_ack_latency_seconds_count", ())] == 2
+
+
+def test_label_values_outside_the_fixed_sets_are_refused() -> None:
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="outcome"):
+        metrics.count_alert("dropped", "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="result"):
+        metrics.count_command("ignored", "x")  # type: ignore[arg-type]
+
+
+def test_two_instances_do_not_share_a_registry() -> None:
+    first, second = Metrics(), Metrics()
+    first.mqtt_reconnects.inc()
+    assert samples(second)[("poa_mqtt_reconnects_total", ())] == 0
+
+
+def test_serve_answers_http_get_with_the_metrics_then_closes() -> None:
+    metrics = Metrics()
+    metrics.count_alert("forwarded", "no-window")
+    with metrics.serve("127.0.0.1", 0) as server:
+        assert server.port > 0
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+            body = response.read().decode()
+    assert 'poa_alerts_total{outcome="forwarded",reason="no-window"} 1.0' in body
+    assert "poa_ack_latency_seconds_bucket" in body
+    with pytest.raises(urllib.error.URLError, match="refused"), urllib.request.urlopen(url):
+        pass
