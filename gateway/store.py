@@ -1,0 +1,930 @@
+"""The daemon's durable state: one SQLite file, written by group commit.
+
+Theory of operation
+-------------------
+The gateway acknowledges an inbound QoS 1 message only once its effect is durable: a
+suppressed AD1 is in the suppression log, an accepted CS06 has its window and originator
+counter recorded (WIRE.md). The state lives in one SQLite file with four tables:
+
+- ``activations``: every tracked activation (all :class:`~gateway.engine.Activation`
+  fields), reloaded into the engine at start-up (``Engine.restore``);
+- ``counters``: the last originator counter accepted per (originator, device), for
+  replay protection; rows are only ever raised, never deleted;
+- ``decisions``: recent alert decisions, so that a redelivery after a restart gets the
+  same decision (``Engine.remember_decision``); ``effect_done`` says whether the forward
+  was acknowledged by the broker or the suppression record committed;
+- ``suppressions``: the Power Outage Alert Suppression log, one CBOR
+  :class:`~gateway.wire.SuppressionRecord` per suppressed alert, numbered by ``seq``;
+  ``report_id`` stays NULL until a report file includes the record.
+
+**Why group commit.** A durable commit costs an ``fsync``: half a millisecond on the
+development VM, several on many disks, far more than the SQL. One commit per message
+would cap the daemon at a few thousand messages a second at best (``bench/store_bench.py``:
+about 1,400 suppressed alerts/s, one commit each, against about 26,000/s from 1,000
+concurrent tasks sharing commits). So writes are not committed one by one: each write
+method only
+*queues* the write and returns; one background task takes everything queued, applies
+it and commits it as one transaction, then resolves every :meth:`Store.flush` waiting on
+that batch. Writes that arrive while a batch commits form the next batch. There is no
+timer: an idle store commits a lone write at once, and under load each batch grows to
+whatever arrived during the previous commit, so one fsync covers many messages.
+
+**Why a worker thread.** sqlite3 calls block, and a commit blocks for its fsync; the
+event loop must keep reading from the broker meanwhile. The write connection is owned
+by a dedicated one-thread executor and used from nowhere else, so commits never block
+the loop (sqlite3 releases the GIL while SQLite works) and writes reach SQLite in the
+order they were queued. SQLite admits one writer at a time anyway, so one thread loses
+nothing. Reads are synchronous, on the caller's (event loop) thread, through a second,
+read-only connection: in WAL mode a reader never waits for the writer, and the reads the
+daemon does (a counter, an alert id) are single index lookups.
+
+Reads see what is *committed*. The one exception is :meth:`Store.last_counter`, which
+also sees counters queued but not yet committed (an in-memory overlay), so that a second
+copy of a CS06 arriving while the first one's counter is still being committed is
+refused as a replay.
+
+**The durability guarantee.** When ``flush()`` returns, every write queued before the
+call is committed. With ``synchronous=FULL`` (the default) the WAL is fsynced at every
+commit, so the writes survive a power cut; with ``NORMAL`` they survive the process
+being killed but the last commits may be rolled back by a power cut (the file is never
+corrupted either way). The daemon acknowledges a message only after the flush that
+covers its writes, so FULL is needed for the promise "a suppressed alert's record is
+never lost".
+
+**What a crash means**, at each point in the life of a write:
+
+1. *Queued, not yet committed* (``flush()`` pending): the write is lost. The message
+   was not acknowledged, so the broker redelivers it and the daemon processes it again
+   from the state on disk.
+2. *During the commit*: SQLite commits atomically, so the whole batch is on disk or
+   none of it; either way no message of the batch was acknowledged (case 1 or 3).
+3. *Committed, not yet acknowledged*: the state is on disk and the message is
+   redelivered; the daemon finds the alert's decision with ``effect_done`` and gives
+   the same answer without a second effect (a redelivered CS06 finds its counter
+   recorded and is refused as a replay, its window already stored).
+4. *Acknowledged*: the state is on disk (with FULL, even across a power cut).
+
+Redelivery means a write may be applied twice, so every write is idempotent:
+``put_activation`` replaces the row, ``delete_activation`` of a missing row does
+nothing, ``set_counter`` keeps the maximum, ``put_decision`` never turns a done effect
+back into a pending one, ``append_suppression`` keeps the first record of an alert id,
+``mark_reported`` only marks records not yet reported, ``prune_decisions`` deletes by age.
+
+**When a commit fails** (disk full, I/O error, the file locked by another process beyond
+the busy timeout), the transaction is rolled back, and every ``flush()`` waiting at that
+moment raises :class:`StoreError` with reason ``commit-failed``: the daemon does not
+acknowledge those messages, and the broker will redeliver them. Whether a failed
+commit reached the disk is in general unknown (an fsync error may come after the data
+was written); idempotence makes either outcome safe. The failed batch is not dropped:
+it goes back to the head of the queue, in order, and is retried together with the next
+writes when the next write or ``flush()`` arrives; its counters stay in the overlay.
+The retry is attempted once per wake-up, never in a loop. :attr:`Store.commit_failures`
+and :attr:`Store.last_error` let the daemon decide when to give up (restart and reload
+from disk): a persistent failure keeps every flush failing, and the retained writes
+grow with each redelivered message.
+
+``close()`` does not commit queued writes: for them it is a crash (case 1), which is
+safe because nobody was told they were durable. ``aclose()`` flushes first.
+
+Values are checked when queued (EUI-64s of 8 bytes, counters in 0 .. 2**64 - 1, times
+in SQLite's signed 64-bit range) so that a bad value raises at the call site instead of
+poisoning a batch. Originator counters are unsigned 64-bit (GBCS) and SQLite integers
+are signed, so counters are stored as 8-byte big-endian BLOBs, which SQLite compares
+byte by byte, i.e. numerically (``hex(counter)`` in the sqlite3 shell shows the value).
+
+The file is marked with ``PRAGMA application_id`` (:data:`APPLICATION_ID`) and versioned
+with ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`); any other SQLite file (the
+inventory, a newer gateway's state) is refused with a reason instead of being "migrated".
+
+Threads: a :class:`Store` is used from one thread, the event loop's (or a plain thread
+without a loop, for reads, as ``poa-gateway status`` does), and one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
+from types import TracebackType
+from typing import Any, Final, Literal, Self, TypeAlias
+
+import msgspec
+
+from .engine import Activation, AlertDecision
+from .eui import EUI64_LENGTH
+from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreError",
+    "StoreReason",
+    "StoredSuppression",
+    "Synchronous",
+]
+
+SCHEMA_VERSION: Final = 1
+"""``PRAGMA user_version`` of a state file written by this module."""
+
+APPLICATION_ID: Final = 0x504F4153  # "POAS": poa-gateway state
+"""``PRAGMA application_id`` that marks a SQLite file as a poa-gateway state store."""
+
+Synchronous: TypeAlias = Literal["FULL", "NORMAL"]
+"""The SQLite ``synchronous`` levels a store may use (see the module docstring)."""
+
+StoreReason: TypeAlias = Literal[
+    "cannot-open",
+    "not-a-store",
+    "unsupported-schema",
+    "database-error",
+    "corrupt-record",
+    "invalid-value",
+    "commit-failed",
+    "closed",
+]
+"""The stable reason codes of :class:`StoreError`."""
+
+_U64_MAX: Final = (1 << 64) - 1
+_I64_MIN: Final = -(1 << 63)
+_I64_MAX: Final = (1 << 63) - 1
+_BUSY_TIMEOUT_S: Final = 10.0
+_WAL_LIMIT_BYTES: Final = 64 * 1024 * 1024  # WAL size kept after a checkpoint
+
+
+class StoreError(Exception):
+    """The state store cannot be opened, read or written.
+
+    Attributes:
+        reason: stable, machine-readable code (a log field and a metric label):
+
+            - ``cannot-open``: the file cannot be opened or created, or is not SQLite;
+            - ``not-a-store``: a SQLite file, but another application's (wrong
+              ``application_id``, or tables and no schema version);
+            - ``unsupported-schema``: written by a newer gateway (``user_version``
+              above :data:`SCHEMA_VERSION`);
+            - ``database-error``: a read failed;
+            - ``corrupt-record``: a stored suppression record does not decode;
+            - ``invalid-value``: a value that cannot be stored (raised by the write
+              method; nothing is queued), or an unknown ``synchronous`` level;
+            - ``commit-failed``: a group commit failed; the writes it covered are not
+              known to be durable (the daemon must not acknowledge their messages);
+            - ``closed``: the store is closed, or was closed while a flush waited.
+        detail: the human-readable explanation (also ``str(error)``).
+        path: the file concerned, when there is one.
+    """
+
+    def __init__(self, reason: StoreReason, detail: str, *, path: str | None = None) -> None:
+        self.reason: StoreReason = reason
+        self.detail = detail
+        self.path = path
+        super().__init__(detail)
+
+
+class StoredSuppression(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the suppression log as stored."""
+
+    seq: int
+    """Position in the log: increasing in commit order, never reused."""
+    record: SuppressionRecord
+    report_id: str | None
+    """The report file that includes it; None while unreported."""
+
+
+# -- schema and statements -------------------------------------------------------------
+
+# Counters are 8-byte big-endian BLOBs (see the module docstring); EUI-64s are 8-byte
+# BLOBs; times are integer milliseconds (UTC); flags are 0 or 1.
+#
+# The decisions table keeps a copy (a_*) of the activation a decision names rather than a
+# reference: the window may be closed early or expire (and its row be deleted) while the
+# decision is still within the dedupe horizon, and a redelivered alert must get the
+# decision as it was made. The a_* columns are all NULL when the decision names none.
+_SCHEMA = f"""
+CREATE TABLE activations (
+    esme BLOB NOT NULL CHECK (length(esme) = 8),
+    originator BLOB NOT NULL CHECK (length(originator) = 8),
+    counter BLOB NOT NULL CHECK (length(counter) = 8),
+    chf BLOB NOT NULL CHECK (length(chf) = 8),
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    future_dated INTEGER NOT NULL CHECK (future_dated = 0 OR future_dated = 1),
+    seen_at INTEGER NOT NULL,
+    closed_early INTEGER NOT NULL CHECK (closed_early = 0 OR closed_early = 1),
+    succeeded INTEGER NOT NULL CHECK (succeeded = 0 OR succeeded = 1),
+    PRIMARY KEY (esme, originator, counter)
+) WITHOUT ROWID;
+CREATE TABLE counters (
+    originator BLOB NOT NULL CHECK (length(originator) = 8),
+    device BLOB NOT NULL CHECK (length(device) = 8),
+    counter BLOB NOT NULL CHECK (length(counter) = 8),
+    PRIMARY KEY (originator, device)
+) WITHOUT ROWID;
+CREATE TABLE decisions (
+    alert_id TEXT PRIMARY KEY,
+    chf BLOB NOT NULL,
+    suppressed INTEGER NOT NULL CHECK (suppressed = 0 OR suppressed = 1),
+    reason TEXT NOT NULL,
+    judged_at INTEGER NOT NULL,
+    decided_at INTEGER NOT NULL,
+    effect_done INTEGER NOT NULL CHECK (effect_done = 0 OR effect_done = 1),
+    a_esme BLOB CHECK (length(a_esme) = 8),
+    a_originator BLOB CHECK (length(a_originator) = 8),
+    a_counter BLOB CHECK (length(a_counter) = 8),
+    a_chf BLOB CHECK (length(a_chf) = 8),
+    a_start_ms INTEGER,
+    a_end_ms INTEGER,
+    a_future_dated INTEGER,
+    a_seen_at INTEGER,
+    a_closed_early INTEGER,
+    a_succeeded INTEGER,
+    CHECK ((a_esme IS NULL) = (a_counter IS NULL))
+) WITHOUT ROWID;
+CREATE INDEX decisions_decided_at ON decisions (decided_at);
+CREATE TABLE suppressions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id TEXT NOT NULL UNIQUE,
+    record BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    report_id TEXT
+);
+CREATE INDEX suppressions_unreported ON suppressions (seq) WHERE report_id IS NULL;
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_ACTIVATION_WIDTH = 10  # columns of an activation row, in the order of the table
+
+_LOAD_ACTIVATIONS = """
+SELECT esme, originator, counter, chf, start_ms, end_ms, future_dated, seen_at,
+    closed_early, succeeded
+FROM activations ORDER BY esme, originator, counter
+"""
+_PUT_ACTIVATION = """
+INSERT OR REPLACE INTO activations (esme, originator, counter, chf, start_ms, end_ms,
+    future_dated, seen_at, closed_early, succeeded)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_DELETE_ACTIVATION = "DELETE FROM activations WHERE esme = ? AND originator = ? AND counter = ?"
+_SET_COUNTER = """
+INSERT INTO counters (originator, device, counter) VALUES (?, ?, ?)
+ON CONFLICT (originator, device) DO UPDATE SET counter = excluded.counter
+WHERE excluded.counter > counters.counter
+"""
+_SELECT_DECISIONS = """
+SELECT alert_id, chf, suppressed, reason, judged_at, decided_at, effect_done,
+    a_esme, a_originator, a_counter, a_chf, a_start_ms, a_end_ms, a_future_dated,
+    a_seen_at, a_closed_early, a_succeeded
+FROM decisions
+"""
+_LOAD_DECISIONS = _SELECT_DECISIONS + "WHERE decided_at >= ? ORDER BY decided_at, alert_id"
+_GET_DECISION = _SELECT_DECISIONS + "WHERE alert_id = ?"
+# A later decision on the alert id (made again after the dedupe horizon) replaces the
+# row; the same decision again (a duplicate, or its effect now done) only raises
+# effect_done; an earlier one changes nothing. (In SET, unqualified names and
+# "decisions." are the row before the update.)
+_PUT_DECISION = """
+INSERT INTO decisions (alert_id, chf, suppressed, reason, judged_at, decided_at, effect_done,
+    a_esme, a_originator, a_counter, a_chf, a_start_ms, a_end_ms, a_future_dated,
+    a_seen_at, a_closed_early, a_succeeded)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (alert_id) DO UPDATE SET
+    chf = excluded.chf, suppressed = excluded.suppressed, reason = excluded.reason,
+    judged_at = excluded.judged_at, decided_at = excluded.decided_at,
+    effect_done = CASE WHEN excluded.decided_at = decisions.decided_at
+        THEN max(decisions.effect_done, excluded.effect_done)
+        ELSE excluded.effect_done END,
+    a_esme = excluded.a_esme, a_originator = excluded.a_originator,
+    a_counter = excluded.a_counter, a_chf = excluded.a_chf,
+    a_start_ms = excluded.a_start_ms, a_end_ms = excluded.a_end_ms,
+    a_future_dated = excluded.a_future_dated, a_seen_at = excluded.a_seen_at,
+    a_closed_early = excluded.a_closed_early, a_succeeded = excluded.a_succeeded
+WHERE excluded.decided_at >= decisions.decided_at
+"""
+_APPEND_SUPPRESSION = """
+INSERT INTO suppressions (alert_id, record, received_at) VALUES (?, ?, ?)
+ON CONFLICT (alert_id) DO NOTHING
+"""
+_MARK_REPORTED = "UPDATE suppressions SET report_id = ? WHERE seq = ? AND report_id IS NULL"
+_PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
+_COUNTS = """
+SELECT
+    (SELECT count(*) FROM activations),
+    (SELECT count(*) FROM counters),
+    (SELECT count(*) FROM decisions),
+    (SELECT count(*) FROM suppressions),
+    (SELECT count(*) FROM suppressions WHERE report_id IS NULL)
+"""
+
+# Which table each write statement touches. Writes to different tables commute (no
+# triggers, no foreign keys), so a batch is applied table by table, keeping the queue
+# order within each table; runs of one statement then go to SQLite in one executemany.
+_TABLE_OF: Final = {
+    _PUT_ACTIVATION: 0,
+    _DELETE_ACTIVATION: 0,
+    _SET_COUNTER: 1,
+    _PUT_DECISION: 2,
+    _PRUNE_DECISIONS: 2,
+    _APPEND_SUPPRESSION: 3,
+    _MARK_REPORTED: 3,
+}
+
+_Op: TypeAlias = tuple[str, tuple[Any, ...]]
+_ActivationRow: TypeAlias = tuple[bytes, bytes, bytes, bytes, int, int, int, int, int, int]
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class Store:
+    """The daemon's durable state in one SQLite file. See the module docstring.
+
+    Open with :meth:`Store.open`; close with :meth:`aclose` (flushes first) or
+    :meth:`close`, or use as a (sync or async) context manager.
+
+    Attributes:
+        path: the SQLite file.
+        synchronous: the ``synchronous`` level of the write connection.
+        commits: group commits that succeeded.
+        commit_failures: group commits that failed.
+        last_error: the error of the last failed commit, None once a commit succeeds.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        synchronous: Synchronous,
+        reader: sqlite3.Connection,
+        writer: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        """Internal: use :meth:`Store.open`."""
+        self.path = path
+        self.synchronous: Synchronous = synchronous
+        self.commits = 0
+        self.commit_failures = 0
+        self.last_error: StoreError | None = None
+        self._reader = reader
+        self._writer = writer  # used only from the executor's thread
+        self._executor = executor
+        self._closed = False
+        self._queue: list[_Op] = []
+        self._queued = 0  # writes ever queued; write n has ticket n
+        self._committed = 0  # every ticket up to this one is committed
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # (originator, device) -> (highest counter queued, ticket of its last write)
+        self._overlay: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_s: float = _BUSY_TIMEOUT_S,
+    ) -> Self:
+        """Open the state store at ``path``, creating the file and schema if missing.
+
+        Args:
+            path: the SQLite file.
+            synchronous: ``FULL`` (commits survive a power cut) or ``NORMAL`` (they
+                survive a crash of the process only).
+            busy_timeout_s: how long a statement waits for a lock held by another
+                process (e.g. a maintenance tool) before failing.
+
+        Raises:
+            StoreError: ``cannot-open``, ``not-a-store`` or ``unsupported-schema``.
+        """
+        name = os.fspath(path)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StoreError("invalid-value", f"synchronous must be FULL or NORMAL: {synchronous}")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poa-store")
+        writer: sqlite3.Connection | None = None
+        try:
+            writer = executor.submit(_open_writer, name, synchronous, busy_timeout_s).result()
+            reader = _connect(name, busy_timeout_s, check_same_thread=True)
+            try:
+                reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                reader.close()
+                raise _cannot_open(name, exc) from exc
+        except BaseException:
+            if writer is not None:
+                executor.submit(writer.close).result()
+            executor.shutdown(wait=True)
+            raise
+        return cls(name, synchronous, reader, writer, executor)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background commit task on the running event loop.
+
+        Optional: the first write or :meth:`flush` made on an event loop starts it.
+        Idempotent. Raises RuntimeError when called with no running loop.
+        """
+        self._check_open()
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="poa-store-commit")
+            if self._queue:
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Return when every write queued before this call is committed to disk.
+
+        Raises:
+            StoreError: ``commit-failed`` when the commit covering those writes failed
+                (they are retried with the next batch; see the module docstring), or
+                ``closed`` when the store was closed meanwhile.
+        """
+        self._check_open()
+        target = self._queued
+        if target <= self._committed:
+            return
+        self.start()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        assert self._wake is not None
+        self._wake.set()
+        await future
+
+    async def aclose(self) -> None:
+        """Flush queued writes, then close. The store is closed even if the flush fails.
+
+        Raises:
+            StoreError: ``commit-failed`` when the final flush failed (those writes are
+                lost, as in a crash).
+        """
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close both connections and the worker thread (idempotent).
+
+        Writes still queued are *not* committed (as in a crash: see the module
+        docstring); flushes still waiting raise ``StoreError("closed")``. A commit already
+        running in the worker thread is waited for, so its outcome is whatever SQLite
+        made of it.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        # The loop may already be closed (a store closed after asyncio.run returned).
+        with contextlib.suppress(RuntimeError):
+            self._fail_waiters(StoreError("closed", f"{self.path}: store closed", path=self.path))
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(RuntimeError):
+                self._task.cancel()
+        self._queue.clear()
+        self._overlay.clear()
+        # The reader first: the last connection to close checkpoints the WAL, and the
+        # writer's synchronous setting is the one that should apply.
+        self._reader.close()
+        self._executor.submit(self._writer.close).result()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.aclose()
+        else:
+            self.close()
+
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet committed (including those of a failed commit)."""
+        return self._queued - self._committed
+
+    # -- writes (queued; see flush) ------------------------------------------------------
+
+    def put_activation(self, a: Activation) -> None:
+        """Record an activation, replacing the one with the same (esme, originator, counter)."""
+        self._enqueue(_PUT_ACTIVATION, _activation_row(a))
+
+    def delete_activation(self, a: Activation) -> None:
+        """Forget an activation (by esme, originator, counter); nothing if not recorded."""
+        key = (
+            _eui("esme", a.esme),
+            _eui("originator", a.originator),
+            _u64("counter", a.counter),
+        )
+        self._enqueue(_DELETE_ACTIVATION, key)
+
+    def set_counter(self, originator: bytes, device: bytes, counter: int) -> None:
+        """Record an accepted originator counter; the stored value only ever goes up.
+
+        Visible to :meth:`last_counter` at once, before it is committed.
+        """
+        key = (_eui("originator", originator), _eui("device", device))
+        self._enqueue(_SET_COUNTER, (*key, _u64("counter", counter)))
+        previous = self._overlay.get(key)
+        best = counter if previous is None else max(counter, previous[0])
+        self._overlay[key] = (best, self._queued)
+
+    def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None:
+        """Record an alert decision and whether its effect is done.
+
+        The same decision recorded again (a duplicate, or once its effect is done) only
+        raises ``effect_done``, never lowers it; a later decision on the same alert id
+        replaces it; an earlier one is ignored. ``duplicate`` is not stored.
+        """
+        a = decision.activation
+        activation = (None,) * _ACTIVATION_WIDTH if a is None else _activation_row(a)
+        row = (
+            decision.alert_id,
+            _eui("chf", decision.chf),
+            int(decision.suppressed),
+            decision.reason,
+            _i64("judged_at", decision.judged_at),
+            _i64("decided_at", decision.decided_at),
+            int(effect_done),
+            *activation,
+        )
+        self._enqueue(_PUT_DECISION, row)
+
+    def append_suppression(self, record: SuppressionRecord) -> None:
+        """Append a record to the suppression log (CBOR, as :func:`gateway.wire.encode`).
+
+        A second record for an alert id already in the log is ignored: the first stays.
+        """
+        row = (record.alert_id, encode(record), _i64("received_at", record.received_at))
+        self._enqueue(_APPEND_SUPPRESSION, row)
+
+    def mark_reported(self, seqs: Sequence[int], report_id: str) -> None:
+        """Record that a report file includes these log entries (already marked: unchanged)."""
+        for seq in seqs:
+            self._enqueue(_MARK_REPORTED, (report_id, _i64("seq", seq)))
+
+    def prune_decisions(self, before_ms: int) -> None:
+        """Forget the decisions made before ``before_ms`` (past the dedupe horizon)."""
+        self._enqueue(_PRUNE_DECISIONS, (_i64("before_ms", before_ms),))
+
+    # -- reads (synchronous, committed state) ----------------------------------------------
+
+    def load_activations(self) -> list[Activation]:
+        """Every recorded activation (for ``Engine.restore``)."""
+        with self._reading():
+            rows = self._reader.execute(_LOAD_ACTIVATIONS).fetchall()
+        return [_activation(row) for row in rows]
+
+    def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:
+        """Decisions made at or after ``since_ms``, oldest first, with ``effect_done``."""
+        with self._reading():
+            rows = self._reader.execute(_LOAD_DECISIONS, (_i64("since_ms", since_ms),)).fetchall()
+        return [_decision(row) for row in rows]
+
+    def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None:
+        """The recorded decision on ``alert_id`` and its ``effect_done``, or None."""
+        with self._reading():
+            row = self._reader.execute(_GET_DECISION, (alert_id,)).fetchone()
+        return None if row is None else _decision(row)
+
+    def last_counter(self, originator: bytes, device: bytes) -> int | None:
+        """The highest originator counter accepted from ``originator`` for ``device``,
+        including counters queued but not yet committed; None if there is none."""
+        key = (bytes(originator), bytes(device))
+        with self._reading():
+            row = self._reader.execute(
+                "SELECT counter FROM counters WHERE originator = ? AND device = ?", key
+            ).fetchone()
+        stored = None if row is None else int.from_bytes(row[0], "big")
+        pending = self._overlay.get(key)
+        if pending is None:
+            return stored
+        return pending[0] if stored is None else max(stored, pending[0])
+
+    def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+        """Up to ``limit`` log entries not yet in a report, as (seq, record), by seq."""
+        with self._reading():
+            rows = self._reader.execute(
+                "SELECT seq, record FROM suppressions WHERE report_id IS NULL ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
+
+    def unreported_count(self) -> int:
+        """How many log entries are not yet in a report."""
+        with self._reading():
+            (n,) = self._reader.execute(
+                "SELECT count(*) FROM suppressions WHERE report_id IS NULL"
+            ).fetchone()
+        return int(n)
+
+    def suppressions_for(self, alert_id: str) -> list[StoredSuppression]:
+        """The log entry for ``alert_id``, as a list (empty, or one entry)."""
+        with self._reading():
+            rows = self._reader.execute(
+                "SELECT seq, record, report_id FROM suppressions WHERE alert_id = ? ORDER BY seq",
+                (alert_id,),
+            ).fetchall()
+        return [
+            StoredSuppression(seq=int(seq), record=self._record(seq, blob), report_id=report_id)
+            for seq, blob, report_id in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for ``poa-gateway status``: ``activations``, ``counters``,
+        ``decisions``, ``suppressions`` and ``unreported`` (one statement, one snapshot)."""
+        with self._reading():
+            row = self._reader.execute(_COUNTS).fetchone()
+        names = ("activations", "counters", "decisions", "suppressions", "unreported")
+        return {name: int(n) for name, n in zip(names, row, strict=True)}
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("closed", f"{self.path}: store closed", path=self.path)
+
+    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._check_open()
+        self._queue.append((sql, params))
+        self._queued += 1
+        if self._task is None:
+            try:
+                self.start()
+            except RuntimeError:
+                return  # no event loop yet: the first flush() starts the task
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        wake = self._wake
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if not self._queue:
+                    continue
+                batch, self._queue = self._queue, []
+                last = self._queued
+                try:
+                    await loop.run_in_executor(self._executor, self._commit, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure fails the waiters
+                    self._queue[:0] = batch  # retried, in order, with the next batch
+                    self._failed(exc, len(batch))
+                else:
+                    self._committed_through(last)
+        except asyncio.CancelledError:
+            error = StoreError("closed", f"{self.path}: store closed", path=self.path)
+            self._fail_waiters(error)
+            raise
+
+    def _commit(self, batch: list[_Op]) -> None:
+        # Runs in the worker thread: the only place the write connection is used.
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            ordered = sorted(batch, key=lambda op: _TABLE_OF[op[0]])  # stable: see _TABLE_OF
+            for sql, ops in itertools.groupby(ordered, key=itemgetter(0)):
+                conn.executemany(sql, [params for _, params in ops])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def _committed_through(self, last: int) -> None:
+        self._committed = last
+        self.commits += 1
+        self.last_error = None
+        done = [key for key, (_, ticket) in self._overlay.items() if ticket <= last]
+        for key in done:
+            del self._overlay[key]
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for target, future in self._waiters:
+            if target > last:
+                still.append((target, future))
+            elif not future.done():
+                future.set_result(None)
+        self._waiters = still
+
+    def _failed(self, exc: Exception, size: int) -> None:
+        self.commit_failures += 1
+        error = StoreError(
+            "commit-failed",
+            f"{self.path}: commit of {size} write(s) failed: {exc}",
+            path=self.path,
+        )
+        error.__cause__ = exc
+        self.last_error = error
+        # Every waiter fails, also those waiting on later writes: those cannot be
+        # committed before the failed ones, and a retry waits for the next wake-up.
+        self._fail_waiters(error)
+
+    def _fail_waiters(self, error: StoreError) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, future in waiters:
+            if not future.done():
+                # One exception object per waiter: each raise adds to its traceback.
+                mine = StoreError(error.reason, error.detail, path=error.path)
+                mine.__cause__ = error.__cause__
+                future.set_exception(mine)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        self._check_open()
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(
+                "database-error", f"{self.path}: state store: {exc}", path=self.path
+            ) from exc
+
+    def _record(self, seq: int, blob: bytes) -> SuppressionRecord:
+        try:
+            return decode_suppression_record(blob)
+        except WireError as exc:
+            raise StoreError(
+                "corrupt-record", f"{self.path}: suppression {seq}: {exc}", path=self.path
+            ) from exc
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _connect(path: str, busy_timeout_s: float, *, check_same_thread: bool) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(
+            path,
+            isolation_level=None,  # explicit BEGIN/COMMIT
+            timeout=busy_timeout_s,
+            check_same_thread=check_same_thread,
+        )
+    except sqlite3.Error as exc:
+        raise _cannot_open(path, exc) from exc
+
+
+def _open_writer(path: str, synchronous: Synchronous, busy_timeout_s: float) -> sqlite3.Connection:
+    # Runs in the worker thread, which owns the connection from here on.
+    conn = _connect(path, busy_timeout_s, check_same_thread=False)
+    try:
+        _prepare(conn, path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA fullfsync = ON")  # macOS: fsync alone does not reach the disk
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _cannot_open(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: str) -> None:
+    app_id, version = _marks(conn)
+    if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
+        return
+    # IMMEDIATE: two processes creating the same new file must not both do it.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        app_id, version = _marks(conn)
+        if app_id not in (0, APPLICATION_ID):
+            raise _foreign(path, f"application_id {app_id:#x}")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                "unsupported-schema",
+                f"{path}: state schema version {version} is newer than this gateway's "
+                f"({SCHEMA_VERSION})",
+                path=path,
+            )
+        if version == 0:
+            # user_version is set in the transaction that creates the tables, so a file
+            # with tables and no version was written by something else.
+            tables = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+                )
+            ]
+            if tables:
+                raise _foreign(path, f"tables {', '.join(tables)[:200]}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        elif app_id != APPLICATION_ID:
+            raise _foreign(path, "no application_id")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _marks(conn: sqlite3.Connection) -> tuple[int, int]:
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(app_id), int(version)
+
+
+def _foreign(path: str, what: str) -> StoreError:
+    return StoreError("not-a-store", f"{path}: not a poa-gateway state store ({what})", path=path)
+
+
+def _cannot_open(path: str, exc: sqlite3.Error) -> StoreError:
+    return StoreError("cannot-open", f"{path}: cannot open state store: {exc}", path=path)
+
+
+def _invalid(name: str, detail: str) -> StoreError:
+    return StoreError("invalid-value", f"{name}: {detail}")
+
+
+def _eui(name: str, value: bytes) -> bytes:
+    if len(value) != EUI64_LENGTH:
+        raise _invalid(name, f"expected {EUI64_LENGTH} bytes, got {len(value)}")
+    return bytes(value)
+
+
+def _u64(name: str, value: int) -> bytes:
+    if not 0 <= value <= _U64_MAX:
+        raise _invalid(name, f"{value} is not an unsigned 64-bit integer")
+    return value.to_bytes(8, "big")
+
+
+def _i64(name: str, value: int) -> int:
+    if not _I64_MIN <= value <= _I64_MAX:
+        raise _invalid(name, f"{value} is outside SQLite's 64-bit integer range")
+    return int(value)
+
+
+def _activation_row(a: Activation) -> _ActivationRow:
+    return (
+        _eui("esme", a.esme),
+        _eui("originator", a.originator),
+        _u64("counter", a.counter),
+        _eui("chf", a.chf),
+        _i64("start_ms", a.start_ms),
+        _i64("end_ms", a.end_ms),
+        int(a.future_dated),
+        _i64("seen_at", a.seen_at),
+        int(a.closed_early),
+        int(a.succeeded),
+    )
+
+
+def _activation(row: Sequence[Any]) -> Activation:
+    esme, originator, counter, chf, start, end, future, seen_at, closed, succeeded = row
+    return Activation(
+        esme=esme,
+        chf=chf,
+        originator=originator,
+        counter=int.from_bytes(counter, "big"),
+        start_ms=start,
+        end_ms=end,
+        future_dated=bool(future),
+        seen_at=seen_at,
+        closed_early=bool(closed),
+        succeeded=bool(succeeded),
+    )
+
+
+def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
+    alert_id, chf, suppressed, reason, judged_at, decided_at, effect_done = row[:7]
+    activation_row = row[7:]
+    decision = AlertDecision(
+        alert_id=alert_id,
+        chf=chf,
+        suppressed=bool(suppressed),
+        reason=reason,
+        judged_at=judged_at,
+        decided_at=decided_at,
+        activation=None if activation_row[0] is None else _activation(activation_row),
+    )
+    return decision, bool(effect_done)
