@@ -1,0 +1,116 @@
+"""``poa-gateway report``: verify suppression report files and show their records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .eui import format_eui64
+from .reports import ReportError, format_time, read_report, verify_report
+from .wire import SuppressionRecord
+
+__all__ = ["add_parser", "record_json"]
+
+_EXIT_OK = 0
+_EXIT_FAILED = 1
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``report verify`` and ``report show`` to a subcommand set."""
+    report = sub.add_parser(
+        "report",
+        help="verify suppression report files and show their records",
+        description=(
+            "Check and read the Power Outage Alert Suppression report files (CSV) that "
+            "the gateway writes for the Network Operators."
+        ),
+    )
+    commands = report.add_subparsers(dest="report_command", metavar="COMMAND", required=True)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check report files for completeness and integrity",
+        description=(
+            "Check each report: the HEADER record, the column names, every data record "
+            "(11 columns, EUI-64s, ISO 8601 UTC times), and the TRAILER's record count and "
+            "SHA-256 of the data records. Prints 'FILE: ok, N records, sha256 HEX' or one "
+            "line per problem naming its line number. Exit status 0 only if every file is "
+            "ok."
+        ),
+    )
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE", help="a report .csv file")
+    verify.set_defaults(handler=_cmd_verify)
+
+    show = commands.add_parser(
+        "show",
+        help="print a report's records as JSON lines",
+        description=(
+            "Verify a report, then print each suppressed AD1 as one JSON object per line, "
+            "keyed by the CSV column names: EUI-64s as 00-DB-12-34-56-78-90-A0, times as "
+            "ISO 8601 UTC, originator_counter as a number, an empty request_id as null. A "
+            "report that fails verification prints its problems on stderr and nothing on "
+            "stdout (exit status 1)."
+        ),
+    )
+    show.add_argument("file", type=Path, metavar="FILE", help="a report .csv file")
+    show.set_defaults(handler=_cmd_show)
+
+
+def record_json(record: SuppressionRecord) -> dict[str, Any]:
+    """A record as ``report show`` prints it (JSON-ready, in CSV column order)."""
+    return {
+        "alert_id": record.alert_id,
+        "chf_id": format_eui64(record.chf_id),
+        "esme_id": format_eui64(record.esme_id),
+        "raised_at": format_time(record.raised_at),
+        "received_at": format_time(record.received_at),
+        "window_start": format_time(record.window_start),
+        "window_end": format_time(record.window_end),
+        "request_id": record.request_id,
+        "originator": format_eui64(record.originator),
+        "originator_counter": record.originator_counter,
+        "activation": record.activation,
+    }
+
+
+def _cannot_read(command: str, path: Path, exc: OSError) -> None:
+    print(
+        f"poa-gateway report {command}: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr
+    )
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    status = _EXIT_OK
+    for path in args.files:
+        try:
+            check = verify_report(path)
+        except OSError as exc:
+            _cannot_read("verify", path, exc)
+            status = _EXIT_FAILED
+            continue
+        if check.ok:
+            print(f"{path}: ok, {check.records} records, sha256 {check.sha256}")
+        else:
+            status = _EXIT_FAILED
+            for problem in check.problems:
+                print(f"{path}: {problem}")
+    return status
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        contents = read_report(path)
+    except OSError as exc:
+        _cannot_read("show", path, exc)
+        return _EXIT_FAILED
+    except ReportError as exc:
+        for problem in exc.problems:
+            print(f"poa-gateway report show: {path}: {problem}", file=sys.stderr)
+        return _EXIT_FAILED
+    for record in contents.records:
+        print(json.dumps(record_json(record)))
+    return _EXIT_OK

@@ -1,0 +1,862 @@
+"""Power Outage Alert Suppression reports: the files the Network Operators receive.
+
+Every AD1 the gateway suppresses is written to the suppression log; the log is rotated
+into one report file per period (and earlier when a report reaches its size limit). A
+report is a CSV file that a DNO can open in a spreadsheet, read with any CSV library and
+check for completeness and integrity without our software.
+
+The CSV layout
+--------------
+UTF-8 without a byte order mark; every record ends with CRLF; fields are quoted only when
+they must be (RFC 4180 / Python's ``csv`` with ``QUOTE_MINIMAL``): a field holding a
+comma, a double quote, CR or LF is wrapped in double quotes and its double quotes doubled,
+so every value reads back exactly, line breaks included.
+
+Line 1, the HEADER record, seven fields::
+
+    HEADER,<report name>,<report id>,<period start>,<period end>,<generator>,<version>
+
+- *report name*: the file name without ``.csv`` (the ``.xlsx`` copy has the same name);
+- *report id*: chosen by the writer so that the same log range always gives the same
+  report (see idempotence below);
+- *period start*, *period end*: the period the report covers, start included, end
+  excluded;
+- *generator*, *version*: the software that wrote the file.
+
+Line 2, the column names of the data records (:data:`COLUMNS`)::
+
+    alert_id,chf_id,esme_id,raised_at,received_at,window_start,window_end,request_id,originator,originator_counter,activation
+
+Then one data record per suppressed AD1, in log order:
+
+- ``alert_id``: the DCC alert identifier;
+- ``chf_id``: the Communications Hub Function that raised the AD1; ``esme_id``: the
+  electricity meter whose firmware activation opened the window; ``originator``: the
+  remote party that sent the CS06 (EUI-64s written ``00-DB-12-34-56-78-90-A0``);
+- ``raised_at``: when the CHF raised the alert; ``received_at``: when the gateway
+  received it; ``window_start``/``window_end``: the suppression window it fell into;
+- ``request_id``: the DUIS RequestID of the CS06 (empty when it had none);
+- ``originator_counter``: the CS06's originator counter (decimal);
+- ``activation``: ``on-demand`` or ``future-dated``.
+
+Last, the TRAILER record, three fields::
+
+    TRAILER,<number of data records>,<SHA-256 of the data records, 64 lowercase hex digits>
+
+The digest is over the exact bytes of the data records as written: from the first byte
+of line 3 to the CRLF before ``TRAILER``, inclusive (no bytes at all for a report of no
+records). The HEADER and TRAILER are always one line each (a data value may span lines,
+inside quotes), so a DNO can check it with ``sed -n '3,$p' FILE | sed '$d' | sha256sum``,
+or with ``poa-gateway report verify FILE``.
+
+All times are ISO 8601 in UTC with milliseconds and ``Z``: ``2030-01-15T09:00:00.000Z``.
+A time after the year 9999 (only a device clock gone wrong can produce one) is written in
+the expanded form with a sign and at least six year digits, as JavaScript does:
+``+010000-01-01T00:00:00.000Z``.
+
+A period in which nothing was suppressed still produces a report, with no data records
+and ``TRAILER,0,e3b0c442...b855`` (the digest of no bytes): the DNO can then tell "nothing
+was suppressed" from "a report is missing".
+
+Writing
+-------
+:func:`write_report` never leaves a partial file under a report's name: each file is
+written to a dot-named temporary file in the same folder (``.<name>.<random>.tmp``),
+flushed, fsynced, renamed over the final name with :func:`os.replace` (atomic on POSIX),
+and the folder is fsynced so the rename survives a power cut. With ``xlsx=True`` the
+spreadsheet copy is put in place first and the CSV last, so a CSV that exists is a
+complete report with its copy beside it.
+
+The optional ``.xlsx`` copy (sheet "Suppressed AD1") is for reading: one row per HEADER
+field (label, value), the column names, the data records and the TRAILER, every value a
+text cell (a value starting ``=`` is never a formula; counters keep all their digits).
+The CSV is the record: the spreadsheet format shows a CR as a line feed, cannot hold
+other control characters (shown as U+FFFD) and has no digest of its own.
+
+It is idempotent: the name, the content and the digest depend only on its arguments, so
+after a crash the daemon can write the same log range again and get the same CSV,
+byte for byte, under the same name (the ``.xlsx`` copy holds the same cells; its zip
+timestamps differ). This is why the caller supplies the report id, typically from the
+first and last log sequence numbers of the range, rather than the time of writing.
+
+:func:`verify_report` re-reads a CSV report and lists every problem with its line number;
+:class:`Rotation` is the pure policy that says when the open report is due to be closed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, Final, NamedTuple
+
+import msgspec
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+from .eui import EUI64_LENGTH, format_eui64, parse_eui64
+from .wire import ActivationKind, ReportNotice, SuppressionRecord
+
+__all__ = [
+    "COLUMNS",
+    "EMPTY_SHA256",
+    "MAX_FIELD_CHARS",
+    "ReportCheck",
+    "ReportContents",
+    "ReportError",
+    "ReportFile",
+    "Rotation",
+    "format_time",
+    "parse_time",
+    "read_report",
+    "verify_report",
+    "write_report",
+]
+
+COLUMNS: Final = (
+    "alert_id",
+    "chf_id",
+    "esme_id",
+    "raised_at",
+    "received_at",
+    "window_start",
+    "window_end",
+    "request_id",
+    "originator",
+    "originator_counter",
+    "activation",
+)
+"""The column names of a data record, in order (line 2 of every report)."""
+
+EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
+"""The TRAILER digest of a report with no data records."""
+
+MAX_FIELD_CHARS: Final = 32_767
+"""Longest value a report holds: a spreadsheet cell's limit (Excel truncates beyond it).
+
+Only ``request_id`` is unbounded on the wire; a real DUIS RequestID is ~60 characters.
+"""
+
+SHEET_TITLE: Final = "Suppressed AD1"
+"""The worksheet of the ``.xlsx`` copy."""
+
+XLSX_HEADER_LABELS: Final = (
+    "report",
+    "report id",
+    "period start (UTC)",
+    "period end (UTC)",
+    "generator",
+    "version",
+)
+"""Labels of the first rows of the ``.xlsx`` copy: one row per HEADER field."""
+
+_HEADER: Final = "HEADER"
+_TRAILER: Final = "TRAILER"
+_HEADER_FIELDS: Final = 7
+_TRAILER_FIELDS: Final = 3
+_ACTIVATIONS: Final[tuple[ActivationKind, ...]] = ("on-demand", "future-dated")
+_UINT64_MAX: Final = (1 << 64) - 1
+_MAX_PROBLEMS: Final = 50  # per file: a wrong file must not print a million lines
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_FILE_MODE: Final = 0o640  # read by the DNO transfer account's group
+_OUTBOX_MODE: Final = 0o750
+
+
+class _Csv(csv.Dialect):
+    delimiter = ","
+    quotechar = '"'
+    doublequote = True
+    skipinitialspace = False
+    lineterminator = "\r\n"
+    quoting = csv.QUOTE_MINIMAL
+    strict = True
+
+
+# ---------------------------------------------------------------------------------------
+# Times: epoch milliseconds <-> ISO 8601 UTC with milliseconds.
+#
+# datetime stops at 9999-12-31, but a record's times are uint64 milliseconds from the
+# wire (a CHF with a broken clock can raise an AD1 "in" the year 50000, and it is still
+# judged, at the time of receipt, and reported). Howard Hinnant's days <-> civil date
+# algorithms work for any year with Python integers.
+
+_MS_PER_DAY: Final = 86_400_000
+_TIME = re.compile(
+    r"(?:(?P<year>[0-9]{4})|\+(?P<expanded>[0-9]{6,}))-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
+    r"T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})\.(?P<ms>[0-9]{3})Z"
+)
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    days += 719_468  # 0000-03-01 .. 1970-01-01
+    era = days // 146_097
+    doe = days - era * 146_097
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month - 3 if month > 2 else month + 9) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146_097 + doe - 719_468
+
+
+def format_time(ms: int) -> str:
+    """``2030-01-15T09:00:00.000Z`` for milliseconds since the Unix epoch (0 .. 2**64-1).
+
+    Raises:
+        ValueError: ``ms`` is negative or above 2**64 - 1.
+    """
+    if not 0 <= ms <= _UINT64_MAX:
+        raise ValueError(f"time out of range 0 .. 2**64 - 1: {ms}")
+    days, rest = divmod(ms, _MS_PER_DAY)
+    year, month, day = _civil_from_days(days)
+    seconds, millis = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    shown = f"{year:04d}" if year <= 9999 else f"+{year:06d}"
+    return f"{shown}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the Unix epoch for a time as :func:`format_time` writes it.
+
+    Only that exact spelling is accepted (UTC, ``Z``, three decimals), so a time has one
+    written form and a report's digest cannot be kept by re-spelling one.
+
+    Raises:
+        ValueError: the text is not such a time, or not a valid date.
+    """
+    match = _TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{_shown(text)} is not a time like 2030-01-15T09:00:00.000Z")
+    year = int(match["year"] or match["expanded"])
+    month, day = int(match["month"]), int(match["day"])
+    hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"])
+    valid = 1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60
+    if valid:
+        days = _days_from_civil(year, month, day)
+        valid = _civil_from_days(days) == (year, month, day)  # 31 April, 29 Feb 2031...
+    if not valid:
+        raise ValueError(f"{_shown(text)} is not a valid date and time")
+    ms = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + int(match["ms"])
+    if not 0 <= ms <= _UINT64_MAX or format_time(ms) != text:
+        raise ValueError(f"{_shown(text)} is out of range or not in canonical form")
+    return ms
+
+
+def _compact_time(ms: int) -> str:
+    # 20300115T090000Z, for file names.
+    return re.sub(r"[-:]", "", format_time(ms)[:19]) + "Z"
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+class ReportFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A report file as written by :func:`write_report`."""
+
+    name: str
+    """The CSV file's name, e.g. ``POA-SUPPRESSION_20300115T090000Z_42-57.csv``."""
+    path: Path
+    """Where the CSV is."""
+    records: int
+    """Number of data records."""
+    sha256: str
+    """The TRAILER digest: SHA-256 of the data records' bytes, lowercase hex."""
+    period_start_ms: int
+    period_end_ms: int
+    report_id: str
+    xlsx_path: Path | None = None
+    """The spreadsheet copy, when one was asked for."""
+
+    def notice(self) -> ReportNotice:
+        """The ``gateway/reports`` notice announcing this file."""
+        return ReportNotice(
+            v=1,
+            kind="report",
+            name=self.name,
+            report_id=self.report_id,
+            period_start=self.period_start_ms,
+            period_end=self.period_end_ms,
+            records=self.records,
+            sha256=self.sha256,
+        )
+
+
+def write_report(
+    outbox: Path,
+    records: Sequence[SuppressionRecord],
+    *,
+    report_id: str,
+    period_start_ms: int,
+    period_end_ms: int,
+    name_prefix: str = "POA-SUPPRESSION",
+    generator: str = "poa-gateway",
+    version: str,
+    xlsx: bool = False,
+) -> ReportFile:
+    """Write the report of one period atomically; return what was written.
+
+    The file is ``<name_prefix>_<period start as YYYYMMDDTHHMMSSZ>_<report_id>.csv`` in
+    ``outbox`` (created with mode 0o750 if missing); with ``xlsx`` a spreadsheet copy
+    ``<same name>.xlsx`` is written beside it. The same arguments always give the same
+    CSV, so a re-run after a crash replaces the file with an identical one.
+
+    Raises:
+        ValueError: a bad argument (``report_id`` or ``name_prefix`` that is not a plain
+            file-name part, a period that ends before it starts or starts after the year
+            9999, a generator or version that is empty or not printable) or a record
+            that cannot be written (a wrong-length EUI-64, a value over
+            :data:`MAX_FIELD_CHARS`, a time beyond 2**64 - 1 ms ...); the
+            message names the record by position and alert id. Nothing is written.
+        OSError: the outbox cannot be written. No temporary file is left behind and no
+            CSV appears under the report's name (an ``.xlsx`` copy already put in place
+            stays; the re-run replaces it).
+    """
+    for what, value in (("report_id", report_id), ("name_prefix", name_prefix)):
+        if _SAFE_NAME.fullmatch(value) is None:
+            raise ValueError(
+                f"{what} {_shown(value)}: use 1-100 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+    if not 0 <= period_start_ms <= period_end_ms <= _UINT64_MAX:
+        raise ValueError(
+            f"period {period_start_ms} .. {period_end_ms}: need 0 <= start <= end < 2**64"
+        )
+    if period_start_ms >= _days_from_civil(10_000, 1, 1) * _MS_PER_DAY:
+        raise ValueError(f"period start {format_time(period_start_ms)} is after the year 9999")
+    for what, value in (("generator", generator), ("version", version)):
+        # One physical line for the HEADER keeps "data records start on line 3" true.
+        if not value or not value.isprintable() or len(value) > 200:
+            raise ValueError(f"{what} {_shown(value)}: use 1-200 printable characters")
+
+    stem = f"{name_prefix}_{_compact_time(period_start_ms)}_{report_id}"
+    header = [
+        _HEADER,
+        stem,
+        report_id,
+        format_time(period_start_ms),
+        format_time(period_end_ms),
+        generator,
+        version,
+    ]
+    for field in header:
+        _check_length(field, "header")
+    rows = [_row(record, index) for index, record in enumerate(records)]
+    data = _csv_bytes(rows)
+    digest = hashlib.sha256(data).hexdigest()
+    trailer = [_TRAILER, str(len(rows)), digest]
+    content = _csv_bytes([header, list(COLUMNS)]) + data + _csv_bytes([trailer])
+
+    outbox.mkdir(mode=_OUTBOX_MODE, parents=True, exist_ok=True)
+    xlsx_path = None
+    if xlsx:
+        xlsx_path = outbox / f"{stem}.xlsx"
+        _write_atomically(xlsx_path, lambda out: _write_xlsx(out, header, rows, trailer))
+    path = outbox / f"{stem}.csv"
+    _write_atomically(path, lambda out: out.write(content))
+    return ReportFile(
+        name=path.name,
+        path=path,
+        records=len(rows),
+        sha256=digest,
+        period_start_ms=period_start_ms,
+        period_end_ms=period_end_ms,
+        report_id=report_id,
+        xlsx_path=xlsx_path,
+    )
+
+
+def _row(record: SuppressionRecord, index: int) -> list[str]:
+    # Records are Structs built by our own code, which msgspec does not validate on
+    # construction: check here what verify_report will check, so that every report
+    # written also verifies.
+    where = f"record {index} (alert_id {_shown(record.alert_id)})"
+    for name in ("chf_id", "esme_id", "originator"):
+        eui = getattr(record, name)
+        if len(eui) != EUI64_LENGTH:
+            raise ValueError(f"{where}: {name} is {len(eui)} bytes, not {EUI64_LENGTH}")
+    if not 1 <= len(record.alert_id) <= 128:
+        raise ValueError(f"{where}: alert_id must be 1 to 128 characters")
+    if not 0 <= record.originator_counter <= _UINT64_MAX:
+        raise ValueError(f"{where}: originator_counter out of range")
+    if record.activation not in _ACTIVATIONS:
+        raise ValueError(f"{where}: activation {record.activation!r} is not one of {_ACTIVATIONS}")
+    try:
+        times = [
+            format_time(record.raised_at),
+            format_time(record.received_at),
+            format_time(record.window_start),
+            format_time(record.window_end),
+        ]
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    row = [
+        record.alert_id,
+        format_eui64(record.chf_id),
+        format_eui64(record.esme_id),
+        *times,
+        record.request_id or "",
+        format_eui64(record.originator),
+        str(record.originator_counter),
+        record.activation,
+    ]
+    for field in row:
+        _check_length(field, where)
+    return row
+
+
+def _check_length(field: str, where: str) -> None:
+    if len(field) > MAX_FIELD_CHARS:
+        raise ValueError(f"{where}: a value of {len(field):,} characters, over {MAX_FIELD_CHARS:,}")
+
+
+def _csv_bytes(rows: Sequence[Sequence[str]]) -> bytes:
+    text = io.StringIO(newline="")
+    csv.writer(text, dialect=_Csv).writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def _write_xlsx(
+    out: BinaryIO, header: list[str], rows: list[list[str]], trailer: list[str]
+) -> None:
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet(SHEET_TITLE)
+    assert isinstance(sheet, WriteOnlyWorksheet)
+    widths = (34, 25, 25, 26, 26, 26, 26, 40, 25, 20, 13)
+    # column_dimensions exists on a write-only sheet (set up by Worksheet._setup) but is
+    # missing from types-openpyxl; widths must be set before the first row is written.
+    dimensions = sheet.column_dimensions  # type: ignore[attr-defined]
+    for column, width in zip("ABCDEFGHIJK", widths, strict=True):
+        dimensions[column].width = width
+    sheet.freeze_panes = f"A{len(XLSX_HEADER_LABELS) + 2}"  # keep the column names in view
+
+    def text_row(values: Sequence[str | int]) -> list[Cell]:
+        cells = []
+        for value in values:
+            if isinstance(value, str):
+                # Every value is text, whatever it looks like: "=..." from the wire must
+                # never become a formula, nor a long counter a rounded number.
+                cell = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
+                cell.data_type = "s"
+            else:
+                cell = WriteOnlyCell(sheet, value=value)
+            cells.append(cell)
+        return cells
+
+    for label, value in zip(XLSX_HEADER_LABELS, header[1:], strict=True):
+        sheet.append(text_row([label, value]))
+    sheet.append(text_row(COLUMNS))
+    for row in rows:
+        sheet.append(text_row(row))
+    sheet.append(text_row([_TRAILER, int(trailer[1]), trailer[2]]))
+    workbook.save(out)
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fchmod(out.fileno(), _FILE_MODE)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform; the file itself is already synced
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading and verifying
+
+
+class ReportCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`verify_report` found."""
+
+    ok: bool
+    """True when there is no problem."""
+    records: int
+    """Data records found in the file (between line 2 and the TRAILER)."""
+    sha256: str
+    """SHA-256 of those records' bytes as they are in the file."""
+    problems: list[str]
+    """One human-readable line per problem, each starting ``line N:``."""
+
+
+class ReportContents(msgspec.Struct, frozen=True, kw_only=True):
+    """A verified report, read back (:func:`read_report`)."""
+
+    name: str
+    report_id: str
+    period_start_ms: int
+    period_end_ms: int
+    generator: str
+    version: str
+    sha256: str
+    records: list[SuppressionRecord]
+    """The data records; an empty ``request_id`` reads back as None."""
+
+
+class ReportError(Exception):
+    """A report file that fails verification; ``problems`` lists why, line by line."""
+
+    def __init__(self, path: Path, problems: Sequence[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        first = problems[0] if problems else "no problem"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{path}: {first}{more}")
+
+
+def verify_report(path: Path) -> ReportCheck:
+    """Check a CSV report: structure, every record, the count and the digest.
+
+    Checks that line 1 is a well-formed HEADER, line 2 the column names, the last record
+    a TRAILER whose count and SHA-256 match the data records between them, and that every
+    data record has the 11 columns with valid EUI-64s, times, counter and activation.
+    Problems name the line (physical lines, counted from 1; a record whose quoted value
+    holds a line break is named by its first line). At most 50 are listed per file.
+
+    Raises:
+        OSError: the file cannot be read (that is not a problem *of the report*).
+    """
+    check, _ = _check(path)
+    return check
+
+
+def read_report(path: Path) -> ReportContents:
+    """Read a report back, verifying it first.
+
+    Raises:
+        ReportError: the file fails :func:`verify_report`.
+        OSError: the file cannot be read.
+    """
+    check, parsed = _check(path)
+    if not check.ok or parsed is None:
+        raise ReportError(path, check.problems)
+    return parsed
+
+
+class _Record(NamedTuple):
+    first_line: int
+    last_line: int
+    fields: list[str] | None  # None: the csv module could not parse it
+    raw: bytes
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.dropped = 0
+
+    def add(self, line: int, text: str) -> None:
+        if len(self.lines) < _MAX_PROBLEMS:
+            self.lines.append(f"line {line}: {text}")
+        else:
+            self.dropped += 1
+
+    def result(self) -> list[str]:
+        if self.dropped:
+            return [*self.lines, f"... and {self.dropped} more problems"]
+        return list(self.lines)
+
+
+def _scan(lines: Iterator[bytes], problems: _Problems) -> Iterator[_Record]:
+    # Feeds the csv reader one physical line at a time and remembers the raw bytes each
+    # record was read from (the reader pulls lines only as a record needs them), so the
+    # digest is checked over the file's bytes, not over a re-encoding.
+    consumed: list[bytes] = []
+    line_no = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal line_no
+        for raw in lines:
+            line_no += 1
+            consumed.append(raw)
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.add(line_no, f"not UTF-8 (byte {exc.start + 1} of the line)")
+                yield raw.decode("utf-8", errors="replace")
+
+    reader = csv.reader(feed(), dialect=_Csv)
+    first = 1
+    while True:
+        fields: list[str] | None
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if not consumed:
+                return
+            problems.add(first, f"not valid CSV: {exc}")
+            fields = None
+        yield _Record(first, line_no, fields, b"".join(consumed))
+        consumed.clear()
+        first = line_no + 1
+
+
+def _check(path: Path) -> tuple[ReportCheck, ReportContents | None]:
+    problems = _Problems()
+    with path.open("rb") as file:
+        start = file.read(4)
+        file.seek(0)
+        if start == b"PK\x03\x04":
+            problems.add(1, "this is a zip file (an .xlsx copy?); verify the .csv report")
+            return ReportCheck(
+                ok=False, records=0, sha256=EMPTY_SHA256, problems=problems.result()
+            ), None
+        if start.startswith(b"\xef\xbb\xbf"):
+            problems.add(1, "starts with a byte order mark: a report is UTF-8 without one")
+        records = list(_scan(iter(file), problems))
+
+    if not records:
+        problems.add(1, "the file is empty: expected a HEADER record")
+        return ReportCheck(
+            ok=False, records=0, sha256=EMPTY_SHA256, problems=problems.result()
+        ), None
+
+    header = _check_header(records[0], problems)
+    if len(records) < 2:
+        problems.add(records[0].last_line + 1, "missing the column names and the TRAILER record")
+        body: list[_Record] = []
+        trailer = None
+    else:
+        if records[1].fields != list(COLUMNS):
+            problems.add(records[1].first_line, f"expected the column names {','.join(COLUMNS)}")
+        last = records[-1]
+        if len(records) > 2 and _is_trailer(last):
+            body, trailer = records[2:-1], last
+        else:
+            body, trailer = records[2:], None
+            problems.add(
+                last.last_line,
+                "the last record is not a TRAILER record: the file is incomplete "
+                f"(it ends at line {last.last_line})",
+            )
+
+    lf_only = [r for r in records if r.raw.endswith(b"\n") and not r.raw.endswith(b"\r\n")]
+    if lf_only:
+        more = f" (and {len(lf_only) - 1} more)" if len(lf_only) > 1 else ""
+        problems.add(
+            lf_only[0].first_line,
+            f"record ends with LF, not CRLF{more}: were the line endings converted?",
+        )
+    if trailer is not None and not trailer.raw.endswith(b"\n"):
+        problems.add(trailer.first_line, "the TRAILER record does not end with CRLF")
+
+    parsed: list[SuppressionRecord] = []
+    for record in body:
+        if record.fields is None:
+            continue  # already reported by _scan
+        if record.fields and record.fields[0] == _TRAILER and len(record.fields) != len(COLUMNS):
+            problems.add(record.first_line, "a TRAILER record that is not the last record")
+            continue
+        try:
+            parsed.append(_parse_row(record.fields))
+        except ValueError as exc:
+            problems.add(record.first_line, str(exc))
+
+    data = b"".join(record.raw for record in body)
+    digest = hashlib.sha256(data).hexdigest()
+    if trailer is not None:
+        _check_trailer(trailer, len(body), digest, body, problems)
+
+    result = problems.result()
+    check = ReportCheck(ok=not result, records=len(body), sha256=digest, problems=result)
+    if result or header is None:
+        return check, None
+    _, name, report_id, start_text, end_text, generator, version = header
+    contents = ReportContents(
+        name=name,
+        report_id=report_id,
+        period_start_ms=parse_time(start_text),
+        period_end_ms=parse_time(end_text),
+        generator=generator,
+        version=version,
+        sha256=digest,
+        records=parsed,
+    )
+    return check, contents
+
+
+def _is_trailer(record: _Record) -> bool:
+    return bool(record.fields) and record.fields is not None and record.fields[0] == _TRAILER
+
+
+def _check_header(record: _Record, problems: _Problems) -> list[str] | None:
+    fields, line = record.fields, record.first_line
+    if fields is None:
+        return None
+    if not fields or fields[0] != _HEADER:
+        found = _shown(fields[0]) if fields else "an empty line"
+        problems.add(line, f"expected a HEADER record, found {found}")
+        return None
+    if len(fields) != _HEADER_FIELDS:
+        problems.add(
+            line,
+            f"HEADER has {len(fields)} fields, expected {_HEADER_FIELDS}: HEADER, name, "
+            "report id, period start, period end, generator, version",
+        )
+        return None
+    ok = True
+    for index, what in ((1, "report name"), (2, "report id"), (5, "generator"), (6, "version")):
+        if not fields[index]:
+            problems.add(line, f"HEADER: the {what} is empty")
+            ok = False
+    times = []
+    for index, what in ((3, "period start"), (4, "period end")):
+        try:
+            times.append(parse_time(fields[index]))
+        except ValueError as exc:
+            problems.add(line, f"HEADER: {what}: {exc}")
+            ok = False
+    if len(times) == 2 and times[0] > times[1]:
+        problems.add(line, "HEADER: the period ends before it starts")
+        ok = False
+    return fields if ok else None
+
+
+def _check_trailer(
+    trailer: _Record, found: int, digest: str, body: list[_Record], problems: _Problems
+) -> None:
+    fields, line = trailer.fields, trailer.first_line
+    assert fields is not None
+    if len(fields) != _TRAILER_FIELDS:
+        problems.add(line, f"TRAILER has {len(fields)} fields, expected 3: TRAILER, count, sha256")
+        return
+    count_text, claimed = fields[1], fields[2]
+    if not (count_text.isascii() and count_text.isdigit()):
+        problems.add(line, f"TRAILER: record count {_shown(count_text)} is not a number")
+    elif int(count_text) != found:
+        problems.add(line, f"TRAILER says {int(count_text)} records, the file has {found}")
+    if not re.fullmatch(r"[0-9a-f]{64}", claimed):
+        problems.add(line, f"TRAILER: {_shown(claimed)} is not a SHA-256 in lowercase hex")
+    elif claimed != digest:
+        lines = f"lines {body[0].first_line}-{body[-1].last_line}" if body else "no lines"
+        problems.add(
+            line,
+            f"SHA-256 of the data records ({lines}) is {digest}, the TRAILER says {claimed}: "
+            "the records were changed",
+        )
+
+
+def _parse_row(fields: list[str]) -> SuppressionRecord:
+    if len(fields) != len(COLUMNS):
+        found = "an empty line" if not fields else f"{len(fields)} fields"
+        raise ValueError(f"a data record has {len(COLUMNS)} fields, found {found}")
+    values = dict(zip(COLUMNS, fields, strict=True))
+    alert_id = values["alert_id"]
+    if not 1 <= len(alert_id) <= 128:
+        raise ValueError("alert_id: must be 1 to 128 characters")
+    euis: dict[str, bytes] = {}
+    for name in ("chf_id", "esme_id", "originator"):
+        try:
+            euis[name] = parse_eui64(values[name])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    times: dict[str, int] = {}
+    for name in ("raised_at", "received_at", "window_start", "window_end"):
+        try:
+            times[name] = parse_time(values[name])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    counter = values["originator_counter"]
+    if not (counter.isascii() and counter.isdigit() and int(counter) <= _UINT64_MAX):
+        raise ValueError(f"originator_counter: {_shown(counter)} is not a 64-bit unsigned number")
+    activation = values["activation"]
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation: {_shown(activation)} is not on-demand or future-dated")
+    kind: ActivationKind = "on-demand" if activation == "on-demand" else "future-dated"
+    return SuppressionRecord(
+        v=1,
+        kind="suppression",
+        alert_id=alert_id,
+        chf_id=euis["chf_id"],
+        esme_id=euis["esme_id"],
+        raised_at=times["raised_at"],
+        received_at=times["received_at"],
+        window_start=times["window_start"],
+        window_end=times["window_end"],
+        request_id=values["request_id"] or None,
+        originator=euis["originator"],
+        originator_counter=int(counter),
+        activation=kind,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Rotation
+
+
+class Rotation(msgspec.Struct, frozen=True):
+    """When to close the open report: at the end of its period, or when it is full.
+
+    Periods are aligned to the Unix epoch, so they fall on round UTC times: an hourly
+    report covers 09:00:00.000 up to 10:00:00.000, a daily one a UTC calendar day. Pure:
+    every method takes the time as an argument and nothing here reads a clock.
+    """
+
+    period_ms: int
+    """Length of a reporting period (3_600_000 for hourly reports)."""
+    max_records: int
+    """A report holding this many records is closed early."""
+
+    def __post_init__(self) -> None:
+        if self.period_ms <= 0:
+            raise ValueError(f"period_ms must be positive, got {self.period_ms}")
+        if self.max_records <= 0:
+            raise ValueError(f"max_records must be positive, got {self.max_records}")
+
+    def period_start(self, now_ms: int) -> int:
+        """Start of the period holding ``now_ms``: the last boundary at or before it."""
+        return now_ms - now_ms % self.period_ms
+
+    def next_boundary(self, now_ms: int) -> int:
+        """The first boundary strictly after ``now_ms`` (when its period ends)."""
+        return self.period_start(now_ms) + self.period_ms
+
+    def due(self, now_ms: int, opened_at_ms: int, pending_records: int) -> bool:
+        """Whether a report opened at ``opened_at_ms`` must be closed at ``now_ms``.
+
+        True once the period that held ``opened_at_ms`` has ended (even with no records:
+        an empty period still gets its report), or once ``pending_records`` reaches
+        ``max_records``.
+        """
+        return now_ms >= self.next_boundary(opened_at_ms) or pending_records >= self.max_records
