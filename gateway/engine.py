@@ -78,14 +78,18 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lead_ms: int = 2 * MINUTE_MS
     skew_ms: int = 5 * MINUTE_MS
     dedupe_ms: int = 120 * MINUTE_MS
+    # Bound on remembered alert ids, so a backlog of a million alerts cannot grow memory
+    # without limit; the oldest are forgotten first. QoS 1 redeliveries come within
+    # seconds of a reconnect, far inside either bound.
+    dedupe_max: int = 200_000
     tick_ms: int = 1_000
 
     def __post_init__(self) -> None:
         for name in ("window_ms", "lead_ms", "skew_ms", "dedupe_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        if self.window_ms == 0 or self.tick_ms <= 0:
-            raise ValueError("window_ms and tick_ms must be positive")
+        if self.window_ms == 0 or self.tick_ms <= 0 or self.dedupe_max <= 0:
+            raise ValueError("window_ms, tick_ms and dedupe_max must be positive")
 
 
 # -- inputs -------------------------------------------------------------------------
@@ -388,6 +392,9 @@ class Engine:
             self._wheel.schedule(tick * self.config.tick_ms, (False, tick))
         batch.append(decision.alert_id)
         self._decided[decision.alert_id] = decision
+        if len(self._decided) > self.config.dedupe_max:
+            # dicts keep insertion order: the first key is the oldest decision.
+            del self._decided[next(iter(self._decided))]
 
     def remember_decision(self, decision: AlertDecision) -> None:
         """Re-load a decision from the durable store at start-up, so that a QoS 1

@@ -103,6 +103,10 @@ Eui64: TypeAlias = Annotated[bytes, msgspec.Meta(min_length=EUI64_LENGTH, max_le
 AlertId: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 """A DCC alert identifier: the de-duplication key, so never empty, and bounded."""
 
+RequestId: TypeAlias = Annotated[str, msgspec.Meta(max_length=256)]
+"""A DUIS RequestID (``originator:target:counter``, about 60 characters); bounded so a
+rogue value cannot bloat logs, records and report cells."""
+
 Sha256Hex: TypeAlias = Annotated[str, msgspec.Meta(max_length=64, pattern="^[0-9a-f]{64}$")]
 """A SHA-256 digest as 64 lowercase hex digits.
 
@@ -134,7 +138,7 @@ class GbcsEnvelope(
     kind: Literal["gbcs"]
     frame: bytes
     sent_at: EpochMillis
-    request_id: str | None = None  # DUIS RequestID "originator:target:counter"
+    request_id: RequestId | None = None  # DUIS RequestID "originator:target:counter"
 
 
 class DccAlertEnvelope(
@@ -185,7 +189,7 @@ class SuppressionRecord(
     received_at: EpochMillis
     window_start: EpochMillis
     window_end: EpochMillis
-    request_id: str | None = None
+    request_id: RequestId | None = None
     originator: Eui64
     originator_counter: Uint
     activation: ActivationKind

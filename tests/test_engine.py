@@ -487,6 +487,19 @@ def test_remembered_alert_ids_age_out_after_the_dedupe_horizon() -> None:
     assert engine.decision_for("a-1") is None
 
 
+def test_remembered_alert_ids_are_bounded_in_number_oldest_first() -> None:
+    engine = Engine(EngineConfig(dedupe_max=3), T0)
+    for i in range(5):
+        engine.on_dcc_alert(ad1(T0, alert_id=f"a-{i}"), T0 + i)
+    assert [engine.decision_for(f"a-{i}") is not None for i in range(5)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
 def test_restoration_alert_inside_a_window_is_reported_not_suppressed(engine: Engine) -> None:
     engine.on_command(command(1000), T0)
     frame = gbcs.decode_frame(

@@ -1,0 +1,192 @@
+"""``poa-gateway run``, ``status`` and ``explain``: the daemon and questions about its state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .eui import format_eui64, parse_eui64
+from .render import iso_utc
+from .store import Store, StoreError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def _config(args: argparse.Namespace, command: str) -> Config | None:
+    try:
+        return load_config(args.config, env=os.environ)
+    except ConfigError as exc:
+        print(f"poa-gateway {command}: {args.config}: {exc}", file=sys.stderr)
+        return None
+
+
+def _open_state(config: Config, command: str) -> Store | None:
+    path = config.paths.state
+    if not path.exists():
+        print(f"poa-gateway {command}: no state database at {path}", file=sys.stderr)
+        return None
+    try:
+        return Store.open(path)
+    except StoreError as exc:
+        print(f"poa-gateway {command}: {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _time(ms: int) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    return iso_utc(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args, "run")
+    if config is None:
+        return EXIT_ERROR
+    from . import service  # noqa: PLC0415 - the daemon's imports are only needed here
+    from .logs import JsonLog, route_stdlib_logging  # noqa: PLC0415
+
+    log = JsonLog(level=config.log.level)
+    route_stdlib_logging(log, "warning")
+    try:
+        service.run(config, log)
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled; this is belt and braces
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the process boundary: report, exit 1
+        # A start-up failure (unreadable trust store, state database ...) is one JSON
+        # line and a non-zero exit, so systemd restarts it and journald shows why.
+        log.error("gateway.failed", reason=type(exc).__name__, detail=str(exc))
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args, "status")
+    if config is None:
+        return EXIT_ERROR
+    store = _open_state(config, "status")
+    if store is None:
+        return EXIT_ERROR
+    try:
+        now = int(time.time() * 1000)
+        lead = config.engine_config().lead_ms
+        activations = store.load_activations()
+        active = [a for a in activations if a.start_ms - lead <= now < a.end_ms]
+        pending = [a for a in activations if a.start_ms - lead > now]
+        out: dict[str, Any] = {
+            "state": str(config.paths.state),
+            "now": _time(now),
+            "feature_enabled": config.suppression.enabled,
+            "windows_active": len(active),
+            "windows_pending": len(pending),
+            "counts": store.counts(),
+        }
+        if args.windows:
+            out["active"] = [_activation(a) for a in active]
+            out["pending"] = [_activation(a) for a in pending]
+    finally:
+        store.close()
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def _activation(a: Any) -> dict[str, Any]:
+    return {
+        "request_id": a.request_id,
+        "esme": format_eui64(a.esme),
+        "chf": format_eui64(a.chf),
+        "activation": a.kind,
+        "window_start": _time(a.start_ms),
+        "window_end": _time(a.end_ms),
+        "closed_early": a.closed_early,
+        "succeeded": a.succeeded,
+    }
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    config = _config(args, "explain")
+    if config is None:
+        return EXIT_ERROR
+    store = _open_state(config, "explain")
+    if store is None:
+        return EXIT_ERROR
+    try:
+        out = _explain(store, args.subject)
+    finally:
+        store.close()
+    if out is None:
+        print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def _explain(store: Store, subject: str) -> dict[str, Any] | None:
+    stored = store.decision(subject)
+    if stored is not None:
+        decision, effect_done = stored
+        out: dict[str, Any] = {
+            "alert_id": decision.alert_id,
+            "chf": format_eui64(decision.chf),
+            "decision": "suppressed" if decision.suppressed else "forwarded",
+            "reason": decision.reason,
+            "judged_at": _time(decision.judged_at),
+            "decided_at": _time(decision.decided_at),
+            "effect_done": effect_done,
+        }
+        if decision.activation is not None:
+            out["why"] = f"raised inside the window of activation {decision.activation.request_id}"
+            out["activation"] = _activation(decision.activation)
+        elif decision.reason == "no-window":
+            out["why"] = "no tracked activation window of this CHF covered the instant judged"
+        return out
+    try:
+        eui = parse_eui64(subject)
+    except ValueError:
+        return None
+    tracked = [a for a in store.load_activations() if eui in (a.esme, a.chf)]
+    if not tracked:
+        return {"device": format_eui64(eui), "activations": [], "why": "no tracked activation"}
+    return {"device": format_eui64(eui), "activations": [_activation(a) for a in tracked]}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run``, ``status`` and ``explain``."""
+    config_help = "configuration file (TOML); defaults for a local broker when omitted"
+    run = sub.add_parser(
+        "run",
+        help="run the gateway daemon",
+        description=(
+            "Run the suppression gateway: load state, connect to the broker, subscribe, and "
+            "decide on every alert until SIGTERM. Logs are JSON lines on stdout."
+        ),
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    run.set_defaults(handler=_cmd_run)
+
+    status = sub.add_parser(
+        "status",
+        help="active and pending windows and counts, from the state database",
+        description="Read the state database (safe while the daemon runs) and print a summary.",
+    )
+    status.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    status.add_argument("--windows", action="store_true", help="also list every window")
+    status.set_defaults(handler=_cmd_status)
+
+    explain = sub.add_parser(
+        "explain",
+        help="why an alert was forwarded or suppressed, or a device's activations",
+        description=(
+            "Given an alert id: the decision, the instant judged and the activation behind a "
+            "suppression. Given an EUI-64 (ESME or CHF): its tracked activations."
+        ),
+    )
+    explain.add_argument("subject", metavar="ALERT_ID|EUI64")
+    explain.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    explain.set_defaults(handler=_cmd_explain)

@@ -1,0 +1,642 @@
+"""The daemon: runs the event loop, handles signals and systemd notification, and wires
+the sans-I/O engine to the broker, the stores and the report files.
+
+Theory of operation
+-------------------
+Start-up: load configuration, trust store, GUID list, inventory and durable state;
+rebuild the engine (its timer wheel included) from the stored activations and recent
+decisions and expire what is past; only then connect and subscribe, so no alert is
+judged before its windows are back; then tell systemd READY=1.
+
+Each inbound message is handled by one coroutine that returns only when the message's
+effect is durable; the MQTT adapter sends the PUBACK when it returns (see mqtt.py):
+
+* ``csp/dcc/alert``: the engine decides. Suppressed: the record goes out live on
+  ``gateway/suppressed``, and once the broker has acknowledged it, the record and the
+  decision are committed to the suppression log (group commit, fsync) before the
+  acknowledgement. Forwarded: the payload is republished byte for byte on
+  ``dno/dcc/alert`` and, once the broker has acknowledged that, the decision is
+  committed before the acknowledgement. An alert that cannot be read is forwarded unread (safety
+  direction) and counted as rejected with its reason.
+* ``dsp/gbcs/command``: CS06 commands go through the engine's rules with the facts the
+  engine needs (signature, inventory, GUID list, last counter); the resulting state
+  change is committed before the acknowledgement.
+* ``csp/gbcs/inbound``: CS06 responses and 0x00CA alerts may close a window early;
+  ECS80 restoration alerts are counted and reported.
+* ``dsp/inventory``: the Smart Metering Inventory is updated.
+
+Every input ends forwarded, suppressed (and logged), applied, or rejected with a reason
+in the logs and the metrics. A failure to make an effect durable withholds the
+acknowledgement, and the broker redelivers the message.
+
+Re-delivery after a crash: the decision of every alert is stored with its effect; a
+redelivered alert whose effect is on record is acknowledged without repeating it, so a
+SIGKILL between the effect and the acknowledgement yields the output once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gbcs
+from gbcs import (
+    ActivateFirmwareResponse,
+    CraFlag,
+    FutureDatedActivationAlert,
+    GbcsError,
+    MessageCode,
+    PowerRestorationAlert,
+    TrustStore,
+)
+
+from . import __version__
+from .config import Config
+from .devices import DeviceRecord
+from .engine import (
+    ActivationCancelled,
+    ActivationTracked,
+    AlertDecision,
+    CommandRefused,
+    CommandSeen,
+    DedupeExpired,
+    DeviceOutcomeSeen,
+    Engine,
+    Housekeeping,
+    OutcomeKind,
+    WindowExpired,
+    WindowOpened,
+)
+from .guids import GuidList, GuidListError
+from .inventory import Inventory, from_envelope
+from .logs import JsonLog
+from .metrics import Metrics
+from .mqtt import MqttAdapter, MqttSettings, install_exception_filter
+from .reports import Rotation, write_report
+from .sdnotify import Notifier
+from .store import Store
+from .wire import (
+    SuppressionRecord,
+    WireError,
+    decode_dcc_alert,
+    decode_gbcs,
+    decode_inventory,
+    encode,
+)
+
+# Test-only fault injection: POA_FAULT=kill-before-ack:<alert id> makes the daemon
+# SIGKILL itself after that alert's effect is durable and before its acknowledgement,
+# to prove that the redelivered copy is not acted on twice. Unset in production.
+_FAULT_ENV = "POA_FAULT"
+
+
+def wall_ms() -> int:
+    """Wall-clock UTC in milliseconds: the domain time (activation windows are calendar times)."""
+    return time.time_ns() // 1_000_000
+
+
+class Gateway:
+    """One running gateway: its stores, engine and broker connection."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        log: JsonLog,
+        metrics: Metrics,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.metrics = metrics
+        self.clock = clock
+        self.topics = {
+            name: config.topic(name)
+            for name in (
+                "gbcs_command",
+                "gbcs_inbound",
+                "dcc_alert",
+                "inventory",
+                "dno_alert",
+                "suppressed",
+                "reports",
+            )
+        }
+        self._handlers = {
+            self.topics["dcc_alert"]: self._on_dcc_alert,
+            self.topics["gbcs_command"]: self._on_gbcs_command,
+            self.topics["gbcs_inbound"]: self._on_gbcs_inbound,
+            self.topics["inventory"]: self._on_inventory,
+        }
+        self._inflight_alerts: dict[str, asyncio.Future[None]] = {}
+        self._stopping = asyncio.Event()
+        self._rotation = Rotation(config.reports.period, config.reports.max_records)
+        self._fault = os.environ.get(_FAULT_ENV, "")
+        self.notifier = Notifier()
+        self.trust: TrustStore
+        self.guids: GuidList | None = None
+        self.inventory: Inventory
+        self.store: Store
+        self.engine: Engine
+        self.mqtt: MqttAdapter
+        self._report_opened_at = 0
+
+    # -- start-up and shut-down -----------------------------------------------------
+
+    def load(self) -> None:
+        """Load every store and rebuild the engine; nothing is subscribed yet."""
+        paths = self.config.paths
+        started = time.monotonic()
+        self.trust = TrustStore.from_directory(paths.trust_dir)
+        for name, why in self.trust.skipped:
+            self.log.debug("trust.skipped", file=name, reason=why)
+        try:
+            self.guids = GuidList.open(paths.guid_list)
+        except GuidListError as exc:
+            # Without the list no command qualifies, so nothing is suppressed: the safe
+            # direction. Said loudly, because it defeats the gateway's purpose.
+            self.guids = None
+            self.log.error("guids.unavailable", reason=exc.reason, detail=str(exc))
+        self.inventory = Inventory.open(paths.inventory)
+        self.store = Store.open(paths.state)
+        now = self.clock()
+        self.engine = Engine(self.config.engine_config(), now)
+        due = self.engine.restore(self.store.load_activations(), now)
+        dedupe_since = now - self.config.engine_config().dedupe_ms
+        for decision, _done in self.store.load_decisions(dedupe_since):
+            self.engine.remember_decision(decision)
+        self._apply_housekeeping(due)
+        pending = self.store.unreported(1)
+        self._report_opened_at = pending[0][1].received_at if pending else now
+        self.log.info(
+            "state.loaded",
+            activations=self.engine.tracked_count,
+            windows_active=self.engine.active_windows,
+            windows_pending=self.engine.pending_windows,
+            trusted_signers=len(self.trust),
+            guids=len(self.guids) if self.guids is not None else 0,
+            inventory=self.inventory.count(),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self._update_gauges()
+
+    async def start(self) -> None:
+        """Load state, connect, subscribe, and tell systemd we are ready."""
+        self.load()
+        install_exception_filter(asyncio.get_running_loop(), self._lib_event)
+        b = self.config.broker
+        settings = MqttSettings(
+            host=b.host,
+            port=b.port,
+            client_id=b.client_id,
+            username=b.username or None,
+            password=self.config.broker_password(),
+            tls=b.tls,
+            ca_file=b.ca_file or None,
+            cert_file=b.cert_file or None,
+            key_file=b.key_file or None,
+            keepalive_s=max(1, b.keepalive // 1000),
+            reconnect_min_s=b.reconnect_min / 1000,
+            reconnect_max_s=b.reconnect_max / 1000,
+            inflight=b.inflight,
+        )
+        self.mqtt = MqttAdapter(settings, self._on_message, on_event=self._mqtt_event)
+        await self.mqtt.connect()
+        await self.mqtt.subscribe([self.topics[t] for t in self._subscribed_topics()])
+        self.metrics.up.set(1)
+        self.notifier.ready(f"suppressing; {self.engine.tracked_count} activations tracked")
+        self.log.info("gateway.ready", version=__version__, topics=self._subscribed_topics())
+
+    @staticmethod
+    def _subscribed_topics() -> list[str]:
+        return ["gbcs_command", "gbcs_inbound", "dcc_alert", "inventory"]
+
+    async def run_forever(self) -> None:
+        """Housekeeping, report rotation and the watchdog until asked to stop."""
+        tasks = [
+            asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
+            asyncio.create_task(self._watchdog_loop(), name="watchdog"),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def stop(self) -> None:
+        """Ask the gateway to stop (signal handler)."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Disconnect (unacknowledged messages stay with the broker) and close the stores."""
+        self.notifier.stopping("stopping")
+        self.metrics.up.set(0)
+        with contextlib.suppress(Exception):
+            await self.mqtt.close()
+        await self.store.aclose()
+        self.inventory.close()
+        if self.guids is not None:
+            self.guids.close()
+        self.log.info("gateway.stopped")
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        received = self.clock()
+        started = time.monotonic()
+        handler = self._handlers.get(topic)
+        if handler is None:
+            self.log.warning("message.unexpected_topic", topic=topic)
+            return
+        await handler(payload, received)
+        self.metrics.ack_latency.observe(time.monotonic() - started)
+
+    # -- DCC alerts -------------------------------------------------------------------
+
+    async def _on_dcc_alert(self, payload: bytes, received: int) -> None:
+        topic = self.topics["dcc_alert"]
+        try:
+            alert = decode_dcc_alert(payload)
+        except WireError as exc:
+            # Cannot read it, so cannot decide: forward it unread.
+            await self.mqtt.publish(self.topics["dno_alert"], payload)
+            self.metrics.alerts.labels(outcome="rejected", reason=exc.reason).inc()
+            self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
+            self.log.warning(
+                "alert.rejected", reason=exc.reason, detail=str(exc), topic=topic, forwarded=True
+            )
+            return
+        first = self._inflight_alerts.get(alert.alert_id)
+        if first is not None:
+            # A redelivery of a message still being handled: its effect comes once.
+            await first
+            self._count_duplicate(alert.alert_id)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight_alerts[alert.alert_id] = done
+        try:
+            decision = self.engine.on_dcc_alert(alert, received)
+            if decision.duplicate and self._effect_on_record(alert.alert_id):
+                self._count_duplicate(alert.alert_id)
+            elif decision.suppressed:
+                await self._suppress(alert.alert_id, alert.raised_at, decision, received)
+            else:
+                await self._forward(payload, decision)
+            self._maybe_fault(alert.alert_id)
+            done.set_result(None)
+        except BaseException as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved here; a waiting duplicate re-raises it
+            raise
+        finally:
+            del self._inflight_alerts[alert.alert_id]
+
+    def _effect_on_record(self, alert_id: str) -> bool:
+        stored = self.store.decision(alert_id)
+        return stored is not None and stored[1]
+
+    def _count_duplicate(self, alert_id: str) -> None:
+        self.metrics.alerts.labels(outcome="duplicate", reason="redelivered").inc()
+        self.log.info("alert.duplicate", alert_id=alert_id)
+
+    async def _suppress(
+        self, alert_id: str, raised_at: int, decision: AlertDecision, received: int
+    ) -> None:
+        a = decision.activation
+        assert a is not None  # a suppression always names its activation
+        record = SuppressionRecord(
+            v=1,
+            kind="suppression",
+            alert_id=alert_id,
+            chf_id=decision.chf,
+            esme_id=a.esme,
+            raised_at=raised_at,
+            received_at=received,
+            window_start=a.start_ms,
+            window_end=a.end_ms,
+            request_id=a.request_id,
+            originator=a.originator,
+            originator_counter=a.counter,
+            activation=a.kind,
+        )
+        # Live record first, then the durable log and the decision in one commit, then
+        # the acknowledgement: a crash before the commit repeats the live record on
+        # redelivery (never loses it); a crash after it repeats nothing.
+        await self.mqtt.publish(self.topics["suppressed"], encode(record))
+        self.store.append_suppression(record)
+        self.store.put_decision(decision, effect_done=True)
+        await self.store.flush()
+        self.metrics.alerts.labels(outcome="suppressed", reason=decision.reason).inc()
+        self.metrics.suppression_records.inc()
+        self.log.info(
+            "alert.suppressed",
+            alert_id=alert_id,
+            chf_id=decision.chf,
+            device_id=a.esme,
+            request_id=a.request_id,
+            judged_at=decision.judged_at,
+            window_start=a.start_ms,
+            window_end=a.end_ms,
+            activation=a.kind,
+        )
+        if self.store.unreported_count() >= self.config.reports.max_records:
+            await self._rotate_reports(self.clock())
+
+    async def _forward(self, payload: bytes, decision: AlertDecision) -> None:
+        await self.mqtt.publish(self.topics["dno_alert"], payload)
+        self.store.put_decision(decision, effect_done=True)
+        await self.store.flush()
+        self.metrics.alerts.labels(outcome="forwarded", reason=decision.reason).inc()
+        self.log.info(
+            "alert.forwarded",
+            alert_id=decision.alert_id,
+            chf_id=decision.chf,
+            reason=decision.reason,
+        )
+
+    def _maybe_fault(self, alert_id: str) -> None:
+        if self._fault and self._fault == f"kill-before-ack:{alert_id}":
+            self.log.warning("fault.injected", alert_id=alert_id, reason="kill-before-ack")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- GBCS -------------------------------------------------------------------------
+
+    def _read_frame(self, payload: bytes, topic: str) -> tuple[gbcs.Frame, int, str | None] | None:
+        try:
+            env = decode_gbcs(payload)
+            frame = gbcs.decode_frame(env.frame)
+        except (WireError, GbcsError) as exc:
+            self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
+            self.log.warning("gbcs.rejected", reason=exc.reason, detail=str(exc), topic=topic)
+            return None
+        return frame, env.sent_at, env.request_id
+
+    async def _on_gbcs_command(self, payload: bytes, received: int) -> None:
+        topic = self.topics["gbcs_command"]
+        read = self._read_frame(payload, topic)
+        if read is None:
+            return
+        frame, sent_at, request_id = read
+        header = frame.header
+        if header.message_code != MessageCode.CS06_ACTIVATE_FIRMWARE:
+            return  # other commands pass by; the gateway only watches CS06
+        if header.cra_flag is not CraFlag.COMMAND:
+            self.log.warning("command.ignored", reason="not-a-command", topic=topic)
+            return
+        verification = gbcs.verify_frame(frame, self.trust)
+        signer = verification.signer
+        seen = CommandSeen(
+            frame=frame,
+            signature=verification.status,
+            signer_role=signer.role if signer is not None else None,
+            target=self.inventory.get(header.recipient),
+            on_guid_list=self.guids is not None and header.recipient in self.guids,
+            last_counter=self.store.last_counter(header.originator, header.recipient),
+            sent_at=sent_at,
+            request_id=request_id,
+        )
+        result = self.engine.on_command(seen, received)
+        fields: dict[str, Any] = {
+            "device_id": header.recipient,
+            "request_id": request_id,
+            "originator": header.originator,
+            "counter": header.originator_counter,
+        }
+        if isinstance(result, CommandRefused):
+            self.metrics.commands.labels(result="refused", reason=result.reason.value).inc()
+            self.log.warning(
+                "command.refused", reason=result.reason.value, detail=result.detail, **fields
+            )
+            return
+        if isinstance(result, ActivationTracked):
+            a = result.activation
+            self.store.put_activation(a)
+            if result.replaced is not None:
+                self.store.delete_activation(result.replaced)
+            self.store.set_counter(a.originator, a.esme, a.counter)
+            await self.store.flush()
+            kind = "replaced" if result.replaced is not None else "tracked"
+            self.metrics.commands.labels(result=kind, reason=a.kind).inc()
+            self.log.info(
+                "activation.tracked",
+                chf_id=a.chf,
+                activation=a.kind,
+                window_start=a.start_ms,
+                window_end=a.end_ms,
+                replaced=result.replaced.request_id if result.replaced else None,
+                **fields,
+            )
+        elif isinstance(result, ActivationCancelled):
+            if result.cancelled is not None:
+                self.store.delete_activation(result.cancelled)
+            self.store.set_counter(result.originator, result.esme, result.counter)
+            await self.store.flush()
+            self.metrics.commands.labels(result="cancelled", reason="cancellation").inc()
+            self.log.info(
+                "activation.cancelled",
+                cancelled=result.cancelled.request_id if result.cancelled else None,
+                **fields,
+            )
+        self._update_gauges()
+
+    async def _on_gbcs_inbound(self, payload: bytes, received: int) -> None:
+        topic = self.topics["gbcs_inbound"]
+        read = self._read_frame(payload, topic)
+        if read is None:
+            return
+        frame, sent_at, _ = read
+        device = self.inventory.get(frame.header.originator)
+        if isinstance(frame.payload, PowerRestorationAlert):
+            observed = self.engine.on_restoration(frame, device, received)
+            self.metrics.count_restoration_alert(in_window=observed.in_window)
+            self.log.info(
+                "restoration.observed",
+                device_id=observed.esme,
+                chf_id=observed.chf,
+                in_window=observed.in_window,
+                request_id=observed.activation.request_id if observed.activation else None,
+            )
+            return
+        if not isinstance(frame.payload, ActivateFirmwareResponse | FutureDatedActivationAlert):
+            return
+        verification = gbcs.verify_frame(frame, self.trust)
+        before = (
+            {a.counter: a for a in self.engine.activations_for(device.chf_id)}
+            if (device is not None and device.chf_id is not None)
+            else {}
+        )
+        outcome = self.engine.on_device_outcome(
+            DeviceOutcomeSeen(frame, verification.status, device, sent_at), received
+        )
+        self.metrics.count_device_outcome(outcome.kind)
+        a = outcome.activation
+        if a is not None and outcome.kind in (OutcomeKind.CLOSED_EARLY, OutcomeKind.SUCCEEDED):
+            still = any(x.counter == a.counter for x in self.engine.activations_for(a.chf))
+            if still:
+                self.store.put_activation(a)
+            elif a.counter in before:
+                self.store.delete_activation(before[a.counter])
+            await self.store.flush()
+        self.log.info(
+            "device.outcome",
+            kind=outcome.kind.value,
+            reason=outcome.reason,
+            device_id=frame.header.originator,
+            response_code=outcome.response_code,
+            request_id=a.request_id if a is not None else None,
+        )
+        self._update_gauges()
+
+    # -- inventory ------------------------------------------------------------------
+
+    async def _on_inventory(self, payload: bytes, received: int) -> None:
+        topic = self.topics["inventory"]
+        try:
+            record: DeviceRecord = from_envelope(decode_inventory(payload))
+        except (WireError, ValueError) as exc:
+            reason = getattr(exc, "reason", "bad-record")
+            self.metrics.decode_errors.labels(topic=topic, reason=reason).inc()
+            self.log.warning("inventory.rejected", reason=reason, detail=str(exc), topic=topic)
+            return
+        self.inventory.upsert(record, received)
+        noted = self.engine.on_inventory(record, received)
+        self.log.debug(
+            "inventory.updated",
+            device_id=record.device_id,
+            chf_id=record.chf_id,
+            tracked=len(noted.tracked),
+        )
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            now = self.clock()
+            self._apply_housekeeping(self.engine.advance(now))
+            await self.store.flush()
+            if self._rotation.due(now, self._report_opened_at, self.store.unreported_count()):
+                await self._rotate_reports(now)
+            self._update_gauges()
+            deadline = self.engine.next_deadline()
+            wake = now + 1000 if deadline is None else min(deadline, now + 1000)
+            await asyncio.sleep(max(0, wake - self.clock()) / 1000)
+
+    def _apply_housekeeping(self, events: list[Housekeeping]) -> None:
+        for event in events:
+            if isinstance(event, WindowExpired):
+                self.store.delete_activation(event.activation)
+                self.log.info(
+                    "window.expired",
+                    chf_id=event.activation.chf,
+                    device_id=event.activation.esme,
+                    request_id=event.activation.request_id,
+                )
+            elif isinstance(event, WindowOpened):
+                self.log.info(
+                    "window.opened",
+                    chf_id=event.activation.chf,
+                    device_id=event.activation.esme,
+                    request_id=event.activation.request_id,
+                )
+            elif isinstance(event, DedupeExpired):
+                self.store.prune_decisions(self.clock() - self.config.engine_config().dedupe_ms)
+
+    async def _rotate_reports(self, now: int) -> None:
+        rows = self.store.unreported(self.config.reports.max_records)
+        records = [r for _, r in rows]
+        seqs = [seq for seq, _ in rows]
+        start = self._rotation.period_start(self._report_opened_at)
+        report_id = f"{seqs[0]}-{seqs[-1]}" if seqs else f"empty-{start}"
+        report = await asyncio.to_thread(
+            write_report,
+            self.config.paths.outbox,
+            records,
+            report_id=report_id,
+            period_start_ms=start,
+            period_end_ms=now,
+            name_prefix=self.config.reports.name_prefix,
+            version=__version__,
+            xlsx=self.config.reports.xlsx,
+        )
+        if seqs:
+            self.store.mark_reported(seqs, report_id)
+            await self.store.flush()
+        self._report_opened_at = now
+        self.mqtt.publish_soon(self.topics["reports"], encode(report.notice()))
+        self.metrics.reports.inc()
+        self.log.info(
+            "report.written", file=str(report.path), records=report.records, sha256=report.sha256
+        )
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_ping_s()
+        if interval is None:
+            return
+        while True:
+            # Pinged from the event loop itself: a stuck loop stops the pings.
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _update_gauges(self) -> None:
+        self.metrics.windows_active.set(self.engine.active_windows)
+        self.metrics.windows_pending.set(self.engine.pending_windows)
+        self.metrics.tracked_activations.set(self.engine.tracked_count)
+        if hasattr(self, "mqtt"):
+            self.metrics.inflight_publishes.set(self.mqtt.inflight_publishes)
+
+    # -- adapters' events ---------------------------------------------------------------
+
+    def _mqtt_event(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "mqtt.connected" and fields.get("reconnect"):
+            self.metrics.mqtt_reconnects.inc()
+        level = self.log.warning if event in ("mqtt.disconnected", "mqtt.resync") else self.log.info
+        level(event, **fields)
+
+    def _lib_event(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "mqtt.ack_withheld":
+            self.log.warning(event, **fields)
+        else:
+            self.log.error(event, **fields)
+
+
+async def serve(config: Config, log: JsonLog) -> None:
+    """Run one gateway until SIGTERM or SIGINT."""
+    metrics = Metrics()
+    server = None
+    if config.metrics.enabled:
+        server = metrics.serve(config.metrics.host, config.metrics.port)
+    gateway = Gateway(config, log=log, metrics=metrics)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stop)
+    try:
+        await gateway.start()
+        await gateway.run_forever()
+    finally:
+        await gateway.close()
+        if server is not None:
+            await asyncio.to_thread(server.close)
+
+
+def run(config: Config, log: JsonLog) -> None:
+    """Entry point of ``poa-gateway run``: uvloop when available."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, imported only to run
+    except ImportError:  # pragma: no cover
+        asyncio.run(serve(config, log))
+    else:
+        uvloop.run(serve(config, log))
+
+
+def state_path(config: Config) -> Path:
+    """Where the durable state lives (for ``status`` and ``explain``)."""
+    return Path(config.paths.state)

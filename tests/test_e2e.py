@@ -1,0 +1,226 @@
+"""End to end: the real daemon on a real mosquitto, every rule of MP102B, restarts,
+a crash between effect and acknowledgement, and a broker restart mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from .e2e_support import (
+    CHF,
+    ESME,
+    MIN,
+    OTHER_CHF,
+    UNLISTED_CHF,
+    UNLISTED_ESME,
+    Broker,
+    Client,
+    Daemon,
+    Home,
+    cs06,
+    now_ms,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path, broker: Broker) -> Home:
+    return Home(tmp_path / "gw", broker.port)
+
+
+@pytest.fixture
+def daemon(home: Home) -> Iterator[Daemon]:
+    d = Daemon(home)
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest_asyncio.fixture
+async def client(broker: Broker, daemon: Daemon) -> AsyncIterator[Client]:
+    c = Client(broker.port, "e2e")
+    await c.start()
+    yield c
+    await c.close()
+
+
+async def test_on_demand_activation_suppresses_its_chf_and_nothing_else(
+    client: Client, daemon: Daemon, home: Home
+) -> None:
+    await client.command(cs06(home, 1000))
+    daemon.wait_for("activation.tracked", counter=1000)
+    now = now_ms()
+    await client.alert("a-in", CHF, now)
+    await client.alert("a-other", OTHER_CHF, now)
+    await client.alert("a-code", CHF, now, code="AD2")
+    await client.wait_outputs(3)
+    assert client.suppressed_ids() == ["a-in"]
+    assert sorted(client.forwarded_ids()) == ["a-code", "a-other"]
+
+
+async def test_future_dated_window_opens_at_its_execution_time(
+    client: Client, daemon: Daemon, home: Home
+) -> None:
+    start = now_ms() + 60 * MIN
+    await client.command(cs06(home, 1000, execution_ms=start))
+    daemon.wait_for("activation.tracked", activation="future-dated")
+    # raised_at is trusted up to the skew (5 min) ahead, so windows a little ahead can
+    # be probed without waiting: move the window instead.
+    await client.alert("before", CHF, now_ms())
+    await client.wait_outputs(1)
+    assert client.forwarded_ids() == ["before"]
+
+
+async def test_cancelled_and_replaced_activations(
+    client: Client, daemon: Daemon, home: Home
+) -> None:
+    soon = now_ms() + 3 * MIN  # inside the skew tolerance: probe-able now
+    await client.command(cs06(home, 1000, execution_ms=soon))
+    daemon.wait_for("activation.tracked", counter=1000)
+    await client.alert("inside-first", CHF, soon + 1000)
+    await client.wait_outputs(1)
+    assert client.suppressed_ids() == ["inside-first"]
+
+    await client.command(cs06(home, 1001, cancel=True))
+    daemon.wait_for("activation.cancelled", counter=1001)
+    await client.alert("after-cancel", CHF, soon + 2000)
+    await client.wait_outputs(2)
+    assert client.forwarded_ids() == ["after-cancel"]
+
+    later = now_ms() + 4 * MIN
+    await client.command(cs06(home, 1002, execution_ms=soon))
+    daemon.wait_for("activation.tracked", counter=1002)
+    await client.command(cs06(home, 1003, execution_ms=later))
+    replaced = daemon.wait_for("activation.tracked", counter=1003)
+    assert replaced["replaced"] is not None
+    await client.alert("old-slot", CHF, soon - 3 * MIN)  # before `later` minus lead
+    await client.alert("new-slot", CHF, later + 1000)
+    await client.wait_outputs(4)
+    assert "old-slot" in client.forwarded_ids()
+    assert "new-slot" in client.suppressed_ids()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("none", ESME, "unsigned"),
+        ("attacker", ESME, "bad-signature"),  # trusted originator, wrong key: forged
+        ("supplier", UNLISTED_ESME, "not-on-guid-list"),
+    ],
+)
+async def test_refused_commands_open_no_window(
+    client: Client, daemon: Daemon, home: Home, case: tuple[str, bytes, str]
+) -> None:
+    signer, target, reason = case
+    await client.command(cs06(home, 1000, signer=signer, target=target))
+    daemon.wait_for("command.refused", reason=reason)
+    chf = UNLISTED_CHF if target == UNLISTED_ESME else CHF
+    await client.alert("a", chf, now_ms())
+    await client.wait_outputs(1)
+    assert client.forwarded_ids() == ["a"]
+
+
+async def test_command_from_an_unknown_party_is_refused(
+    client: Client, daemon: Daemon, home: Home
+) -> None:
+    from .e2e_support import ATTACKER
+
+    await client.command(cs06(home, 1000, signer="attacker", originator=ATTACKER))
+    daemon.wait_for("command.refused", reason="untrusted-signer")
+
+
+async def test_replayed_command_is_refused(client: Client, daemon: Daemon, home: Home) -> None:
+    soon = now_ms() + 3 * MIN
+    original = cs06(home, 1000, execution_ms=soon)
+    await client.command(original)
+    daemon.wait_for("activation.tracked", counter=1000)
+    await client.command(cs06(home, 1001, cancel=True))
+    daemon.wait_for("activation.cancelled", counter=1001)
+    await client.command(original)  # the attacker replays the captured bytes
+    daemon.wait_for("command.refused", reason="replay")
+    await client.alert("a", CHF, soon + 1000)
+    await client.wait_outputs(1)
+    assert client.forwarded_ids() == ["a"]
+
+
+async def test_feature_switch_off_forwards_everything(tmp_path: Path, broker: Broker) -> None:
+    home = Home(tmp_path / "off", broker.port, suppression={"enabled": False})
+    daemon = Daemon(home)
+    daemon.start()
+    client = Client(broker.port, "off")
+    try:
+        await client.start()
+        await client.command(cs06(home, 1000))
+        daemon.wait_for("command.refused", reason="feature-off")
+        await client.alert("a", CHF, now_ms())
+        await client.wait_outputs(1)
+        assert client.forwarded_ids() == ["a"]
+    finally:
+        await client.close()
+        daemon.stop()
+
+
+async def test_restart_in_the_middle_of_a_window_keeps_suppressing(
+    client: Client, daemon: Daemon, home: Home
+) -> None:
+    await client.command(cs06(home, 1000))
+    daemon.wait_for("activation.tracked", counter=1000)
+    assert daemon.stop() == 0
+    daemon.start()
+    loaded = daemon.wait_for("state.loaded")
+    assert loaded["activations"] == 1
+    await client.alert("after-restart", CHF, now_ms())
+    await client.wait_outputs(1)
+    assert client.suppressed_ids() == ["after-restart"]
+
+
+@pytest.mark.parametrize("chf", [CHF, OTHER_CHF], ids=["suppressed", "forwarded"])
+async def test_sigkill_between_effect_and_ack_gives_the_output_once(
+    client: Client, daemon: Daemon, home: Home, chf: bytes
+) -> None:
+    await client.command(cs06(home, 1000))
+    daemon.wait_for("activation.tracked", counter=1000)
+    daemon.stop()
+    daemon.start(fault="kill-before-ack:victim")
+    await client.alert("victim", chf, now_ms())
+    daemon.wait_for("fault.injected")
+    assert daemon.wait_exit() != 0  # killed before acknowledging
+    daemon.start()  # the broker redelivers "victim" to the new process
+    daemon.wait_for("alert.duplicate", alert_id="victim", timeout=20)
+    await client.alert("next", chf, now_ms())
+    await client.wait_outputs(2)
+    await asyncio.sleep(0.5)
+    outputs = client.forwarded_ids() + client.suppressed_ids()
+    assert outputs.count("victim") == 1
+    assert outputs.count("next") == 1
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+    client: Client, daemon: Daemon, home: Home, broker: Broker
+) -> None:
+    await client.command(cs06(home, 1000))
+    daemon.wait_for("activation.tracked", counter=1000)
+    now = now_ms()
+    for i in range(100):
+        await client.alert(f"s-{i}", CHF if i % 2 else OTHER_CHF, now)
+    broker.restart()
+    await asyncio.sleep(1.0)  # both clients reconnect with their persistent sessions
+    for i in range(100, 200):
+        await client.alert(f"s-{i}", CHF if i % 2 else OTHER_CHF, now)
+    await client.wait_outputs(200, limit_s=60)
+    outputs = client.forwarded_ids() + client.suppressed_ids()
+    assert sorted(set(outputs)) == sorted(f"s-{i}" for i in range(200))
+    assert daemon.wait_for("mqtt.connected", reconnect=True)
