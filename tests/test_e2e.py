@@ -4,6 +4,7 @@ a crash between effect and acknowledgement, and a broker restart mid-stream."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -224,3 +225,61 @@ async def test_broker_restart_mid_stream_loses_nothing(
     outputs = client.forwarded_ids() + client.suppressed_ids()
     assert sorted(set(outputs)) == sorted(f"s-{i}" for i in range(200))
     assert daemon.wait_for("mqtt.connected", reconnect=True)
+
+
+async def test_suppression_log_rotates_into_a_verified_report(
+    tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway import wire
+    from gateway.cli import main
+    from gateway.reports import verify_report
+
+    home = Home(tmp_path / "rep", broker.port, reports={"max_records": 3})
+    daemon = Daemon(home)
+    daemon.start()
+    client = Client(broker.port, "rep")
+    try:
+        await client.start()
+        await client.command(cs06(home, 1000))
+        daemon.wait_for("activation.tracked", counter=1000)
+        for i in range(3):
+            await client.alert(f"r-{i}", CHF, now_ms())
+        await client.alert("fwd", OTHER_CHF, now_ms())
+        await client.wait_outputs(4)
+        written = daemon.wait_for("report.written", records=3)
+        check = verify_report(Path(written["file"]))
+        assert check.ok, check.problems
+        assert check.records == 3
+        deadline = asyncio.get_running_loop().time() + 10
+        while not client.received["gateway/reports"]:
+            assert asyncio.get_running_loop().time() < deadline, "no report notice"
+            await asyncio.sleep(0.05)
+        notice = wire.decode_report_notice(client.received["gateway/reports"][0])
+        assert (notice.records, notice.sha256) == (3, check.sha256)
+
+        # status and explain read the state database while the daemon runs.
+        capsys.readouterr()
+        assert main(["status", "--config", str(home.config)]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["windows_active"] == 1
+        assert main(["explain", "r-0", "--config", str(home.config)]) == 0
+        explained = json.loads(capsys.readouterr().out)
+        assert explained["decision"] == "suppressed"
+        assert explained["activation"]["request_id"].endswith(":1000")
+        assert main(["explain", "fwd", "--config", str(home.config)]) == 0
+        assert json.loads(capsys.readouterr().out)["reason"] == "no-window"
+    finally:
+        await client.close()
+        daemon.stop()
+
+
+async def test_unreadable_alert_is_forwarded_and_counted_as_rejected(
+    client: Client, daemon: Daemon
+) -> None:
+    await client.adapter.publish("csp/dcc/alert", b"\xa1\x61v\x02")  # v = 2: not ours
+    daemon.wait_for("alert.rejected", reason="bad-version")
+    deadline = asyncio.get_running_loop().time() + 10
+    while not client.received["dno/dcc/alert"]:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert client.received["dno/dcc/alert"] == [b"\xa1\x61v\x02"]
