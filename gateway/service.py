@@ -74,7 +74,7 @@ from .engine import (
     WindowOpened,
 )
 from .guids import GuidList, GuidListError
-from .inventory import Inventory, from_envelope
+from .inventory import Inventory, InventoryError, from_envelope
 from .logs import JsonLog
 from .metrics import Metrics
 from .mqtt import MqttAdapter, MqttSettings, install_exception_filter
@@ -502,8 +502,8 @@ class Gateway:
         topic = self.topics["inventory"]
         try:
             record: DeviceRecord = from_envelope(decode_inventory(payload))
-        except (WireError, ValueError) as exc:
-            reason = getattr(exc, "reason", "bad-record")
+        except (WireError, InventoryError) as exc:
+            reason = exc.reason
             self.metrics.decode_errors.labels(topic=topic, reason=reason).inc()
             self.log.warning("inventory.rejected", reason=reason, detail=str(exc), topic=topic)
             return
@@ -618,6 +618,10 @@ async def serve(config: Config, log: JsonLog) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)
+    # No live reload: say so instead of dying on SIGHUP (systemctl reload, a closed tty).
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.warning("signal.ignored", reason="reload-not-supported")
+    )
     try:
         await gateway.start()
         await gateway.run_forever()

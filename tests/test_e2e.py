@@ -283,3 +283,38 @@ async def test_unreadable_alert_is_forwarded_and_counted_as_rejected(
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
     assert client.received["dno/dcc/alert"] == [b"\xa1\x61v\x02"]
+
+
+async def test_metrics_endpoint_counts_decisions_by_outcome(tmp_path: Path, broker: Broker) -> None:
+    import urllib.request
+
+    from .e2e_support import free_port
+
+    port = free_port()
+    home = Home(tmp_path / "met", broker.port)
+    home.config.write_text(
+        home.config.read_text().replace(
+            "[metrics]\nenabled = false", f"[metrics]\nenabled = true\nport = {port}"
+        )
+    )
+    daemon = Daemon(home)
+    daemon.start()
+    client = Client(broker.port, "met")
+    try:
+        await client.start()
+        await client.command(cs06(home, 1000))
+        daemon.wait_for("activation.tracked", counter=1000)
+        await client.alert("m-1", CHF, now_ms())
+        await client.alert("m-2", OTHER_CHF, now_ms())
+        await client.wait_outputs(2)
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        assert 'poa_alerts_total{outcome="suppressed",reason="inside-window"} 1.0' in text
+        assert 'poa_alerts_total{outcome="forwarded",reason="no-window"} 1.0' in text
+        assert "poa_windows_active 1.0" in text
+        assert "poa_up 1.0" in text
+    finally:
+        await client.close()
+        daemon.stop()
