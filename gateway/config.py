@@ -239,6 +239,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reconnect_min: Duration = _d("1s")  # jittered exponential backoff between these
     reconnect_max: Duration = _d("30s")
     inflight: int = 100  # bounded window of unacknowledged publishes
+    # 5 = MQTT 5 (required for acknowledgement after the effect is durable);
+    # 4 = MQTT 3.1.1, only for brokers that speak nothing newer (the embedded demo broker):
+    # the client library then acknowledges on receipt.
+    protocol: int = 5
 
     def __post_init__(self) -> None:
         _check_not_empty("broker.host", self.host)
@@ -272,6 +276,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 "broker.inflight",
                 f"{self.inflight} is outside 1..{_MQTT_MAX_INFLIGHT}",
                 "out-of-range",
+            )
+        if self.protocol not in (4, 5):
+            raise _fail(
+                "broker.protocol", f"{self.protocol}: must be 5 (MQTT 5) or 4 (3.1.1)", "bad-value"
             )
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import gmqtt
 import msgspec
-from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50
+from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
@@ -66,6 +66,10 @@ class MqttSettings(msgspec.Struct, frozen=True):
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
     inflight: int = 100
+    # MQTT 5 unless the broker speaks only 3.1.1 (the embedded demo broker). With
+    # 3.1.1 gmqtt acknowledges on receipt, so the at-least-once guarantee is lost:
+    # production brokers must speak MQTT 5.
+    protocol: int = 5
 
     def __repr__(self) -> str:  # never show the password
         return f"MqttSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
@@ -172,7 +176,7 @@ class MqttAdapter:
                     self._settings.port,
                     ssl=self._ssl(),
                     keepalive=self._settings.keepalive_s,
-                    version=MQTTv50,
+                    version=MQTTv50 if self._settings.protocol == 5 else MQTTv311,
                 )
                 break
             except (TimeoutError, OSError) as exc:

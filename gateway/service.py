@@ -205,8 +205,15 @@ class Gateway:
             reconnect_min_s=b.reconnect_min / 1000,
             reconnect_max_s=b.reconnect_max / 1000,
             inflight=b.inflight,
+            protocol=b.protocol,
         )
         self.mqtt = MqttAdapter(settings, self._on_message, on_event=self._mqtt_event)
+        if b.protocol != 5:
+            self.log.warning(
+                "mqtt.protocol",
+                reason="mqtt-3.1.1",
+                detail="acknowledgement on receipt: a crash may lose in-flight messages",
+            )
         await self.mqtt.connect()
         await self.mqtt.subscribe([self.topics[t] for t in self._subscribed_topics()])
         self.metrics.up.set(1)
