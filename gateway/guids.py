@@ -72,6 +72,7 @@ import msgspec
 from python_calamine import CalamineError, CalamineSheet, CalamineWorkbook
 
 from .eui import format_eui64, parse_eui64
+from .fileio import fsync_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -790,19 +791,6 @@ def read_guid_list(
 # The compiled file
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform; the file itself is already synced
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_sorted(path: Path, guids: array[int], sha256: bytes, imported_at_ms: int) -> int:
     if len(sha256) != 32:
         raise ValueError(f"sha256 must be 32 bytes, got {len(sha256)}")
@@ -824,7 +812,7 @@ def _write_sorted(path: Path, guids: array[int], sha256: bytes, imported_at_ms: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return HEADER_SIZE + 8 * len(guids)
 
 

@@ -52,6 +52,7 @@ import msgspec
 
 from .devices import DeviceRecord, DeviceStatus, DeviceType
 from .eui import EUI64_LENGTH, format_eui64, parse_eui64
+from .sqlite_util import create_schema_once, schema_marks
 
 __all__ = [
     "APPLICATION_ID",
@@ -522,7 +523,7 @@ class Inventory:
 
 def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
     try:
-        app_id, version = _marks(conn)
+        app_id, version = schema_marks(conn)
         if version > SCHEMA_VERSION:
             raise InventoryError(
                 "unsupported-schema",
@@ -539,40 +540,16 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
             return
-        # IMMEDIATE: two processes creating the same new file must not both do it.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            app_id, version = _marks(conn)
-            if version == 0:
-                # user_version is set in the transaction that creates the tables, so a
-                # file with tables but no version was written by something else.
-                tables = [
-                    name
-                    for (name,) in conn.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-                    )
-                ]
-                if tables:
-                    raise _foreign(path, f"tables {', '.join(tables)[:200]}")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            elif app_id != APPLICATION_ID:
-                raise _foreign(path, f"application_id {app_id:#x}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        create_schema_once(
+            conn,
+            schema=_SCHEMA,
+            application_id=APPLICATION_ID,
+            foreign=lambda what: _foreign(path, what),
+        )
     except sqlite3.Error as exc:
         raise InventoryError(
             "cannot-open", f"{path}: cannot open inventory: {exc}", path=path
         ) from exc
-
-
-def _marks(conn: sqlite3.Connection) -> tuple[int, int]:
-    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    return int(app_id), int(version)
 
 
 def _foreign(path: str, what: str) -> InventoryError:

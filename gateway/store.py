@@ -117,6 +117,7 @@ import msgspec
 
 from .engine import Activation, AlertDecision
 from .eui import EUI64_LENGTH
+from .sqlite_util import create_schema_once, schema_marks
 from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
 __all__ = [
@@ -810,48 +811,24 @@ def _open_writer(path: str, synchronous: Synchronous, busy_timeout_s: float) -> 
 
 
 def _prepare(conn: sqlite3.Connection, path: str) -> None:
-    app_id, version = _marks(conn)
+    app_id, version = schema_marks(conn)
     if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
         return
-    # IMMEDIATE: two processes creating the same new file must not both do it.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        app_id, version = _marks(conn)
-        if app_id not in (0, APPLICATION_ID):
-            raise _foreign(path, f"application_id {app_id:#x}")
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                "unsupported-schema",
-                f"{path}: state schema version {version} is newer than this gateway's "
-                f"({SCHEMA_VERSION})",
-                path=path,
-            )
-        if version == 0:
-            # user_version is set in the transaction that creates the tables, so a file
-            # with tables and no version was written by something else.
-            tables = [
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-                )
-            ]
-            if tables:
-                raise _foreign(path, f"tables {', '.join(tables)[:200]}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        elif app_id != APPLICATION_ID:
-            raise _foreign(path, "no application_id")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _marks(conn: sqlite3.Connection) -> tuple[int, int]:
-    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    return int(app_id), int(version)
+    if app_id not in (0, APPLICATION_ID):
+        raise _foreign(path, f"application_id {app_id:#x}")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            "unsupported-schema",
+            f"{path}: state schema version {version} is newer than this gateway's "
+            f"({SCHEMA_VERSION})",
+            path=path,
+        )
+    create_schema_once(
+        conn,
+        schema=_SCHEMA,
+        application_id=APPLICATION_ID,
+        foreign=lambda what: _foreign(path, what),
+    )
 
 
 def _foreign(path: str, what: str) -> StoreError:
