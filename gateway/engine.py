@@ -82,10 +82,14 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # without limit; the oldest are forgotten first. QoS 1 redeliveries come within
     # seconds of a reconnect, far inside either bound.
     dedupe_max: int = 200_000
+    # How long an ended window is still kept to judge late-arriving alerts: an AD1 raised
+    # inside a window is firmware-caused however late it is delivered (a backlog, a
+    # broker outage). It no longer counts as active after its end.
+    retain_ms: int = 120 * MINUTE_MS
     tick_ms: int = 1_000
 
     def __post_init__(self) -> None:
-        for name in ("window_ms", "lead_ms", "skew_ms", "dedupe_ms"):
+        for name in ("window_ms", "lead_ms", "skew_ms", "dedupe_ms", "retain_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.window_ms == 0 or self.tick_ms <= 0 or self.dedupe_max <= 0:
@@ -260,8 +264,14 @@ class WindowOpened(msgspec.Struct, frozen=True):
     activation: Activation
 
 
+class WindowEnded(msgspec.Struct, frozen=True):
+    """Housekeeping: a window's end has passed; it is kept ``retain_ms`` for late alerts."""
+
+    activation: Activation
+
+
 class WindowExpired(msgspec.Struct, frozen=True):
-    """Housekeeping: a window ended and its activation is no longer tracked."""
+    """Housekeeping: an ended window's retention has passed; it is no longer tracked."""
 
     activation: Activation
 
@@ -272,7 +282,7 @@ class DedupeExpired(msgspec.Struct, frozen=True):
     count: int
 
 
-Housekeeping = WindowOpened | WindowExpired | DedupeExpired
+Housekeeping = WindowOpened | WindowEnded | WindowExpired | DedupeExpired
 
 
 class InventoryNoted(msgspec.Struct, frozen=True):
@@ -292,6 +302,7 @@ _F_FUTURE = 0x01
 _F_CLOSED = 0x02
 _F_SUCCEEDED = 0x04
 _F_OPENED = 0x08  # start reached (counted as active rather than pending)
+_F_ENDED = 0x10  # end reached: kept for late alerts, no longer counted as active
 
 _CLOSING_OUTCOMES = frozenset(
     {ActivationResponseCode.NO_IMAGE_HELD, ActivationResponseCode.HASH_MISMATCH}
@@ -316,6 +327,7 @@ class Engine:
         self._wheel: TimerWheel[tuple[bool, int]] = TimerWheel(now_ms, tick_ms=config.tick_ms)
         self.active_windows = 0
         self.pending_windows = 0
+        self.ended_windows = 0  # ended, kept for late alerts (retain_ms)
 
     # -- queries --------------------------------------------------------------------
 
@@ -340,8 +352,8 @@ class Engine:
 
     @property
     def tracked_count(self) -> int:
-        """Number of tracked activations (pending plus active)."""
-        return self.active_windows + self.pending_windows
+        """Number of tracked activations (pending, active, and ended but retained)."""
+        return self.active_windows + self.pending_windows + self.ended_windows
 
     # -- DCC alerts (the hot path) --------------------------------------------------
 
@@ -608,10 +620,7 @@ class Engine:
         if now <= start:
             # Never started: drop it altogether.
             self._store(chf, rest)
-            if flags & _F_OPENED:
-                self.active_windows -= 1
-            else:
-                self.pending_windows -= 1
+            self._uncount(flags)
             closed = self._materialise(chf, packed, index)
             closed = msgspec.structs.replace(closed, end_ms=start, closed_early=True)
         else:
@@ -685,23 +694,47 @@ class Engine:
         kept = bytearray()
         for i in range(0, len(packed), _REC_SIZE):
             esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, i)
-            if end <= now:
-                if flags & _F_OPENED:
-                    self.active_windows -= 1
-                else:
-                    self.pending_windows -= 1
+            if end + self.config.retain_ms <= now:
+                self._uncount(flags)
                 out.append(WindowExpired(self._materialise(chf, packed, i)))
                 continue
+            changed = False
             if not flags & _F_OPENED and start <= now:
                 flags |= _F_OPENED
                 self.pending_windows -= 1
                 self.active_windows += 1
-                rec = _REC.pack(esme, party, counter, start, end, seen_at, flags)
-                out.append(WindowOpened(self._materialise(chf, rec, 0)))
-                kept += rec
+                changed = True
+                opened = True
             else:
-                kept += packed[i : i + _REC_SIZE]
+                opened = False
+            if flags & _F_OPENED and not flags & _F_ENDED and end <= now:
+                flags |= _F_ENDED
+                self.active_windows -= 1
+                self.ended_windows += 1
+                changed = True
+                ended = True
+                self._schedule_check(chf, end + self.config.retain_ms)
+            else:
+                ended = False
+            rec = (
+                _REC.pack(esme, party, counter, start, end, seen_at, flags)
+                if changed
+                else packed[i : i + _REC_SIZE]
+            )
+            if opened:
+                out.append(WindowOpened(self._materialise(chf, rec, 0)))
+            if ended:
+                out.append(WindowEnded(self._materialise(chf, rec, 0)))
+            kept += rec
         self._store(chf, bytes(kept))
+
+    def _uncount(self, flags: int) -> None:
+        if flags & _F_ENDED:
+            self.ended_windows -= 1
+        elif flags & _F_OPENED:
+            self.active_windows -= 1
+        else:
+            self.pending_windows -= 1
 
     # -- internals ----------------------------------------------------------------------
 

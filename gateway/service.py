@@ -70,6 +70,7 @@ from .engine import (
     Engine,
     Housekeeping,
     OutcomeKind,
+    WindowEnded,
     WindowExpired,
     WindowOpened,
 )
@@ -243,14 +244,24 @@ class Gateway:
         """Ask the gateway to stop (signal handler)."""
         self._stopping.set()
 
+    async def stopped(self) -> None:
+        """Return once a stop has been asked for."""
+        await self._stopping.wait()
+
     async def close(self) -> None:
-        """Disconnect (unacknowledged messages stay with the broker) and close the stores."""
+        """Disconnect (unacknowledged messages stay with the broker) and close the stores.
+
+        Safe on a gateway that was stopped half-way through start-up.
+        """
         self.notifier.stopping("stopping")
         self.metrics.up.set(0)
-        with contextlib.suppress(Exception):
-            await self.mqtt.close()
-        await self.store.aclose()
-        self.inventory.close()
+        if hasattr(self, "mqtt"):
+            with contextlib.suppress(Exception):
+                await self.mqtt.close()
+        if hasattr(self, "store"):
+            await self.store.aclose()
+        if hasattr(self, "inventory"):
+            self.inventory.close()
         if self.guids is not None:
             self.guids.close()
         self.log.info("gateway.stopped")
@@ -547,6 +558,13 @@ class Gateway:
                     device_id=event.activation.esme,
                     request_id=event.activation.request_id,
                 )
+            elif isinstance(event, WindowEnded):
+                self.log.info(
+                    "window.ended",
+                    chf_id=event.activation.chf,
+                    device_id=event.activation.esme,
+                    request_id=event.activation.request_id,
+                )
             elif isinstance(event, WindowOpened):
                 self.log.info(
                     "window.opened",
@@ -630,8 +648,19 @@ async def serve(config: Config, log: JsonLog) -> None:
         signal.SIGHUP, lambda: log.warning("signal.ignored", reason="reload-not-supported")
     )
     try:
-        await gateway.start()
-        await gateway.run_forever()
+        # Start-up may wait for the broker indefinitely; SIGTERM must still stop it.
+        starting = asyncio.create_task(gateway.start(), name="start")
+        stopping = asyncio.create_task(gateway.stopped(), name="stop-signal")
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            stopping.cancel()
+            starting.result()  # a start-up failure propagates
+            await gateway.run_forever()
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.info("gateway.start_abandoned", reason="stop requested")
     finally:
         await gateway.close()
         if server is not None:

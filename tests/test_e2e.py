@@ -318,3 +318,14 @@ async def test_metrics_endpoint_counts_decisions_by_outcome(tmp_path: Path, brok
     finally:
         await client.close()
         daemon.stop()
+
+
+async def test_sigterm_stops_a_daemon_still_waiting_for_its_broker(tmp_path: Path) -> None:
+    from .e2e_support import free_port
+
+    home = Home(tmp_path / "nobroker", free_port())  # nothing listens there
+    daemon = Daemon(home)
+    daemon.start(wait_ready=False)
+    daemon.wait_for("mqtt.connect_failed", timeout=20)
+    assert daemon.stop() == 0
+    assert daemon.events()[-1]["event"] == "gateway.stopped"

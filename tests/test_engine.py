@@ -20,6 +20,7 @@ from gateway.engine import (
     EngineConfig,
     OutcomeKind,
     RefusalReason,
+    WindowEnded,
     WindowExpired,
     WindowOpened,
 )
@@ -528,11 +529,34 @@ def test_pending_window_opens_and_expires_through_housekeeping(engine: Engine) -
     assert isinstance(opened, WindowOpened)
     assert (engine.pending_windows, engine.active_windows) == (0, 1)
     assert engine.next_deadline() == start + 30 * MIN
-    (expired,) = engine.advance(start + 30 * MIN)
+    (ended,) = engine.advance(start + 30 * MIN)
+    assert isinstance(ended, WindowEnded)
+    assert (engine.active_windows, engine.ended_windows) == (0, 1)
+    (expired,) = engine.advance(start + 30 * MIN + engine.config.retain_ms)
     assert isinstance(expired, WindowExpired)
     assert expired.activation.counter == 1000
     assert engine.tracked_count == 0
     assert list(engine.activations()) == []
+
+
+def test_alert_raised_in_a_window_but_delivered_after_its_end_is_still_suppressed(
+    engine: Engine,
+) -> None:
+    engine.on_command(command(1000), T0)
+    engine.advance(T0 + 40 * MIN)  # housekeeping has seen the end
+    assert suppressed(engine, T0 + 20 * MIN, now=T0 + 40 * MIN)
+    engine.advance(T0 + 30 * MIN + engine.config.retain_ms)
+    assert not suppressed(engine, T0 + 20 * MIN, now=T0 + 30 * MIN + engine.config.retain_ms)
+
+
+def test_alert_raised_before_an_early_close_stays_covered_after_housekeeping(
+    engine: Engine,
+) -> None:
+    engine.on_command(command(1000), T0)
+    engine.on_device_outcome(response(1000, ActivationResponseCode.NO_IMAGE_HELD), T0 + MIN)
+    engine.advance(T0 + 5 * MIN)
+    assert suppressed(engine, T0 + MIN - 1, now=T0 + 5 * MIN)
+    assert not suppressed(engine, T0 + MIN, now=T0 + 5 * MIN)
 
 
 def test_expiry_housekeeping_never_changes_a_decision(engine: Engine) -> None:
@@ -548,7 +572,7 @@ def test_restore_rebuilds_windows_and_expires_what_is_past(engine: Engine) -> No
     saved = list(engine.activations())
     fresh = Engine(EngineConfig(), T0 + 45 * MIN)
     due = fresh.restore(saved, T0 + 45 * MIN)
-    assert [type(h) for h in due] == [WindowExpired]
+    assert [type(h) for h in due] == [WindowEnded]
     assert not suppressed(fresh, T0 + 45 * MIN)
     assert suppressed(fresh, T0 + 61 * MIN, chf=OTHER_CHF)
     assert fresh.pending_windows == 1
