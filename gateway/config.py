@@ -337,6 +337,7 @@ class SuppressionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     lead: Duration = _d("2m")  # tolerance before the execution time
     skew: Duration = _d("5m")  # raised_at later than now + skew is not trusted
     dedupe: Duration = _d("2h")  # how long alert ids are remembered
+    retain: Duration = _d("2h")  # how long an ended window still judges late alerts
 
     def __post_init__(self) -> None:
         if self.enabled and not self.manufacturers:
@@ -473,6 +474,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             lead_ms=int(s.lead),
             skew_ms=int(s.skew),
             dedupe_ms=int(s.dedupe),
+            retain_ms=int(s.retain),
         )
 
     def redacted_dict(self) -> dict[str, dict[str, Any]]:

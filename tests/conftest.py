@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Tests never assert timings: hypothesis's per-example deadline would make results
+# depend on how loaded the machine is (CI shares 2 cores with brokers and daemons).
+settings.register_profile("poa", deadline=None)
+settings.load_profile("poa")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -56,6 +56,7 @@ from gateway.wire import DccAlertEnvelope
 from .e2e_support import Broker
 
 MIN = 60_000
+RETAIN = 10 * MIN
 SEC = 1_000
 
 
@@ -177,7 +178,7 @@ def test_broker_address_is_parsed_from_a_url() -> None:
 
 
 def _book() -> WindowBook:
-    return WindowBook(window_ms=30 * MIN, lead_ms=2 * MIN)
+    return WindowBook(window_ms=30 * MIN, lead_ms=2 * MIN, retain_ms=RETAIN)
 
 
 CHF, ESME = b"C" * 8, b"E" * 8
@@ -194,11 +195,12 @@ def test_on_demand_window_starts_on_arrival_with_the_lead_before_it() -> None:
     assert book.covering(b"X" * 8, 20 * MIN, now) is None
 
 
-def test_a_window_is_forgotten_once_it_has_ended() -> None:
+def test_an_ended_window_still_covers_late_arrivals_until_its_retention_ends() -> None:
     book = _book()
     book.command(10 * MIN, chf=CHF, esme=ESME, counter=1, command_id=1, execution_ms=None)
-    assert book.covering(CHF, 35 * MIN, now=40 * MIN - 1) is not None
-    assert book.covering(CHF, 35 * MIN, now=40 * MIN) is None  # raised inside, arrived late
+    assert book.covering(CHF, 35 * MIN, now=40 * MIN) is not None  # raised inside, late
+    assert book.covering(CHF, 35 * MIN, now=40 * MIN + RETAIN - 1) is not None
+    assert book.covering(CHF, 35 * MIN, now=40 * MIN + RETAIN) is None
 
 
 def test_a_later_command_replaces_a_pending_one_and_a_cancellation_removes_it() -> None:
@@ -231,7 +233,8 @@ def test_outcome_1_closes_the_window_on_arrival_or_drops_it_before_its_start() -
     assert book.outcome(2 * MIN, chf=CHF, esme=ESME, counter=1, code=0) is None  # success
     book.outcome(3 * MIN, chf=CHF, esme=ESME, counter=1, code=1)
     assert book.covering(CHF, 3 * MIN - 1, now=3 * MIN - 1) is not None
-    assert book.covering(CHF, 3 * MIN - 1, now=3 * MIN) is None  # closed: forgotten
+    assert book.covering(CHF, 3 * MIN - 1, now=3 * MIN) is not None  # raised before the close
+    assert book.covering(CHF, 3 * MIN, now=3 * MIN) is None  # closed at the outcome
     other = b"F" * 8
     book.command(MIN, chf=CHF, esme=other, counter=1, command_id=2, execution_ms=60 * MIN)
     book.outcome(59 * MIN, chf=CHF, esme=other, counter=1, code=1)  # clock ahead: early
@@ -244,9 +247,14 @@ def test_coverage_is_judged_with_what_had_arrived() -> None:
     assert window is not None
     book.outcome(12 * MIN, chf=CHF, esme=ESME, counter=1, code=1)
     lead = 2 * MIN
-    assert not window.covered_as_of(9 * MIN, arrival=10 * MIN - 1, lead_ms=lead)
-    assert window.covered_as_of(11 * MIN, arrival=11 * MIN, lead_ms=lead)
-    assert not window.covered_as_of(11 * MIN, arrival=13 * MIN, lead_ms=lead)
+    assert not window.covered_as_of(9 * MIN, arrival=10 * MIN - 1, lead_ms=lead, retain_ms=RETAIN)
+    assert window.covered_as_of(11 * MIN, arrival=11 * MIN, lead_ms=lead, retain_ms=RETAIN)
+    # Raised before the early close, arriving after it: still covered (retention).
+    assert window.covered_as_of(11 * MIN, arrival=13 * MIN, lead_ms=lead, retain_ms=RETAIN)
+    assert not window.covered_as_of(12 * MIN, arrival=13 * MIN, lead_ms=lead, retain_ms=RETAIN)
+    assert not window.covered_as_of(
+        11 * MIN, arrival=12 * MIN + RETAIN, lead_ms=lead, retain_ms=RETAIN
+    )
 
 
 def test_refusals_follow_the_engine_order() -> None:

@@ -296,6 +296,7 @@ class SuppressionTimes(msgspec.Struct, frozen=True, kw_only=True):
     lead_ms: int = 2 * MINUTE_MS
     skew_ms: int = 5 * MINUTE_MS
     dedupe_ms: int = 120 * MINUTE_MS
+    retain_ms: int = 120 * MINUTE_MS
     report_period_ms: int = 60 * MINUTE_MS
 
 
@@ -402,6 +403,7 @@ def write_gateway_home(
             "lead": _scaled(times.lead_ms, scale),
             "skew": _scaled(times.skew_ms, scale),
             "dedupe": _scaled(times.dedupe_ms, scale),
+            "retain": _scaled(times.retain_ms, scale),
         },
         "paths": {"state_dir": str(root)},
         "reports": {"period": _scaled(times.report_period_ms, scale)},

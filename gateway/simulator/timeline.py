@@ -132,6 +132,7 @@ class TimelineParams(msgspec.Struct, frozen=True, kw_only=True):
     window_ms: int = 30 * MINUTE_MS
     """MP102B's window: what the gateway *should* use (the truth ignores overrides)."""
     lead_ms: int = 2 * MINUTE_MS
+    retain_ms: int = 120 * MINUTE_MS  # the gateway's suppression.retain, simulated time
     manufacturers: tuple[str, ...] = ("Landis+Gyr",)
 
     def __post_init__(self) -> None:
@@ -825,7 +826,9 @@ def _play(
     """Play ``events`` (in order) through the rules: each command's expected result, and
     the truth of each AD1 planned in ``plan_by_id``."""
     by_esme = {p.esme: p for p in population.premises}
-    book = WindowBook(window_ms=params.window_ms, lead_ms=params.lead_ms)
+    book = WindowBook(
+        window_ms=params.window_ms, lead_ms=params.lead_ms, retain_ms=params.retain_ms
+    )
     last_counter: dict[bytes, int] = {}  # per ESME, for the one trusted originator
     out = _Outcomes(commands={}, truths=[])
     for e in events:

@@ -19,10 +19,10 @@ replay, a SMETS2 Landis+Gyr ESME on the GUID list); anything else opens nothing:
   short by a command;
 - outcome 1 or 2 (no image held, hash mismatch), matched by ESME and counter, closes
   the window at the outcome's arrival, or drops it when that is not after its start;
-- a window is forgotten once it has ended: the gateway expires it at its end, so an
-  AD1 that *arrives* after the end is not covered by it, even when its ``raised_at``
-  (a hub clock running behind, a late delivery) lies inside. After an early close
-  that is at once: only alerts already in hand when the outcome arrived stay covered.
+- an ended window is kept for ``retain_ms`` after its end (the gateway's
+  ``suppression.retain``), so an AD1 raised inside it still counts when it *arrives*
+  late; after that it is forgotten. After an early close the window ends at the
+  outcome's arrival and is kept the same way.
 
 Decisions are made *as of an alert's arrival*: an AD1 is judged against the windows
 the gateway knows at that moment (commands and outcomes that arrived before it), at the
@@ -63,16 +63,16 @@ class Window(msgspec.Struct, kw_only=True):
     closed_at: int | None = None
     """Arrival of the outcome that closed it early, if any."""
 
-    def covers(self, instant: int, now: int, lead_ms: int) -> bool:
-        """``start - lead <= instant < end``, the window still standing at ``now``
-        (not removed, not yet ended)."""
+    def covers(self, instant: int, now: int, lead_ms: int, retain_ms: int) -> bool:
+        """``start - lead <= instant < end``, the window still held at ``now``
+        (not removed, and not ended more than ``retain_ms`` ago)."""
         return (
             self.removed_at is None
-            and now < self.end_ms
+            and now < self.end_ms + retain_ms
             and self.start_ms - lead_ms <= instant < self.end_ms
         )
 
-    def covered_as_of(self, instant: int, arrival: int, lead_ms: int) -> bool:
+    def covered_as_of(self, instant: int, arrival: int, lead_ms: int, retain_ms: int) -> bool:
         """Whether the gateway, judging at ``arrival``, finds ``instant`` in this window:
         what had arrived by then counts, what came later does not."""
         if self.tracked_at >= arrival:
@@ -82,7 +82,7 @@ class Window(msgspec.Struct, kw_only=True):
         end = self.planned_end_ms
         if self.closed_at is not None and self.closed_at < arrival:
             end = min(end, self.closed_at)
-        return arrival < end and self.start_ms - lead_ms <= instant < end
+        return arrival < end + retain_ms and self.start_ms - lead_ms <= instant < end
 
     def arrivals(self) -> list[int]:
         """The arrival times at which this window changed."""
@@ -100,11 +100,12 @@ class WindowBook:
     with non-decreasing ``at``; ask :meth:`covering` in between.
     """
 
-    def __init__(self, *, window_ms: int, lead_ms: int) -> None:
-        if window_ms <= 0 or lead_ms < 0:
-            raise ValueError("window_ms must be positive and lead_ms not negative")
+    def __init__(self, *, window_ms: int, lead_ms: int, retain_ms: int) -> None:
+        if window_ms <= 0 or lead_ms < 0 or retain_ms < 0:
+            raise ValueError("window_ms must be positive, lead_ms and retain_ms not negative")
         self.window_ms = window_ms
         self.lead_ms = lead_ms
+        self.retain_ms = retain_ms
         self._by_chf: dict[bytes, list[Window]] = {}
         self.history: list[Window] = []
         """Every window ever opened, in order, including removed ones."""
@@ -170,7 +171,7 @@ class WindowBook:
     def covering(self, chf: bytes, instant: int, now: int) -> Window | None:
         """The first window of ``chf`` standing at ``now`` that covers ``instant``."""
         for w in self._by_chf.get(chf, ()):
-            if w.covers(instant, now, self.lead_ms):
+            if w.covers(instant, now, self.lead_ms, self.retain_ms):
                 return w
         return None
 
@@ -178,7 +179,7 @@ class WindowBook:
         """As :meth:`covering`, for an alert arriving at ``arrival``, once the whole
         book has been played (for planning alerts around the firmware schedule)."""
         for w in self._by_chf.get(chf, ()):
-            if w.covered_as_of(instant, arrival, self.lead_ms):
+            if w.covered_as_of(instant, arrival, self.lead_ms, self.retain_ms):
                 return w
         return None
 
