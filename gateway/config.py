@@ -238,7 +238,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keepalive: Duration = _d("30s")
     reconnect_min: Duration = _d("1s")  # jittered exponential backoff between these
     reconnect_max: Duration = _d("30s")
-    inflight: int = 100  # bounded window of unacknowledged publishes
+    inflight: int = 1000  # bounded window of unacknowledged messages, each way
     # 5 = MQTT 5 (required for acknowledgement after the effect is durable);
     # 4 = MQTT 3.1.1, only for brokers that speak nothing newer (the embedded demo broker):
     # the client library then acknowledges on receipt.

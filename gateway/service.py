@@ -147,6 +147,8 @@ class Gateway:
         self.engine: Engine
         self.mqtt: MqttAdapter
         self._report_opened_at = 0
+        self._unreported = 0
+        self._alert_counters: dict[tuple[str, str], Any] = {}
 
     # -- start-up and shut-down -----------------------------------------------------
 
@@ -175,6 +177,8 @@ class Gateway:
         self._apply_housekeeping(due)
         pending = self.store.unreported(1)
         self._report_opened_at = pending[0][1].received_at if pending else now
+        # Counted here, not with COUNT(*) per alert: that scan grows with the log.
+        self._unreported = self.store.unreported_count()
         self.log.info(
             "state.loaded",
             activations=self.engine.tracked_count,
@@ -322,8 +326,17 @@ class Gateway:
         stored = self.store.decision(alert_id)
         return stored is not None and stored[1]
 
+    def _count_alert(self, outcome: str, reason: str) -> None:
+        # labels() costs a lock and a dict lookup per call: keep the children.
+        child = self._alert_counters.get((outcome, reason))
+        if child is None:
+            child = self._alert_counters[(outcome, reason)] = self.metrics.alerts.labels(
+                outcome=outcome, reason=reason
+            )
+        child.inc()
+
     def _count_duplicate(self, alert_id: str) -> None:
-        self.metrics.alerts.labels(outcome="duplicate", reason="redelivered").inc()
+        self._count_alert("duplicate", "redelivered")
         self.log.info("alert.duplicate", alert_id=alert_id)
 
     async def _suppress(
@@ -353,7 +366,7 @@ class Gateway:
         self.store.append_suppression(record)
         self.store.put_decision(decision, effect_done=True)
         await self.store.flush()
-        self.metrics.alerts.labels(outcome="suppressed", reason=decision.reason).inc()
+        self._count_alert("suppressed", decision.reason)
         self.metrics.suppression_records.inc()
         self.log.info(
             "alert.suppressed",
@@ -366,20 +379,24 @@ class Gateway:
             window_end=a.end_ms,
             activation=a.kind,
         )
-        if self.store.unreported_count() >= self.config.reports.max_records:
+        self._unreported += 1
+        if self._unreported >= self.config.reports.max_records:
             await self._rotate_reports(self.clock())
 
     async def _forward(self, payload: bytes, decision: AlertDecision) -> None:
         await self.mqtt.publish(self.topics["dno_alert"], payload)
         self.store.put_decision(decision, effect_done=True)
         await self.store.flush()
-        self.metrics.alerts.labels(outcome="forwarded", reason=decision.reason).inc()
-        self.log.info(
-            "alert.forwarded",
-            alert_id=decision.alert_id,
-            chf_id=decision.chf,
-            reason=decision.reason,
-        )
+        self._count_alert("forwarded", decision.reason)
+        if self.log.enabled_for("debug"):
+            # Debug only: at storm rates a line per forwarded alert would swamp the
+            # journal; the decision is in the state database (explain) and the metrics.
+            self.log.debug(
+                "alert.forwarded",
+                alert_id=decision.alert_id,
+                chf_id=decision.chf,
+                reason=decision.reason,
+            )
 
     def _maybe_fault(self, alert_id: str) -> None:
         if self._fault and self._fault == f"kill-before-ack:{alert_id}":
@@ -541,7 +558,7 @@ class Gateway:
             now = self.clock()
             self._apply_housekeeping(self.engine.advance(now))
             await self.store.flush()
-            if self._rotation.due(now, self._report_opened_at, self.store.unreported_count()):
+            if self._rotation.due(now, self._report_opened_at, self._unreported):
                 await self._rotate_reports(now)
             self._update_gauges()
             deadline = self.engine.next_deadline()
@@ -595,6 +612,7 @@ class Gateway:
         if seqs:
             self.store.mark_reported(seqs, report_id)
             await self.store.flush()
+        self._unreported = self.store.unreported_count()
         self._report_opened_at = now
         self.mqtt.publish_soon(self.topics["reports"], encode(report.notice()))
         self.metrics.reports.inc()

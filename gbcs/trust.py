@@ -75,7 +75,7 @@ class Verification(msgspec.Struct, frozen=True):
 
 def format_eui64(eui: bytes) -> str:
     """``00-DB-12-34-56-78-90-A0``."""
-    return "-".join(f"{b:02X}" for b in eui)
+    return eui.hex("-").upper()
 
 
 class TrustStore:

@@ -114,7 +114,7 @@ def test_no_file_gives_the_documented_defaults(
     )
     assert config.broker.password_env == "POA_MQTT_PASSWORD"
     assert (config.broker.keepalive, config.broker.reconnect_min) == (30_000, 1_000)
-    assert (config.broker.reconnect_max, config.broker.inflight) == (30_000, 100)
+    assert (config.broker.reconnect_max, config.broker.inflight) == (30_000, 1000)
     assert config.topics.prefix == ""
     assert config.topic("dcc_alert") == "csp/dcc/alert"
     assert config.suppression.manufacturers == ("Landis+Gyr",)
