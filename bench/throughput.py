@@ -1,0 +1,997 @@
+"""End-to-end throughput benchmark: the real daemon on a real mosquitto, against
+mosquitto's own bridge (issue 4's goals).
+
+Every part starts what it needs in a fresh temporary directory: tuned mosquitto brokers
+(``max_inflight_messages 1000``, ``max_queued_messages`` 2,000,000 or more,
+``set_tcp_nodelay``, persistence in the directory) on free loopback ports, and
+``poa-gateway run`` as its own process (metrics off) whose home lists ``--windowed``
+Landis+Gyr SMETS2 ESMEs, each on its own CHF. The load comes from a publisher process
+and the outputs are counted by a sink process (``bench/throughput_clients.py``: MQTT
+3.1.1 on asyncio.Protocol under uvloop, QoS 1, publisher pipelined with up to
+``--pub-window`` unacknowledged messages), so that neither shares a CPU budget with the
+daemon. Half of the alerts (even sequence numbers) come from the windowed CHFs and must
+be suppressed, half from 10,000 other CHFs and must be forwarded; every alert has a
+unique ``alert_id`` and ``raised_at`` = ``sent_at`` = the time it was written (ms).
+
+1. **storm**: signed on-demand CS06 commands open windows on the ``--windowed`` CHFs,
+   then ``--alerts`` AD1s are published as fast as the publisher can. Alerts per second
+   at the sink (first to last receipt, and first publish to last receipt), receipt
+   latency, lost and duplicated ids, the suppressed/forwarded split, the daemon's CPU
+   per alert and peak RSS (VmHWM).
+2. **bridge**: the same stream through mosquitto's own C bridge instead of the gateway:
+   broker B holds a bridge connection to broker A that subscribes to ``csp/dcc/alert``
+   there at QoS 1 and republishes it on B as ``dno/dcc/alert`` (``topic alert in 1
+   dno/dcc/ csp/dcc/``; the relaybench anchors' two-broker arrangement); the publisher
+   writes to A, the sink reads from B. The ratio gateway / bridge is the goal figure.
+3. **latency**: ``--latency-rate`` alerts per second, paced, for ``--latency-seconds``,
+   through the storm's daemon: p50/p99/max of sink receipt minus ``sent_at`` (ms field),
+   and of sink receipt minus the publisher's exact write time (ns).
+4. **backlog**: the daemon is started once (session and subscriptions exist, windows
+   opened), stopped with SIGTERM; ``--backlog`` AD1s are queued by the broker for its
+   session; the daemon is started again and timed until the sink has every output.
+
+Latencies use the wall clock of one host on both sides. Run from the repository root:
+``.venv/bin/python bench/throughput.py`` (``--quick`` for a small smoke run,
+``--parts storm,latency`` to choose, ``--json`` for a JSON object at the end,
+``--profile-daemon FILE`` to run the daemon under cProfile and print its top functions).
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import getpass
+import json
+import math
+import os
+import platform
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from throughput_clients import esme_id, read_records, windowed_chf
+
+from gateway import wire
+from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.guids import write_guid_list
+from gateway.inventory import Inventory
+from tests.e2e_support import Broker, Client, Daemon, Home, cs06
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = Path(__file__).resolve().parent / "throughput_clients.py"
+PY = sys.executable
+IN_TOPIC = "csp/dcc/alert"
+OUT_TOPICS = ["dno/dcc/alert", "gateway/suppressed"]
+
+GOALS = {
+    "storm_rate": 10_000.0,  # AD1/s at QoS 1, 0 lost
+    "bridge_ratio": 0.35,  # gateway / mosquitto's C bridge
+    "latency_p99_ms": 5.0,  # at 1,000 alerts/s
+    "backlog_rss_mb": 300.0,  # peak RSS while draining 1,000,000 queued alerts
+}
+
+
+def log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+class TunedBroker(Broker):
+    """The test suite's broker with the benchmark's tuning (and optionally a bridge)."""
+
+    def __init__(
+        self, root: Path, *, queue_limit: int = 2_000_000, bridge_to: int | None = None
+    ) -> None:
+        super().__init__(root)
+        lines = [
+            f"user {getpass.getuser()}",  # see Broker: keeps persistence writable
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {root}/",
+            f"max_queued_messages {queue_limit}",
+            "max_inflight_messages 1000",
+            "set_tcp_nodelay true",
+            f"log_dest file {root}/mosquitto.log",
+        ]
+        if bridge_to is not None:
+            lines += [
+                "connection bench-bridge",
+                f"address 127.0.0.1:{bridge_to}",
+                "topic alert in 1 dno/dcc/ csp/dcc/",  # remote csp/dcc/alert -> dno/dcc/alert
+                "topic bench/probe in 1",
+                "bridge_protocol_version mqttv311",
+                "cleansession true",
+                "try_private true",
+                "notifications false",
+                "start_type automatic",
+                "restart_timeout 1",
+                "keepalive_interval 60",
+            ]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class BenchDaemon(Daemon):
+    """``poa-gateway run``, optionally under cProfile (``--profile-daemon``)."""
+
+    def __init__(self, home: Home, profile: Path | None = None) -> None:
+        super().__init__(home)
+        self.profile = profile
+
+    def start(self, *, fault: str | None = None, wait_ready: bool = True) -> None:
+        if self.profile is None:
+            super().start(fault=fault, wait_ready=wait_ready)
+            return
+        self._offset = self.home.log_path.stat().st_size if self.home.log_path.exists() else 0
+        argv = [PY, "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
+        with self.home.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "run", "--config", str(self.home.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        if wait_ready:
+            self.wait_for("gateway.ready", timeout=30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def timed_stop(self, timeout: float = 300) -> float:
+        """SIGTERM; seconds until it exited (SIGKILL after ``timeout``)."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"  daemon still running {timeout:.0f} s after SIGTERM: SIGKILL")
+            self.kill()
+        self.proc = None
+        return time.monotonic() - started
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+class DecisionLog:
+    """The daemon's ``alert.*`` log lines, read as they are written.
+
+    ``alert.forwarded`` / ``alert.suppressed`` are logged after the decision's durable
+    commit, just before the handler returns and gmqtt sends the PUBACK: their count and
+    the last one's timestamp say when the inputs were done with, not only when the
+    outputs appeared.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.partial = b""
+        self.decided = 0
+        self.duplicates = 0
+        self.last_ms = 0
+
+    def poll(self) -> int:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        last = b""
+        for line in lines:
+            if b'"event":"alert.' in line:
+                if b'"event":"alert.duplicate"' in line:
+                    self.duplicates += 1
+                else:
+                    self.decided += 1
+                last = line
+        if last:
+            stamp = json.loads(last)["ts"]
+            when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+            self.last_ms = int(when.timestamp() * 1000)
+        return self.decided
+
+    def wait(self, count: int, idle_s: float) -> bool:
+        """Until ``count`` alerts are decided and logged (True) or no progress (False)."""
+        seen, since = self.poll(), time.monotonic()
+        while seen < count:
+            time.sleep(0.2)
+            now = self.poll()
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since > idle_s:
+                return False
+        return True
+
+
+class Child:
+    """A client process (publisher or sink); a thread reads its stdout lines."""
+
+    def __init__(self, argv: list[str], stderr: Path) -> None:
+        self.name = stderr.stem
+        self._stderr_path = stderr
+        with stderr.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+        self.seen: dict[str, list[str]] = {}
+        self.progress = 0
+        self.progress_at = time.monotonic()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            word, *fields = raw.decode().split()
+            with self._changed:
+                if word == "PROGRESS":
+                    value = int(fields[0])
+                    if value != self.progress:
+                        self.progress_at = time.monotonic()
+                    self.progress = value
+                else:
+                    self.seen[word] = fields
+                self._changed.notify_all()
+        with self._changed:
+            self.seen.setdefault("EOF", [])
+            self._changed.notify_all()
+
+    def wait_for(self, word: str, timeout: float) -> list[str]:
+        with self._changed:
+            self._changed.wait_for(lambda: word in self.seen or "EOF" in self.seen, timeout)
+            if word not in self.seen:
+                tail = self._stderr_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.name}: no {word} line; stderr:\n{tail}")
+            return self.seen[word]
+
+    def has(self, word: str) -> bool:
+        with self._changed:
+            return word in self.seen
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._thread.join(timeout=5)
+
+
+class Run:
+    """Everything one benchmark run starts, stopped by PID in :meth:`close`."""
+
+    def __init__(self, root: Path, args: argparse.Namespace) -> None:
+        self.root = root
+        self.args = args
+        self.brokers: list[TunedBroker] = []
+        self.daemons: list[BenchDaemon] = []
+        self.children: list[Child] = []
+
+    def broker(self, name: str, **kw: Any) -> TunedBroker:
+        broker = TunedBroker(self.root / name, **kw)
+        self.brokers.append(broker)
+        broker.start()
+        return broker
+
+    def child(self, argv: list[str], name: str) -> Child:
+        child = Child(argv, self.root / f"{name}.stderr")
+        self.children.append(child)
+        return child
+
+    def sink(self, port: int, name: str, expect: int) -> tuple[Child, Path]:
+        out = self.root / f"{name}.sink"
+        argv = [PY, str(CLIENTS), "sink", "--port", str(port), "--out", str(out)]
+        argv += ["--expect", str(expect), "--name", name]
+        for topic in OUT_TOPICS:
+            argv += ["--topic", topic]
+        sink = self.child(argv, f"{name}-sink")
+        sink.wait_for("READY", 30)
+        return sink, out
+
+    def publisher(
+        self, port: int, name: str, count: int, *, rate: float = 0.0, prefix: str | None = None
+    ) -> tuple[Child, Path]:
+        times = self.root / f"{name}.times"
+        argv = [PY, str(CLIENTS), "pub", "--port", str(port), "--count", str(count)]
+        argv += ["--prefix", prefix or name, "--windowed", str(self.args.windowed)]
+        argv += ["--window", str(self.args.pub_window), "--times", str(times)]
+        argv += ["--topic", IN_TOPIC, "--rate", str(rate)]
+        return self.child(argv, f"{name}-pub"), times
+
+    def close(self) -> None:
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+        for daemon in self.daemons:
+            daemon.kill()
+        for broker in self.brokers:
+            broker.kill()
+
+
+# -- the gateway's home ------------------------------------------------------------------
+
+
+def make_home(run: Run, name: str, port: int) -> Home:
+    """A home whose GUID list and inventory hold ``--windowed`` listed ESMEs, one per CHF."""
+    home = Home(run.root / name, port)
+    n = run.args.windowed
+    write_guid_list(
+        home.root / "guid-list.bin",
+        [int.from_bytes(esme_id(i), "big") for i in range(n)],
+        sha256=bytes(32),
+        imported_at_ms=0,
+    )
+    with Inventory.open(home.root / "inventory.sqlite") as inventory:
+        inventory.upsert_many(
+            (
+                DeviceRecord(
+                    device_id=esme_id(i),
+                    device_type=DeviceType.ESME,
+                    smets=2,
+                    manufacturer="Landis+Gyr",
+                    status=DeviceStatus.COMMISSIONED,
+                    chf_id=windowed_chf(i),
+                )
+                for i in range(n)
+            ),
+            0,
+        )
+    text = home.config.read_text()
+    if run.args.gateway_inflight:
+        text = text.replace("[broker]\n", f"[broker]\ninflight = {run.args.gateway_inflight}\n", 1)
+    home.config.write_text(text)
+    return home
+
+
+def start_daemon(run: Run, home: Home, *, profile: Path | None = None) -> BenchDaemon:
+    daemon = BenchDaemon(home, profile)
+    run.daemons.append(daemon)
+    daemon.start()
+    return daemon
+
+
+def open_windows(run: Run, home: Home, daemon: BenchDaemon, port: int) -> None:
+    """Signed on-demand CS06 commands to every listed ESME; waits until all are tracked."""
+    n = run.args.windowed
+
+    async def send() -> None:
+        client = Client(port, f"cs06-{home.root.name}")
+        await client.start()
+        try:
+            for i in range(n):
+                await client.command(cs06(home, 1000, target=esme_id(i)))
+        finally:
+            await client.close()
+
+    asyncio.run(send())
+    deadline = time.monotonic() + 60
+    tracked = 0
+    while time.monotonic() < deadline:
+        tracked = sum(1 for e in daemon.events() if e.get("event") == "activation.tracked")
+        if tracked >= n:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"only {tracked} of {n} CS06 commands opened a window")
+
+
+# -- /proc --------------------------------------------------------------------------------
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status (VmHWM, VmRSS), 0 if gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+@dataclass
+class Outputs:
+    """What the sink saw for one stream of ``sent`` alerts."""
+
+    sent: int
+    received: int = 0
+    unique: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    forwarded: int = 0
+    suppressed: int = 0
+    wrong_outcome: int = 0  # suppressed from an unwindowed CHF, or forwarded from a windowed
+    undecodable: int = 0
+    first_pub_ns: int = 0
+    last_pub_ns: int = 0
+    first_rx_ns: int = 0
+    last_rx_ns: int = 0
+    complete: bool = False
+    pub_cpu_s: float = 0.0
+    sink_cpu_s: float = 0.0
+    latency_ms: list[float] = field(default_factory=list, repr=False)  # rx - sent_at field
+    exact_ms: list[float] = field(default_factory=list, repr=False)  # rx - exact write time
+    exact_by_topic: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def rate_rx(self) -> float:
+        """Alerts per second, first receipt to last receipt."""
+        span = (self.last_rx_ns - self.first_rx_ns) / 1e9
+        return (self.unique - 1) / span if span > 0 else 0.0
+
+    @property
+    def rate_pub(self) -> float:
+        """Alerts per second, first publish to last receipt."""
+        span = (self.last_rx_ns - self.first_pub_ns) / 1e9
+        return self.unique / span if span > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if not isinstance(v, list | dict)}
+        out["rate_rx"] = round(self.rate_rx, 1)
+        out["rate_pub"] = round(self.rate_pub, 1)
+        out["latency_ms"] = percentiles(self.latency_ms)
+        out["exact_latency_ms"] = percentiles(self.exact_ms)
+        out["exact_latency_ms_by_topic"] = {
+            t: percentiles(v) for t, v in self.exact_by_topic.items()
+        }
+        return out
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    s = sorted(values)
+
+    def at(q: float) -> float:
+        return round(s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))], 3)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(s[-1], 3)}
+
+
+def wait_outputs(
+    sink: Child,
+    pub: Child,
+    expect: int,
+    *,
+    idle_s: float,
+    every_s: float = 0.0,
+    label: str = "",
+    note: Callable[[], str] = str,
+    abort: Callable[[], str | None] = lambda: None,
+) -> bool:
+    """Until the sink has ``expect`` messages (True), stops making progress or ``abort``
+    gives a reason (False). Every ``every_s`` seconds, a progress line ending in ``note()``."""
+    started = time.monotonic()
+    shown = started
+    last_count, last_at = 0, started
+    while True:
+        if sink.has("ALL"):
+            return True
+        time.sleep(0.05)
+        now = time.monotonic()
+        if every_s and now - shown >= every_s:
+            count = sink.progress
+            rate = (count - last_count) / (now - last_at)
+            log(f"  {label}{count:,} of {expect:,} outputs ({rate:,.0f}/s){note()}")
+            shown, last_count, last_at = now, count, now
+            reason = abort()
+            if reason:
+                log(f"  giving up: {reason}")
+                return False
+        if pub.has("DONE") and now - max(sink.progress_at, started) > idle_s:
+            return False
+        if sink.has("EOF") or (pub.has("EOF") and not pub.has("DONE")):
+            return False
+
+
+def collect(
+    sink: Child,
+    sink_out: Path,
+    pub: Child,
+    times_path: Path,
+    *,
+    prefix: str,
+    sent: int,
+    judged: bool = True,
+) -> Outputs:
+    """Stop the sink (after a short grace for late duplicates) and decode what it saw."""
+    time.sleep(0.5)
+    done = pub.wait_for("DONE", 600)
+    pub.proc.wait(timeout=60)
+    sink_cpu = cpu_seconds(sink.proc.pid)
+    sink.stop()
+    pub.stop()
+    times = array("q")
+    times.frombytes(times_path.read_bytes())
+    out = Outputs(
+        sent=sent,
+        first_pub_ns=int(done[0]),
+        last_pub_ns=int(done[1]),
+        pub_cpu_s=round(float(done[3]), 2),
+        sink_cpu_s=round(sink_cpu, 2),
+    )
+    seen: Counter[int] = Counter()
+    head = prefix + "-"
+    first, last = 0, 0
+    for topic, rx, payload in read_records(sink_out, OUT_TOPICS):
+        try:
+            if topic == "dno/dcc/alert":
+                alert = wire.decode_dcc_alert(payload)
+                alert_id, sent_at, suppressed = alert.alert_id, alert.sent_at, False
+            else:
+                record = wire.decode_suppression_record(payload)
+                alert_id, sent_at, suppressed = record.alert_id, record.raised_at, True
+        except wire.WireError:
+            out.undecodable += 1
+            continue
+        if not alert_id.startswith(head):
+            continue
+        seq = int(alert_id[len(head) :])
+        out.received += 1
+        seen[seq] += 1
+        if seen[seq] > 1:
+            continue
+        first = rx if not first else min(first, rx)
+        last = max(last, rx)
+        if suppressed:
+            out.suppressed += 1
+        else:
+            out.forwarded += 1
+        if judged and suppressed != (seq % 2 == 0):  # even numbers: from windowed CHFs
+            out.wrong_outcome += 1
+        out.latency_ms.append(rx / 1e6 - sent_at)
+        if 0 <= seq < len(times) and times[seq]:
+            exact = (rx - times[seq]) / 1e6
+            out.exact_ms.append(exact)
+            out.exact_by_topic.setdefault(topic, []).append(exact)
+    out.unique = len(seen)
+    out.duplicates = out.received - out.unique
+    out.lost = sum(1 for seq in range(sent) if seq not in seen)
+    out.first_rx_ns, out.last_rx_ns = first, last
+    out.complete = out.lost == 0
+    return out
+
+
+def show(name: str, o: Outputs) -> None:
+    lat, exact = percentiles(o.latency_ms), percentiles(o.exact_ms)
+    log(
+        f"{name}: {o.unique:,} of {o.sent:,} alerts out; {o.rate_rx:,.0f}/s first->last "
+        f"receipt, {o.rate_pub:,.0f}/s first publish->last receipt "
+        f"({(o.last_rx_ns - o.first_pub_ns) / 1e9:.2f} s)"
+    )
+    log(
+        f"  lost {o.lost:,}, duplicates {o.duplicates:,}, forwarded {o.forwarded:,}, "
+        f"suppressed {o.suppressed:,}, wrong outcome {o.wrong_outcome:,}, "
+        f"undecodable {o.undecodable}; CPU publisher {o.pub_cpu_s:.1f} s, "
+        f"sink {o.sink_cpu_s:.1f} s"
+    )
+    if lat:
+        log(
+            f"  receipt - sent_at (ms field): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"max {lat['max']:.1f} ms; receipt - exact write time: p50 {exact['p50']:.2f} ms, "
+            f"p99 {exact['p99']:.2f} ms"
+        )
+
+
+# -- the parts ---------------------------------------------------------------------------
+
+
+def part_storm(run: Run, results: dict[str, Any]) -> None:
+    args = run.args
+    log(f"storm: {args.alerts:,} AD1s, {args.windowed} windows")
+    broker = run.broker("storm-broker")
+    home = make_home(run, "storm-gw", broker.port)
+    daemon = start_daemon(run, home, profile=profile_path(args, "storm"))
+    open_windows(run, home, daemon, broker.port)
+    log(f"  daemon pid {daemon.pid} ready, {args.windowed} windows open")
+    sink, sink_out = run.sink(broker.port, "storm", args.alerts)
+    cpu0, bcpu0 = cpu_seconds(daemon.pid), cpu_seconds(broker.proc.pid if broker.proc else 0)
+    decisions = DecisionLog(home.log_path)
+    t0 = time.monotonic()
+    pub, times = run.publisher(broker.port, "storm", args.alerts)
+    wait_outputs(sink, pub, args.alerts, idle_s=args.idle, every_s=5, label="storm ")
+    decisions.wait(args.alerts, args.idle)
+    wall = time.monotonic() - t0
+    cpu = cpu_seconds(daemon.pid) - cpu0
+    bcpu = cpu_seconds(broker.proc.pid if broker.proc else 0) - bcpu0
+    hwm = proc_status_kb(daemon.pid, "VmHWM")
+    out = collect(sink, sink_out, pub, times, prefix="storm", sent=args.alerts)
+    show("storm (gateway)", out)
+    durable_s = show_durable(decisions, out)
+    log(
+        f"  daemon CPU {cpu:.1f} s ({100 * cpu / wall:.0f}% of one core over {wall:.1f} s, "
+        f"{1e6 * cpu / max(out.unique, 1):.0f} us/alert); broker CPU {bcpu:.1f} s; "
+        f"daemon peak RSS {hwm / 1024:.0f} MB"
+    )
+    results["storm"] = out.summary() | {
+        "daemon_cpu_s": round(cpu, 2),
+        "daemon_us_per_alert": round(1e6 * cpu / max(out.unique, 1), 1),
+        "broker_cpu_s": round(bcpu, 2),
+        "daemon_peak_rss_mb": round(hwm / 1024, 1),
+        "decided_logged": decisions.decided,
+        "durable_s": round(durable_s, 3),
+        "durable_rate": round(decisions.decided / durable_s, 1) if durable_s > 0 else 0.0,
+    }
+    if "latency" in args.parts:
+        part_latency(run, results, broker.port, "the storm's daemon", "latency_after_storm")
+    daemon.stop()
+    if daemon.profile is not None:
+        show_profile(daemon.profile)
+    broker.kill()
+
+
+def show_durable(decisions: DecisionLog, out: Outputs) -> float:
+    """Print (and return) first publish -> last decision logged after its commit, in s."""
+    span = (decisions.last_ms - out.first_pub_ns // 1_000_000) / 1000
+    lag = decisions.last_ms - out.last_rx_ns // 1_000_000
+    rate = decisions.decided / span if span > 0 else 0.0
+    log(
+        f"  durable: {decisions.decided:,} decisions logged after their commit "
+        f"(log duplicates {decisions.duplicates}); first publish -> last one {span:.2f} s "
+        f"({rate:,.0f}/s), {lag:,} ms after the last output"
+    )
+    return span
+
+
+def part_latency(
+    run: Run, results: dict[str, Any], port: int, which: str, key: str = "latency"
+) -> None:
+    args = run.args
+    count = int(args.latency_rate * args.latency_seconds)
+    log(f"latency: {count:,} AD1s paced at {args.latency_rate:,.0f}/s through {which}")
+    sink, sink_out = run.sink(port, "latency", count)
+    pub, times = run.publisher(port, "latency", count, rate=args.latency_rate)
+    wait_outputs(sink, pub, count, idle_s=args.idle)
+    out = collect(sink, sink_out, pub, times, prefix="latency", sent=count)
+    show("latency (gateway)", out)
+    results[key] = out.summary() | {"rate": args.latency_rate, "daemon": which}
+
+
+def part_bridge(run: Run, results: dict[str, Any]) -> None:
+    """``--bridge-runs`` runs (fresh brokers each); the median rate is the reference."""
+    args = run.args
+    log(
+        f"bridge: {args.alerts:,} AD1s through mosquitto's bridge (broker A -> broker B), "
+        f"{args.bridge_runs} run(s)"
+    )
+    runs: list[dict[str, Any]] = []
+    for i in range(args.bridge_runs):
+        a = run.broker(f"bridge{i}-a")
+        b = run.broker(f"bridge{i}-b", bridge_to=a.port)
+        probe_bridge(a.port, b.port)
+        name = f"bridge{i}"
+        sink, sink_out = run.sink(b.port, name, args.alerts)
+        t0 = time.monotonic()
+        bcpu0 = sum(cpu_seconds(x.proc.pid) for x in (a, b) if x.proc)
+        pub, times = run.publisher(a.port, name, args.alerts)
+        wait_outputs(sink, pub, args.alerts, idle_s=args.idle)
+        wall = time.monotonic() - t0
+        bcpu = sum(cpu_seconds(x.proc.pid) for x in (a, b) if x.proc) - bcpu0
+        out = collect(sink, sink_out, pub, times, prefix=name, sent=args.alerts, judged=False)
+        show(f"bridge run {i + 1} (mosquitto C bridge)", out)
+        log(f"  brokers' CPU {bcpu:.1f} s over {wall:.1f} s ({100 * bcpu / wall:.0f}%)")
+        runs.append(out.summary() | {"brokers_cpu_s": round(bcpu, 2)})
+        a.kill()
+        b.kill()
+    ranked = sorted(runs, key=lambda r: float(r["rate_rx"]))
+    median = ranked[len(ranked) // 2]
+    results["bridge"] = median | {"runs_rate_rx": [r["rate_rx"] for r in runs]}
+
+
+def probe_bridge(a_port: int, b_port: int) -> None:
+    """Until a message published on A reaches a subscriber on B through the bridge."""
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-p", str(b_port), "-t", "bench/probe", "-q", "1", "-C", "1"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sub.poll() is None:
+            subprocess.run(
+                ["mosquitto_pub", "-p", str(a_port), "-t", "bench/probe", "-q", "1", "-m", "x"],
+                check=False,
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sub.wait(timeout=0.3)
+        if sub.poll() is None:
+            raise RuntimeError("the bridge did not carry the probe within 20 s")
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+
+
+def part_backlog(run: Run, results: dict[str, Any]) -> None:
+    args = run.args
+    n = args.backlog
+    log(f"backlog: {n:,} AD1s queued while the daemon is down, then drained")
+    broker = run.broker("backlog-broker", queue_limit=max(2_000_000, n + 100_000))
+    home = make_home(run, "backlog-gw", broker.port)
+    daemon = start_daemon(run, home)
+    open_windows(run, home, daemon, broker.port)
+    daemon.stop()  # SIGTERM: the broker keeps its session and queues for it
+    log("  daemon stopped (persistent session kept); publishing the backlog")
+    sink, sink_out = run.sink(broker.port, "backlog", n)
+    pub, times = run.publisher(broker.port, "backlog", n)
+    t0 = time.monotonic()
+    while not pub.has("DONE"):
+        if pub.has("EOF"):
+            raise RuntimeError("the backlog publisher failed")
+        time.sleep(0.5)
+        if time.monotonic() - t0 > 5:
+            log(f"  published {pub.progress:,} of {n:,}")
+            t0 = time.monotonic()
+    done = pub.wait_for("DONE", 1)
+    publish_s = (int(done[2]) - int(done[0])) / 1e9
+    bhwm = proc_status_kb(broker.proc.pid if broker.proc else 0, "VmRSS")
+    log(
+        f"  {n:,} queued in {publish_s:.1f} s ({n / publish_s:,.0f}/s); "
+        f"broker RSS {bhwm / 1024:.0f} MB"
+    )
+    start_ns = time.time_ns()
+    decisions = DecisionLog(home.log_path)
+    daemon.profile = profile_path(args, "backlog")
+    daemon.start(wait_ready=False)
+    cpu0 = cpu_seconds(daemon.pid)
+
+    broker_pid = broker.proc.pid if broker.proc else 0
+    last_cpu = [time.monotonic(), cpu_seconds(daemon.pid), cpu_seconds(broker_pid)]
+
+    def rss() -> str:
+        now, d, b = time.monotonic(), cpu_seconds(daemon.pid), cpu_seconds(broker_pid)
+        span = max(now - last_cpu[0], 1e-3)
+        text = (
+            f", daemon RSS {proc_status_kb(daemon.pid, 'VmRSS') / 1024:,.0f} MB, "
+            f"CPU daemon {100 * (d - last_cpu[1]) / span:.0f}% "
+            f"broker {100 * (b - last_cpu[2]) / span:.0f}%"
+        )
+        last_cpu[:] = [now, d, b]
+        return text
+
+    def too_big() -> str | None:
+        mb = proc_status_kb(daemon.pid, "VmRSS") / 1024
+        return f"daemon RSS {mb:,.0f} MB > {args.rss_abort} MB" if mb > args.rss_abort else None
+
+    drained = wait_outputs(
+        sink,
+        pub,
+        n,
+        idle_s=args.backlog_idle,
+        every_s=10,
+        label="drain ",
+        note=rss,
+        abort=too_big,
+    )
+    end_ns = time.time_ns()
+    if drained:
+        decisions.wait(n, args.backlog_idle)
+    else:
+        decisions.poll()
+    cpu = cpu_seconds(daemon.pid) - cpu0
+    hwm = proc_status_kb(daemon.pid, "VmHWM")
+    log(f"  drained={drained}; daemon peak RSS {hwm / 1024:.0f} MB; analysing the outputs")
+    stop_s = daemon.timed_stop()
+    log(f"  daemon stopped in {stop_s:.1f} s after SIGTERM")
+    out = collect(sink, sink_out, pub, times, prefix="backlog", sent=n)
+    if daemon.profile is not None:
+        show_profile(daemon.profile)
+    drain_s = (out.last_rx_ns - start_ns) / 1e9 if out.last_rx_ns else (end_ns - start_ns) / 1e9
+    show("backlog", out)
+    durable_ms = decisions.last_ms - start_ns // 1_000_000
+    log(
+        f"  durable: {decisions.decided:,} decisions logged after their commit "
+        f"(log duplicates {decisions.duplicates}); daemon start -> last one "
+        f"{durable_ms / 1000:.1f} s"
+    )
+    log(
+        f"  drain time {drain_s:.1f} s from daemon start to last output "
+        f"({out.unique / drain_s:,.0f}/s); daemon CPU {cpu:.0f} s; peak RSS {hwm / 1024:.0f} MB"
+    )
+    results["backlog"] = out.summary() | {
+        "count": n,
+        "publish_s": round(publish_s, 2),
+        "drain_s": round(drain_s, 2),
+        "drain_rate": round(out.unique / drain_s, 1) if drain_s > 0 else 0.0,
+        "daemon_cpu_s": round(cpu, 1),
+        "daemon_peak_rss_mb": round(hwm / 1024, 1),
+        "broker_rss_queued_mb": round(bhwm / 1024, 1),
+        "decided_logged": decisions.decided,
+        "durable_s": round(durable_ms / 1000, 2),
+    }
+    broker.kill()
+
+
+def profile_path(args: argparse.Namespace, part: str) -> Path | None:
+    """Where ``part``'s daemon writes its cProfile data (None: not profiled)."""
+    base: Path | None = args.profile_daemon
+    return None if base is None else base.with_name(f"{base.stem}-{part}{base.suffix}")
+
+
+def show_profile(path: Path) -> None:
+    for _ in range(100):
+        if path.exists():
+            break
+        time.sleep(0.1)
+    if not path.exists():
+        log(f"no profile written at {path}")
+        return
+    stats = pstats.Stats(str(path))
+    print(f"\n== daemon profile ({path}), by own time ==")
+    stats.sort_stats("tottime").print_stats(25)
+    print("== by cumulative time ==")
+    stats.sort_stats("cumulative").print_stats(30)
+
+
+# -- summary ------------------------------------------------------------------------------
+
+
+def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    rows: list[tuple[str, str, str, str]] = []
+    verdicts: dict[str, bool] = {}
+
+    def row(goal: str, target: str, got: str, ok: bool | None) -> None:
+        mark = "-" if ok is None else ("met" if ok else "MISSED")
+        rows.append((goal, target, got, mark))
+        if ok is not None:
+            verdicts[goal] = ok
+
+    storm, bridge = results.get("storm"), results.get("bridge")
+    if storm:
+        ok = storm["rate_rx"] >= GOALS["storm_rate"] and storm["lost"] == 0
+        got = f"{storm['rate_rx']:,.0f}/s, lost {storm['lost']}, dups {storm['duplicates']}"
+        row("storm AD1/s at QoS 1 (sink)", ">= 10,000/s, 0 lost", got, ok)
+        got = f"{storm['durable_rate']:,.0f}/s (first publish -> last commit)"
+        row("storm AD1/s durably decided", "(info)", got, None)
+        split = f"{storm['suppressed']:,} / {storm['forwarded']:,}"
+        row("storm suppressed / forwarded", "~half / half, 0 wrong", split, None)
+        row("storm daemon peak RSS", "(info)", f"{storm['daemon_peak_rss_mb']:.0f} MB", None)
+    if bridge:
+        runs = "/".join(f"{r / 1000:.1f}k" for r in bridge["runs_rate_rx"])
+        got = f"{bridge['rate_rx']:,.0f}/s (median of {runs}), lost {bridge['lost']}"
+        row("C bridge AD1/s", "(reference)", got, None)
+    if storm and bridge and bridge["rate_rx"]:
+        ratio = storm["rate_rx"] / bridge["rate_rx"]
+        row("gateway / C bridge", ">= 0.35", f"{ratio:.2f}", ratio >= GOALS["bridge_ratio"])
+    for key, label in (("latency", "fresh daemon"), ("latency_after_storm", "after the storm")):
+        latency = results.get(key)
+        if latency and latency["exact_latency_ms"]:
+            p = latency["latency_ms"]
+            e = latency["exact_latency_ms"]
+            got = (
+                f"p50 {p['p50']:.1f} / p99 {p['p99']:.1f} ms (exact p99 {e['p99']:.2f} ms), "
+                f"{latency['rate_rx']:,.0f}/s out"
+            )
+            ok = p["p99"] <= GOALS["latency_p99_ms"] and latency["lost"] == 0
+            name = f"latency at {args.latency_rate:,.0f}/s, {label}"
+            if key == "latency":
+                row(name, "p99 <= 5 ms", got, ok)
+            else:
+                row(name, "(info)", got, None)
+    backlog = results.get("backlog")
+    if backlog:
+        got = (
+            f"{backlog['count']:,} in {backlog['drain_s']:.0f} s "
+            f"({backlog['drain_rate']:,.0f}/s), lost {backlog['lost']}, "
+            f"dups {backlog['duplicates']}, RSS {backlog['daemon_peak_rss_mb']:.0f} MB"
+        )
+        ok = (
+            backlog["lost"] == 0
+            and backlog["duplicates"] == 0
+            and backlog["daemon_peak_rss_mb"] < GOALS["backlog_rss_mb"]
+        )
+        row("backlog drained", "0 lost, 0 dups, RSS < 300 MB", got, ok)
+    widths = [
+        max(len(r[i]) for r in [*rows, ("goal", "target", "measured", "verdict")]) for i in range(4)
+    ]
+    print("\n== summary against the goals ==")
+    for r in [("goal", "target", "measured", "verdict"), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)))
+    return {"goals": GOALS, "met": verdicts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--alerts", type=int, default=50_000, help="storm and bridge size")
+    parser.add_argument("--windowed", type=int, default=200, help="CHFs with an open window")
+    parser.add_argument("--bridge-runs", type=int, default=3, help="median of this many")
+    parser.add_argument("--latency-rate", type=float, default=1000.0)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    parser.add_argument(
+        "--backlog-idle", type=float, default=600.0, help="backlog: give up after s without output"
+    )
+    parser.add_argument("--pub-window", type=int, default=1000, help="publisher's QoS 1 window")
+    parser.add_argument(
+        "--gateway-inflight", type=int, default=0, help="broker.inflight (0: the default)"
+    )
+    parser.add_argument("--parts", default="storm,bridge,latency,backlog")
+    parser.add_argument("--idle", type=float, default=20.0, help="give up after s without output")
+    parser.add_argument(
+        "--rss-abort", type=float, default=12000.0, help="stop the backlog beyond this RSS (MB)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--json", action="store_true", help="also print a JSON object")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--profile-daemon", type=Path, default=None, metavar="FILE")
+    args = parser.parse_args()
+    if args.quick:
+        args.alerts, args.latency_seconds, args.backlog = 5_000, 3.0, 20_000
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if args.profile_daemon is not None:
+        args.profile_daemon = args.profile_daemon.resolve()
+        args.profile_daemon.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="poa-throughput-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    log(
+        f"poa-gateway throughput bench: {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, run dir {root}"
+    )
+    run = Run(root, args)
+    results: dict[str, Any] = {}
+    try:
+        if "storm" in args.parts:
+            part_storm(run, results)
+        if "latency" in args.parts:
+            broker = run.broker("latency-broker")
+            home = make_home(run, "latency-gw", broker.port)
+            daemon = start_daemon(run, home)
+            open_windows(run, home, daemon, broker.port)
+            part_latency(run, results, broker.port, "a fresh daemon")
+            daemon.stop()
+        if "bridge" in args.parts:
+            part_bridge(run, results)
+        if "backlog" in args.parts:
+            part_backlog(run, results)
+    finally:
+        run.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    verdict = summary(results, args)
+    if args.json:
+        print(json.dumps(results | verdict, indent=2))
+
+
+if __name__ == "__main__":
+    main()
