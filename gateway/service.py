@@ -148,6 +148,7 @@ class Gateway:
         self.mqtt: MqttAdapter
         self._report_opened_at = 0
         self._unreported = 0
+        self._rotating: asyncio.Task[None] | None = None
         self._alert_counters: dict[tuple[str, str], Any] = {}
 
     # -- start-up and shut-down -----------------------------------------------------
@@ -259,6 +260,9 @@ class Gateway:
         """
         self.notifier.stopping("stopping")
         self.metrics.up.set(0)
+        if self._rotating is not None and not self._rotating.done():
+            with contextlib.suppress(Exception):
+                await self._rotating
         if hasattr(self, "mqtt"):
             with contextlib.suppress(Exception):
                 await self.mqtt.close()
@@ -381,7 +385,7 @@ class Gateway:
         )
         self._unreported += 1
         if self._unreported >= self.config.reports.max_records:
-            await self._rotate_reports(self.clock())
+            self._start_rotation()
 
     async def _forward(self, payload: bytes, decision: AlertDecision) -> None:
         await self.mqtt.publish(self.topics["dno_alert"], payload)
@@ -559,7 +563,7 @@ class Gateway:
             self._apply_housekeeping(self.engine.advance(now))
             await self.store.flush()
             if self._rotation.due(now, self._report_opened_at, self._unreported):
-                await self._rotate_reports(now)
+                self._start_rotation()
             self._update_gauges()
             deadline = self.engine.next_deadline()
             wake = now + 1000 if deadline is None else min(deadline, now + 1000)
@@ -591,6 +595,20 @@ class Gateway:
                 )
             elif isinstance(event, DedupeExpired):
                 self.store.prune_decisions(self.clock() - self.config.engine_config().dedupe_ms)
+
+    def _start_rotation(self) -> None:
+        # One rotation at a time, off the acknowledgement path: during a storm every
+        # suppressed alert past the threshold would otherwise start its own (each
+        # reading max_records rows), which starves the event loop.
+        if self._rotating is not None and not self._rotating.done():
+            return
+        self._rotating = asyncio.create_task(self._rotate_reports(self.clock()), name="rotate")
+        self._rotating.add_done_callback(self._rotation_done)
+
+    def _rotation_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # The records stay unreported in the log and the next rotation takes them.
+            self.log.error("report.failed", reason=repr(task.exception()))
 
     async def _rotate_reports(self, now: int) -> None:
         rows = self.store.unreported(self.config.reports.max_records)
