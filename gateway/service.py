@@ -570,31 +570,20 @@ class Gateway:
             await asyncio.sleep(max(0, wake - self.clock()) / 1000)
 
     def _apply_housekeeping(self, events: list[Housekeeping]) -> None:
+        names = {WindowOpened: "window.opened", WindowEnded: "window.ended"}
         for event in events:
+            if isinstance(event, DedupeExpired):
+                self.store.prune_decisions(self.clock() - self.config.engine_config().dedupe_ms)
+                continue
             if isinstance(event, WindowExpired):
                 self.store.delete_activation(event.activation)
-                self.log.info(
-                    "window.expired",
-                    chf_id=event.activation.chf,
-                    device_id=event.activation.esme,
-                    request_id=event.activation.request_id,
-                )
-            elif isinstance(event, WindowEnded):
-                self.log.info(
-                    "window.ended",
-                    chf_id=event.activation.chf,
-                    device_id=event.activation.esme,
-                    request_id=event.activation.request_id,
-                )
-            elif isinstance(event, WindowOpened):
-                self.log.info(
-                    "window.opened",
-                    chf_id=event.activation.chf,
-                    device_id=event.activation.esme,
-                    request_id=event.activation.request_id,
-                )
-            elif isinstance(event, DedupeExpired):
-                self.store.prune_decisions(self.clock() - self.config.engine_config().dedupe_ms)
+            a = event.activation
+            self.log.info(
+                names.get(type(event), "window.expired"),
+                chf_id=a.chf,
+                device_id=a.esme,
+                request_id=a.request_id,
+            )
 
     def _start_rotation(self) -> None:
         # One rotation at a time, off the acknowledgement path: during a storm every
