@@ -51,6 +51,7 @@ import platform
 import pstats
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,7 @@ from gateway import wire
 from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.guids import write_guid_list
 from gateway.inventory import Inventory
-from tests.e2e_support import Broker, Client, Daemon, Home, cs06
+from tests.e2e_support import Broker, Client, Daemon, Home, cs06, mosquitto_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = Path(__file__).resolve().parent / "throughput_clients.py"
@@ -92,6 +93,17 @@ def log(text: str) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------
+
+
+def dies_with_us(argv: list[str]) -> list[str]:
+    """``argv`` run so that the kernel SIGKILLs it if this benchmark dies first.
+
+    Without it a benchmark killed outright (or by a process-group SIGTERM that the
+    daemon, busy with a huge backlog, takes minutes to act on) leaves a daemon or a
+    broker behind, loading the machine for every later measurement.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 class TunedBroker(Broker):
@@ -128,6 +140,23 @@ class TunedBroker(Broker):
             ]
         self.conf.write_text("\n".join(lines) + "\n")
 
+    def start(self) -> None:
+        # As Broker.start, but the broker dies with the benchmark.
+        self.proc = subprocess.Popen(
+            dies_with_us([mosquitto_binary(), "-c", str(self.conf)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -143,17 +172,22 @@ class BenchDaemon(Daemon):
         self.profile = profile
 
     def start(self, *, fault: str | None = None, wait_ready: bool = True) -> None:
-        if self.profile is None:
-            super().start(fault=fault, wait_ready=wait_ready)
-            return
+        # As Daemon.start, but it dies with the benchmark, and optionally under cProfile.
         self._offset = self.home.log_path.stat().st_size if self.home.log_path.exists() else 0
-        argv = [PY, "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
+        if self.profile is None:
+            argv = [str(Path(PY).parent / "poa-gateway")]
+        else:
+            argv = [PY, "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
+        env = {k: v for k, v in os.environ.items() if k != "POA_FAULT"}
+        if fault:
+            env["POA_FAULT"] = fault
         with self.home.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*argv, "run", "--config", str(self.home.config)],
+                dies_with_us([*argv, "run", "--config", str(self.home.config)]),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
+                env=env,
             )
         if wait_ready:
             self.wait_for("gateway.ready", timeout=30)
@@ -199,6 +233,7 @@ class DecisionLog:
         self.decided = 0
         self.duplicates = 0
         self.last_ms = 0
+        self.events: Counter[str] = Counter()  # every event name seen
 
     def poll(self) -> int:
         with self.path.open("rb") as f:
@@ -208,23 +243,43 @@ class DecisionLog:
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         last = b""
+        names: Counter[bytes] = Counter()
         for line in lines:
-            if b'"event":"alert.' in line:
-                if b'"event":"alert.duplicate"' in line:
-                    self.duplicates += 1
-                else:
-                    self.decided += 1
+            at = line.find(b'"event":"') + 9
+            if at < 9:
+                names[b"(not json)"] += 1
+                continue
+            name = line[at : line.find(b'"', at)]
+            names[name] += 1
+            if name.startswith(b"alert."):
                 last = line
+        for name, n in names.items():
+            self.events[name.decode(errors="replace")] += n
+        self.duplicates = self.events["alert.duplicate"]
+        self.decided = sum(n for e, n in self.events.items() if e.startswith("alert.")) - (
+            self.duplicates
+        )
         if last:
             stamp = json.loads(last)["ts"]
             when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
             self.last_ms = int(when.timestamp() * 1000)
         return self.decided
 
-    def wait(self, count: int, idle_s: float) -> bool:
-        """Until ``count`` alerts are decided and logged (True) or no progress (False)."""
+    def others(self) -> str:
+        """The events other than per-alert decisions, with their counts."""
+        rest = [f"{e} x{n:,}" for e, n in self.events.most_common() if not e.startswith("alert.")]
+        return ", ".join(rest) or "none"
+
+    @property
+    def forwarded_logged(self) -> bool:
+        """Whether forwarded alerts are logged (at info) at all, or only suppressed ones."""
+        return self.events["alert.forwarded"] > 0
+
+    def wait(self, total: int, suppressed: int, idle_s: float) -> bool:
+        """Until the ``total`` alerts (or the ``suppressed`` ones, if forwarded alerts are
+        not logged) are decided and logged (True), or no progress for ``idle_s`` (False)."""
         seen, since = self.poll(), time.monotonic()
-        while seen < count:
+        while seen < (total if self.forwarded_logged else suppressed):
             time.sleep(0.2)
             now = self.poll()
             if now != seen:
@@ -241,7 +296,9 @@ class Child:
         self.name = stderr.stem
         self._stderr_path = stderr
         with stderr.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                dies_with_us(argv), stdout=subprocess.PIPE, stderr=err, cwd=ROOT
+            )
         self.seen: dict[str, list[str]] = {}
         self.progress = 0
         self.progress_at = time.monotonic()
@@ -632,14 +689,16 @@ def part_storm(run: Run, results: dict[str, Any]) -> None:
     t0 = time.monotonic()
     pub, times = run.publisher(broker.port, "storm", args.alerts)
     wait_outputs(sink, pub, args.alerts, idle_s=args.idle, every_s=5, label="storm ")
-    decisions.wait(args.alerts, args.idle)
-    wall = time.monotonic() - t0
+    t_outputs = time.monotonic()
+    settled = decisions.wait(args.alerts, (args.alerts + 1) // 2, args.idle)
+    wall = (time.monotonic() if settled else t_outputs) - t0
     cpu = cpu_seconds(daemon.pid) - cpu0
     bcpu = cpu_seconds(broker.proc.pid if broker.proc else 0) - bcpu0
     hwm = proc_status_kb(daemon.pid, "VmHWM")
     out = collect(sink, sink_out, pub, times, prefix="storm", sent=args.alerts)
     show("storm (gateway)", out)
     durable_s = show_durable(decisions, out)
+    log(f"  other daemon log events during the storm: {decisions.others()}")
     log(
         f"  daemon CPU {cpu:.1f} s ({100 * cpu / wall:.0f}% of one core over {wall:.1f} s, "
         f"{1e6 * cpu / max(out.unique, 1):.0f} us/alert); broker CPU {bcpu:.1f} s; "
@@ -652,11 +711,12 @@ def part_storm(run: Run, results: dict[str, Any]) -> None:
         "daemon_peak_rss_mb": round(hwm / 1024, 1),
         "decided_logged": decisions.decided,
         "durable_s": round(durable_s, 3),
-        "durable_rate": round(decisions.decided / durable_s, 1) if durable_s > 0 else 0.0,
+        "log_events": dict(decisions.events),
+        "durable_rate": round(out.unique / durable_s, 1) if durable_s > 0 else 0.0,
     }
     if "latency" in args.parts:
         part_latency(run, results, broker.port, "the storm's daemon", "latency_after_storm")
-    daemon.stop()
+    daemon.timed_stop(60)
     if daemon.profile is not None:
         show_profile(daemon.profile)
     broker.kill()
@@ -666,11 +726,11 @@ def show_durable(decisions: DecisionLog, out: Outputs) -> float:
     """Print (and return) first publish -> last decision logged after its commit, in s."""
     span = (decisions.last_ms - out.first_pub_ns // 1_000_000) / 1000
     lag = decisions.last_ms - out.last_rx_ns // 1_000_000
-    rate = decisions.decided / span if span > 0 else 0.0
+    which = "decisions" if decisions.forwarded_logged else "suppressions (forwards log at debug)"
     log(
-        f"  durable: {decisions.decided:,} decisions logged after their commit "
-        f"(log duplicates {decisions.duplicates}); first publish -> last one {span:.2f} s "
-        f"({rate:,.0f}/s), {lag:,} ms after the last output"
+        f"  durable: {decisions.decided:,} {which} logged after their commit "
+        f"(log duplicates {decisions.duplicates}); first publish -> last one {span:.2f} s, "
+        f"{lag:,} ms after the last output"
     )
     return span
 
@@ -751,7 +811,7 @@ def part_backlog(run: Run, results: dict[str, Any]) -> None:
     home = make_home(run, "backlog-gw", broker.port)
     daemon = start_daemon(run, home)
     open_windows(run, home, daemon, broker.port)
-    daemon.stop()  # SIGTERM: the broker keeps its session and queues for it
+    daemon.timed_stop(60)  # SIGTERM: the broker keeps its session and queues for it
     log("  daemon stopped (persistent session kept); publishing the backlog")
     sink, sink_out = run.sink(broker.port, "backlog", n)
     pub, times = run.publisher(broker.port, "backlog", n)
@@ -790,6 +850,12 @@ def part_backlog(run: Run, results: dict[str, Any]) -> None:
         last_cpu[:] = [now, d, b]
         return text
 
+    drain_started = time.monotonic()
+
+    def too_long() -> str | None:
+        spent = time.monotonic() - drain_started
+        return f"not drained after {spent:.0f} s" if spent > args.backlog_max else None
+
     def too_big() -> str | None:
         mb = proc_status_kb(daemon.pid, "VmRSS") / 1024
         return f"daemon RSS {mb:,.0f} MB > {args.rss_abort} MB" if mb > args.rss_abort else None
@@ -802,17 +868,17 @@ def part_backlog(run: Run, results: dict[str, Any]) -> None:
         every_s=10,
         label="drain ",
         note=rss,
-        abort=too_big,
+        abort=lambda: too_big() or too_long(),
     )
     end_ns = time.time_ns()
     if drained:
-        decisions.wait(n, args.backlog_idle)
+        decisions.wait(n, (n + 1) // 2, args.backlog_idle)
     else:
         decisions.poll()
     cpu = cpu_seconds(daemon.pid) - cpu0
     hwm = proc_status_kb(daemon.pid, "VmHWM")
     log(f"  drained={drained}; daemon peak RSS {hwm / 1024:.0f} MB; analysing the outputs")
-    stop_s = daemon.timed_stop()
+    stop_s = daemon.timed_stop(120)
     log(f"  daemon stopped in {stop_s:.1f} s after SIGTERM")
     out = collect(sink, sink_out, pub, times, prefix="backlog", sent=n)
     if daemon.profile is not None:
@@ -820,11 +886,16 @@ def part_backlog(run: Run, results: dict[str, Any]) -> None:
     drain_s = (out.last_rx_ns - start_ns) / 1e9 if out.last_rx_ns else (end_ns - start_ns) / 1e9
     show("backlog", out)
     durable_ms = decisions.last_ms - start_ns // 1_000_000
+    which = "decisions" if decisions.forwarded_logged else "suppressions (forwards log at debug)"
     log(
-        f"  durable: {decisions.decided:,} decisions logged after their commit "
+        f"  durable: {decisions.decided:,} {which} logged after their commit "
         f"(log duplicates {decisions.duplicates}); daemon start -> last one "
         f"{durable_ms / 1000:.1f} s"
     )
+    log(f"  other daemon log events during the drain: {decisions.others()}")
+    broker_log = (broker.root / "mosquitto.log").read_text(errors="replace")
+    timeouts = broker_log.count("has exceeded timeout")
+    log(f"  broker log: the gateway disconnected for keepalive timeout {timeouts} time(s)")
     log(
         f"  drain time {drain_s:.1f} s from daemon start to last output "
         f"({out.unique / drain_s:,.0f}/s); daemon CPU {cpu:.0f} s; peak RSS {hwm / 1024:.0f} MB"
@@ -839,6 +910,10 @@ def part_backlog(run: Run, results: dict[str, Any]) -> None:
         "broker_rss_queued_mb": round(bhwm / 1024, 1),
         "decided_logged": decisions.decided,
         "durable_s": round(durable_ms / 1000, 2),
+        "drained": drained,
+        "daemon_stop_s": round(stop_s, 1),
+        "log_events": dict(decisions.events),
+        "keepalive_timeouts": timeouts,
     }
     broker.kill()
 
@@ -882,8 +957,8 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         ok = storm["rate_rx"] >= GOALS["storm_rate"] and storm["lost"] == 0
         got = f"{storm['rate_rx']:,.0f}/s, lost {storm['lost']}, dups {storm['duplicates']}"
         row("storm AD1/s at QoS 1 (sink)", ">= 10,000/s, 0 lost", got, ok)
-        got = f"{storm['durable_rate']:,.0f}/s (first publish -> last commit)"
-        row("storm AD1/s durably decided", "(info)", got, None)
+        got = f"{storm['durable_rate']:,.0f}/s (first publish -> last suppression committed)"
+        row("storm AD1/s to durability", "(info)", got, None)
         split = f"{storm['suppressed']:,} / {storm['forwarded']:,}"
         row("storm suppressed / forwarded", "~half / half, 0 wrong", split, None)
         row("storm daemon peak RSS", "(info)", f"{storm['daemon_peak_rss_mb']:.0f} MB", None)
@@ -912,12 +987,15 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     backlog = results.get("backlog")
     if backlog:
         got = (
-            f"{backlog['count']:,} in {backlog['drain_s']:.0f} s "
+            f"{backlog['unique']:,} of {backlog['count']:,} in {backlog['drain_s']:.0f} s "
             f"({backlog['drain_rate']:,.0f}/s), lost {backlog['lost']}, "
             f"dups {backlog['duplicates']}, RSS {backlog['daemon_peak_rss_mb']:.0f} MB"
         )
+        if not backlog["drained"]:
+            got = "NOT drained: " + got
         ok = (
-            backlog["lost"] == 0
+            backlog["drained"]
+            and backlog["lost"] == 0
             and backlog["duplicates"] == 0
             and backlog["daemon_peak_rss_mb"] < GOALS["backlog_rss_mb"]
         )
@@ -931,6 +1009,26 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     return {"goals": GOALS, "met": verdicts}
 
 
+def revision() -> str:
+    """The repository's commit (and whether the tree has changes), for the record."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "gbcs"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return head + (" (gateway/gbcs modified)" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--alerts", type=int, default=50_000, help="storm and bridge size")
@@ -941,6 +1039,9 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument(
         "--backlog-idle", type=float, default=600.0, help="backlog: give up after s without output"
+    )
+    parser.add_argument(
+        "--backlog-max", type=float, default=900.0, help="backlog: give up after s of draining"
     )
     parser.add_argument("--pub-window", type=int, default=1000, help="publisher's QoS 1 window")
     parser.add_argument(
@@ -966,7 +1067,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log(
         f"poa-gateway throughput bench: {platform.python_implementation()} "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs, run dir {root}"
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, gateway at {revision()}, "
+        f"run dir {root}"
     )
     run = Run(root, args)
     results: dict[str, Any] = {}
@@ -979,7 +1081,7 @@ def main() -> None:
             daemon = start_daemon(run, home)
             open_windows(run, home, daemon, broker.port)
             part_latency(run, results, broker.port, "a fresh daemon")
-            daemon.stop()
+            daemon.timed_stop(60)
         if "bridge" in args.parts:
             part_bridge(run, results)
         if "backlog" in args.parts:
@@ -990,7 +1092,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     verdict = summary(results, args)
     if args.json:
-        print(json.dumps(results | verdict, indent=2))
+        print(json.dumps({"revision": revision()} | results | verdict, indent=2))
 
 
 if __name__ == "__main__":
