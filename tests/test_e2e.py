@@ -218,13 +218,17 @@ async def test_broker_restart_mid_stream_loses_nothing(
     for i in range(100):
         await client.alert(f"s-{i}", CHF if i % 2 else OTHER_CHF, now)
     broker.restart()
-    await asyncio.sleep(1.0)  # both clients reconnect with their persistent sessions
+    # Both sides reconnect to their persistent sessions before the second half.
+    await asyncio.to_thread(daemon.wait_for, "mqtt.connected", 30, reconnect=True)
+    deadline = asyncio.get_running_loop().time() + 30
+    while client.adapter.reconnects < 1 or not client.adapter.connected:
+        assert asyncio.get_running_loop().time() < deadline, "test client did not reconnect"
+        await asyncio.sleep(0.05)
     for i in range(100, 200):
         await client.alert(f"s-{i}", CHF if i % 2 else OTHER_CHF, now)
     await client.wait_outputs(200, limit_s=60)
     outputs = client.forwarded_ids() + client.suppressed_ids()
     assert sorted(set(outputs)) == sorted(f"s-{i}" for i in range(200))
-    assert daemon.wait_for("mqtt.connected", reconnect=True)
 
 
 async def test_suppression_log_rotates_into_a_verified_report(
