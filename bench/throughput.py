@@ -17,24 +17,35 @@ unique ``alert_id`` and ``raised_at`` = ``sent_at`` = the time it was written (m
    then ``--alerts`` AD1s are published as fast as the publisher can. Alerts per second
    at the sink (first to last receipt, and first publish to last receipt), receipt
    latency, lost and duplicated ids, the suppressed/forwarded split, the daemon's CPU
-   per alert and peak RSS (VmHWM).
+   per alert and peak RSS (VmHWM). Outputs can run ahead of the acknowledgements (a
+   forward is published before its decision is committed), so the daemon's
+   ``alert.suppressed`` log lines, written after the commit, are also followed: "to
+   durability" is first publish -> last suppression committed.
 2. **bridge**: the same stream through mosquitto's own C bridge instead of the gateway:
    broker B holds a bridge connection to broker A that subscribes to ``csp/dcc/alert``
    there at QoS 1 and republishes it on B as ``dno/dcc/alert`` (``topic alert in 1
    dno/dcc/ csp/dcc/``; the relaybench anchors' two-broker arrangement); the publisher
-   writes to A, the sink reads from B. The ratio gateway / bridge is the goal figure.
-3. **latency**: ``--latency-rate`` alerts per second, paced, for ``--latency-seconds``,
-   through the storm's daemon: p50/p99/max of sink receipt minus ``sent_at`` (ms field),
-   and of sink receipt minus the publisher's exact write time (ns).
+   writes to A, the sink reads from B. ``--bridge-runs`` runs on fresh brokers (this
+   2-CPU VM is noisy); the median is the reference for the ratio gateway / bridge.
+3. **latency**: ``--latency-rate`` alerts per second, paced, for ``--latency-seconds``:
+   p50/p99/max of sink receipt minus ``sent_at`` (ms field), and of sink receipt minus
+   the publisher's exact write time (ns). Through a fresh daemon (the goal figure) and,
+   when the storm ran too, through the storm's daemon just after it.
 4. **backlog**: the daemon is started once (session and subscriptions exist, windows
    opened), stopped with SIGTERM; ``--backlog`` AD1s are queued by the broker for its
-   session; the daemon is started again and timed until the sink has every output.
+   session; the daemon is started again and timed until the sink has every output,
+   with progress (outputs, RSS, CPU of daemon and broker) every 10 s. It gives up after
+   ``--backlog-max`` s of draining or beyond ``--rss-abort`` MB, and reports how far it
+   got, the daemon's other log events and keepalive disconnections.
+
+Every process started here is stopped by PID at the end, and runs under ``setpriv
+--pdeathsig KILL`` so that it cannot outlive a benchmark killed outright.
 
 Latencies use the wall clock of one host on both sides. Run from the repository root:
 ``.venv/bin/python bench/throughput.py`` (``--quick`` for a small smoke run,
 ``--parts storm,latency`` to choose, ``--json`` for a JSON object at the end,
-``--profile-daemon FILE`` to run the daemon under cProfile and print its top functions).
-Prints figures; asserts nothing.
+``--profile-daemon d.prof`` to run each part's daemon under cProfile, writing
+``d-storm.prof`` and so on, and print its top functions). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -975,7 +986,7 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
             p = latency["latency_ms"]
             e = latency["exact_latency_ms"]
             got = (
-                f"p50 {p['p50']:.1f} / p99 {p['p99']:.1f} ms (exact p99 {e['p99']:.2f} ms), "
+                f"p50 {p['p50']:.2f} / p99 {p['p99']:.2f} ms (exact p99 {e['p99']:.2f} ms), "
                 f"{latency['rate_rx']:,.0f}/s out"
             )
             ok = p["p99"] <= GOALS["latency_p99_ms"] and latency["lost"] == 0
@@ -1007,6 +1018,14 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     for r in [("goal", "target", "measured", "verdict"), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)))
     return {"goals": GOALS, "met": verdicts}
+
+
+class Interrupted(Exception):
+    """SIGTERM: stop everything started, then print what was measured so far."""
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def revision() -> str:
@@ -1064,7 +1083,7 @@ def main() -> None:
         args.profile_daemon = args.profile_daemon.resolve()
         args.profile_daemon.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="poa-throughput-"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _interrupted)
     log(
         f"poa-gateway throughput bench: {platform.python_implementation()} "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, gateway at {revision()}, "
@@ -1078,14 +1097,18 @@ def main() -> None:
         if "latency" in args.parts:
             broker = run.broker("latency-broker")
             home = make_home(run, "latency-gw", broker.port)
-            daemon = start_daemon(run, home)
+            daemon = start_daemon(run, home, profile=profile_path(args, "latency"))
             open_windows(run, home, daemon, broker.port)
             part_latency(run, results, broker.port, "a fresh daemon")
             daemon.timed_stop(60)
+            if daemon.profile is not None:
+                show_profile(daemon.profile)
         if "bridge" in args.parts:
             part_bridge(run, results)
         if "backlog" in args.parts:
             part_backlog(run, results)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        log(f"interrupted ({exc!r}): stopping everything; the summary covers the parts done")
     finally:
         run.close()
         if not args.keep:
