@@ -2,13 +2,28 @@
 
 Theory of operation
 -------------------
-At-least-once, end to end. The gateway connects with a fixed client id and a persistent
-session (MQTT v5, ``clean_session=False``, a long session expiry), so the broker keeps
-its subscriptions and queues messages while it is away. Inbound messages are QoS 1 and
-gmqtt runs with ``optimistic_acknowledgement=False``: each message is handed to the
-service's coroutine, and gmqtt sends the PUBACK only when that coroutine *returns*. The
-service returns only once the message's effect is durable (a suppression record
-committed, a forwarded copy acknowledged by the broker, a state change committed).
+At-least-once, end to end. The adapter holds two connections to the broker, each with
+a fixed client id and a persistent session (MQTT v5, ``clean_session=False``, a long
+session expiry): ``client_id`` subscribes and receives, ``client_id-out`` publishes.
+The broker keeps the receiving session's subscriptions and queues messages while the
+gateway is away.
+
+Inbound messages are QoS 1 and gmqtt runs with ``optimistic_acknowledgement=False``:
+each message is handed to the service's coroutine, and gmqtt sends the PUBACK only when
+that coroutine *returns*. The service returns only once the message's effect is
+durable (a suppression record committed, a forwarded copy acknowledged by the broker, a
+state change committed).
+
+Why two connections. Inbound messages in progress are bounded by ``inflight``: MQTT 5
+asks the broker to respect the Receive Maximum we send, but mosquitto before 2.0.13
+ignores it once acknowledgements flow (../shared/anchors/relaybench: 49,633 messages
+in flight at once), and a backlog of a million alerts then sits in the gateway's memory.
+So the adapter stops *reading* the receiving socket while ``inflight`` handlers are
+running and reads again when half of them are done; the broker keeps the rest queued
+(how, without a public gmqtt API: :meth:`_Link.gate_reads`).
+The PUBACKs of our own publishes must still be read while inbound reading is paused,
+which is why publishing has a connection of its own (on one connection, pausing would
+deadlock: the handlers wait for PUBACKs that are never read).
 
 Withholding an acknowledgement. If the handler raises, gmqtt's completion callback
 raises before sending the PUBACK, so the message stays unacknowledged and the broker
@@ -21,10 +36,12 @@ Outbound publishes are QoS 1 and awaitable until the broker's PUBACK: gmqtt has 
 public PUBACK callback, but it hands every QoS 1 message to its ``persistent_storage``
 (``push_message`` on send, ``remove_message_by_mid`` on PUBACK), which is a documented
 constructor argument; :class:`_AckStorage` resolves a future there. Unacknowledged
-publishes are bounded by a window (a semaphore), clamped below the broker's Receive
-Maximum: gmqtt's packet-id allocator raises OverflowError beyond it (measured in
-../shared/anchors/relaybench, pitfall P4). gmqtt re-sends stored publishes after a
-reconnect, so their futures still resolve.
+publishes are bounded by a window, clamped below the broker's Receive Maximum: gmqtt's
+packet-id allocator raises OverflowError beyond it (relaybench pitfall P4). The window
+is a counter and a FIFO of waiters rather than an ``asyncio.Semaphore``, whose release
+re-scans its waiters (13 % of the daemon's CPU in a storm). gmqtt re-sends stored
+publishes after a reconnect, so their futures still resolve; if the broker lost the
+session, they are published again.
 
 Reconnects use gmqtt's own loop with the delay re-drawn before each attempt:
 exponential backoff between ``reconnect_min`` and ``reconnect_max`` with full jitter,
@@ -34,6 +51,7 @@ so a fleet of gateways does not reconnect in lockstep.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -45,9 +63,15 @@ from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+EventSink = Callable[[str, dict[str, Any]], None]
 
 # A persistent session outlives a restart or a long broker outage: one week.
 SESSION_EXPIRY_S = 7 * 24 * 3600
+
+_DISCONNECT = b"\xe0"  # the fixed header's first byte of an MQTT DISCONNECT
+
+# The publishing connection's client id is the configured one with this suffix.
+OUT_SUFFIX = "-out"
 
 
 class MqttSettings(msgspec.Struct, frozen=True):
@@ -111,49 +135,43 @@ class _AckStorage(PersistentStorage):  # type: ignore[misc]
         self._on_clear()
 
 
-class MqttAdapter:
-    """QoS 1 in and out with acknowledgement after the effect is durable."""
+class _Link:
+    """One gmqtt client: its connection generation, backoff and connected state."""
 
     def __init__(
         self,
+        name: str,
         settings: MqttSettings,
-        on_message: MessageHandler,
+        client_id: str,
+        on_event: EventSink,
         *,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        storage: PersistentStorage | None = None,
     ) -> None:
+        self.name = name
         self._settings = settings
-        self._handler = on_message
-        self._on_event = on_event or (lambda _event, _fields: None)
-        self._acks: dict[int, asyncio.Future[None]] = {}
-        self._storage = _AckStorage(self._acked, self._session_lost)
-        self._topics: list[str] = []
-        self._client = gmqtt.Client(
-            settings.client_id,
+        self._on_event = on_event
+        kwargs: dict[str, Any] = {}
+        if storage is not None:
+            kwargs["persistent_storage"] = storage
+        self.client = gmqtt.Client(
+            client_id,
             clean_session=False,
             optimistic_acknowledgement=False,
-            persistent_storage=self._storage,
             receive_maximum=max(settings.inflight, 1),
             session_expiry_interval=SESSION_EXPIRY_S,
+            **kwargs,
         )
-        self._client.on_message = self._on_message
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         if settings.username:
-            self._client.set_auth_credentials(settings.username, settings.password)
-        self._generation = 0
-        self._connected = asyncio.Event()
-        self._subscribed: asyncio.Future[None] | None = None
-        # Created at the first CONNACK, once the broker's Receive Maximum is known.
-        self._window: asyncio.Semaphore | None = None
-        self.window_size = max(settings.inflight, 1)
-        self._attempt = 0
-        self._resync_generation = -1
-        self._background: set[asyncio.Future[Any]] = set()
+            self.client.set_auth_credentials(settings.username, settings.password)
+        self.generation = 0
+        self.connected = asyncio.Event()
         self.reconnects = 0
-        self.inflight_publishes = 0
-
-    # -- connection -----------------------------------------------------------------
+        self.coalescing = False
+        self._attempt = 0
+        # Called with (session_present, CONNACK properties, first connection?).
+        self.connect_hook: Callable[[bool, Any, bool], None] = lambda _s, _p, _f: None
 
     def _ssl(self) -> ssl.SSLContext | bool:
         s = self._settings
@@ -166,12 +184,12 @@ class MqttAdapter:
 
     async def connect(self) -> None:
         """Connect, retrying with jittered backoff until the broker answers."""
-        self._client.set_config(
+        self.client.set_config(
             {"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": self._next_delay()}
         )
         while True:
             try:
-                await self._client.connect(
+                await self.client.connect(
                     self._settings.host,
                     self._settings.port,
                     ssl=self._ssl(),
@@ -182,10 +200,11 @@ class MqttAdapter:
             except (TimeoutError, OSError) as exc:
                 delay = self._next_delay()
                 self._on_event(
-                    "mqtt.connect_failed", {"reason": type(exc).__name__, "retry_in_s": delay}
+                    "mqtt.connect_failed",
+                    {"link": self.name, "reason": type(exc).__name__, "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
-        await self._connected.wait()
+        await self.connected.wait()
 
     def _next_delay(self) -> float:
         s = self._settings
@@ -194,34 +213,165 @@ class MqttAdapter:
         return random.uniform(s.reconnect_min_s, max(ceiling, s.reconnect_min_s))  # noqa: S311
 
     def _on_connect(self, _client: Any, session_present: Any, _rc: Any, properties: Any) -> None:
-        self._generation += 1
+        self.generation += 1
         self._attempt = 0
-        first = not self._connected.is_set()
-        self._connected.set()
-        if self._window is None:
-            broker_max = _property(properties, "receive_maximum")
-            if broker_max is not None:
-                # gmqtt allocates at most receive_maximum - 1 packet ids (relaybench P4).
-                self.window_size = max(1, min(self.window_size, broker_max - 1))
-            self._window = asyncio.Semaphore(self.window_size)
+        first = not self.connected.is_set()
+        self.connected.set()
         if not first:
             self.reconnects += 1
-            if not session_present and self._topics:
-                # The broker lost our session (and so our subscriptions): subscribe again.
-                self._client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
+        self.coalescing = self.coalesce_writes()
+        if not self.coalescing:
+            self._on_event("mqtt.internals", {"link": self.name, "reason": "no-write-coalescing"})
+        self.connect_hook(bool(session_present), properties, first)
         self._on_event(
             "mqtt.connected",
             {
-                "generation": self._generation,
-                "window": self.window_size,
+                "link": self.name,
+                "generation": self.generation,
                 "reconnect": not first,
                 "session_present": bool(session_present),
             },
         )
 
     def _on_disconnect(self, _client: Any, _packet: Any, exc: Any = None) -> None:
-        self._client.reconnect_delay = self._next_delay()
-        self._on_event("mqtt.disconnected", {"reason": repr(exc) if exc else "closed"})
+        self.client.reconnect_delay = self._next_delay()
+        self._on_event(
+            "mqtt.disconnected", {"link": self.name, "reason": repr(exc) if exc else "closed"}
+        )
+
+    def gate_reads(self, gate: asyncio.Event) -> bool:
+        """Make the current connection's read loop wait for ``gate`` before each read.
+
+        gmqtt has no public flow control: its protocol object reads the socket in a
+        loop and dispatches every packet at once. Wrapping that object's ``read``
+        (looked up per iteration) lets the loop block; asyncio's own stream flow control
+        then pauses the socket once 128 KiB are buffered. Returns False when gmqtt's
+        internals are not where this expects them (tests/test_mqtt.py fails then).
+        """
+        protocol = getattr(getattr(self.client, "_connection", None), "_protocol", None)
+        read = getattr(protocol, "read", None)
+        if read is None:
+            return False
+        if getattr(read, "poa_gated", False):
+            return True
+
+        async def gated_read(n: int = -1) -> bytes:
+            if not gate.is_set():
+                await gate.wait()
+            data: bytes = await read(n)
+            return data
+
+        gated_read.poa_gated = True  # type: ignore[attr-defined]
+        protocol.read = gated_read  # type: ignore[union-attr]
+        return True
+
+    def coalesce_writes(self) -> bool:
+        """Gather the packets written in one pass of the event loop into one socket write.
+
+        gmqtt writes each packet (every PUBLISH, every PUBACK) with a system call of its
+        own: a third of its cost per message in a storm. The protocol's ``write_data``
+        is looked up per packet, so wrapping it on the instance is enough; the gathered
+        bytes are written, in order, by a callback at the end of the current pass. A
+        DISCONNECT is written at once with everything before it: the socket closes
+        right after it. Returns False when gmqtt's internals are not where expected.
+        """
+        protocol = getattr(getattr(self.client, "_connection", None), "_protocol", None)
+        write = getattr(protocol, "write_data", None)
+        if write is None:
+            return False
+        if getattr(write, "poa_coalesced", False):
+            return True
+        pending: list[bytes] = []
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            if pending:
+                data = b"".join(pending)
+                pending.clear()
+                write(data)
+
+        def coalesced(data: bytes) -> None:
+            if not pending:
+                loop.call_soon(flush)
+            pending.append(data)
+            if data[:1] == _DISCONNECT:
+                flush()
+
+        coalesced.poa_coalesced = True  # type: ignore[attr-defined]
+        protocol.write_data = coalesced  # type: ignore[union-attr]
+        return True
+
+    async def close(self) -> None:
+        self.client.reconnect_retries = 0
+        await self.client.disconnect()
+
+
+class MqttAdapter:
+    """QoS 1 in and out with acknowledgement after the effect is durable."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        on_message: MessageHandler,
+        *,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self._settings = settings
+        self._handler = on_message
+        self._on_event: EventSink = on_event or (lambda _event, _fields: None)
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._storage = _AckStorage(self._acked, self._session_lost)
+        self._topics: list[str] = []
+        self._in = _Link("in", settings, settings.client_id, self._on_event)
+        self._out = _Link(
+            "out", settings, settings.client_id + OUT_SUFFIX, self._on_event, storage=self._storage
+        )
+        self._in.client.on_message = self._on_message
+        self._in.client.on_subscribe = self._on_subscribe
+        self._in.connect_hook = self._in_connected
+        self._out.connect_hook = self._out_connected
+        self._subscribed: asyncio.Future[None] | None = None
+        self.window_size = max(settings.inflight, 1)
+        self._window_ready = False
+        self._free = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._resync_generation = -1
+        self._background: set[asyncio.Future[Any]] = set()
+        self.inflight_publishes = 0
+        # Inbound flow control (see the module docstring).
+        self.inbound_limit = max(settings.inflight, 1)
+        self.inbound = 0
+        self.inbound_peak = 0
+        self.paused = False
+        self.pauses = 0
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self.flow_control = False
+
+    # -- connection -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect both links, retrying with jittered backoff until the broker answers."""
+        # Publishing first: a subscription may deliver as soon as it exists.
+        await self._out.connect()
+        await self._in.connect()
+
+    def _out_connected(self, _session_present: bool, properties: Any, _first: bool) -> None:
+        if not self._window_ready:
+            broker_max = _property(properties, "receive_maximum")
+            if broker_max is not None:
+                # gmqtt allocates at most receive_maximum - 1 packet ids (relaybench P4).
+                self.window_size = max(1, min(self.window_size, broker_max - 1))
+            self._free = self.window_size
+            self._window_ready = True
+
+    def _in_connected(self, session_present: bool, _properties: Any, first: bool) -> None:
+        self.flow_control = self._in.gate_reads(self._gate)
+        if not self.flow_control:
+            self._on_event("mqtt.internals", {"link": "in", "reason": "no-flow-control"})
+        if not first and not session_present and self._topics:
+            # The broker lost our session (and so our subscriptions): subscribe again.
+            self._in.client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
 
     def _on_subscribe(self, _client: Any, _mid: Any, _qos: Any, _properties: Any) -> None:
         if self._subscribed is not None and not self._subscribed.done():
@@ -231,38 +381,59 @@ class MqttAdapter:
         """Subscribe at QoS 1 and wait for the broker's SUBACK."""
         self._topics = list(topics)
         self._subscribed = asyncio.get_running_loop().create_future()
-        self._client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
+        self._in.client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
         await self._subscribed
 
     async def close(self) -> None:
         """Disconnect cleanly (unacknowledged inbound messages stay with the broker)."""
-        self._client.reconnect_retries = 0
-        await self._client.disconnect()
+        await self._in.close()
+        await self._out.close()
 
     @property
     def connected(self) -> bool:
-        """True while a connection is up."""
-        return bool(self._client.is_connected)
+        """True while both connections are up."""
+        return bool(self._in.client.is_connected and self._out.client.is_connected)
+
+    @property
+    def coalescing(self) -> bool:
+        """True while both connections gather their writes (see :meth:`_Link.coalesce_writes`)."""
+        return self._in.coalescing and self._out.coalescing
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnections so far, both links together."""
+        return self._in.reconnects + self._out.reconnects
 
     # -- inbound ----------------------------------------------------------------------
 
     async def _on_message(
         self, _client: Any, topic: str, payload: bytes, _qos: int, _properties: Any
     ) -> int:
-        generation = self._generation
+        generation = self._in.generation
+        self.inbound += 1
+        if self.inbound >= self.inbound_limit and not self.paused:
+            self.paused = True
+            self.pauses += 1
+            self._gate.clear()
+        self.inbound_peak = max(self.inbound_peak, self.inbound)
         try:
             await self._handler(topic, bytes(payload))
         except Exception as exc:
             # Not acknowledged; the broker redelivers it only on a new session, so
             # start one (once per failing connection).
-            if generation == self._generation and self._resync_generation != generation:
+            if generation == self._in.generation and self._resync_generation != generation:
                 self._resync_generation = generation
                 self._on_event("mqtt.resync", {"reason": repr(exc), "topic": topic})
-                task = asyncio.ensure_future(self._client.reconnect(delay=True))
+                task = asyncio.ensure_future(self._in.client.reconnect(delay=True))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             raise AckWithheld(f"handler failed: {exc!r}") from exc
-        if generation != self._generation:
+        finally:
+            self.inbound -= 1
+            if self.paused and self.inbound <= self.inbound_limit // 2:
+                self.paused = False
+                self._gate.set()
+        if generation != self._in.generation:
             raise AckWithheld(f"connection {generation} is gone; the broker will redeliver")
         return 0  # PUBACK, reason "success"
 
@@ -287,27 +458,49 @@ class MqttAdapter:
         """Publish at QoS 1 in the background (the live suppression feed)."""
         return asyncio.ensure_future(self._publish(topic, payload))
 
+    async def _acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted and cancelled at once: pass the slot on
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
     async def _publish(self, topic: str, payload: bytes) -> None:
-        if self._window is None:
+        if not self._window_ready:
             raise NotConnected("publish before the first connection")
-        async with self._window:
-            self.inflight_publishes += 1
-            try:
-                while True:
-                    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    self._client.publish(topic, payload, qos=1)
-                    mid = self._storage.last_mid
-                    if mid is None:
-                        raise RuntimeError("gmqtt did not store the QoS 1 publish")
-                    self._acks[mid] = future
-                    try:
-                        await future
-                        return
-                    except SessionLost:
-                        # At least once: publish again on the new session.
-                        await self._connected.wait()
-            finally:
-                self.inflight_publishes -= 1
+        await self._acquire()
+        self.inflight_publishes += 1
+        try:
+            while True:
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._out.client.publish(topic, payload, qos=1)
+                mid = self._storage.last_mid
+                if mid is None:
+                    raise RuntimeError("gmqtt did not store the QoS 1 publish")
+                self._acks[mid] = future
+                try:
+                    await future
+                    return
+                except SessionLost:
+                    # At least once: publish again on the new session.
+                    await self._out.connected.wait()
+        finally:
+            self.inflight_publishes -= 1
+            self._release()
 
 
 def _property(properties: Any, name: str) -> int | None:
