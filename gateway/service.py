@@ -378,8 +378,9 @@ class Gateway:
         # Live record first, then the durable log and the decision in one commit, then
         # the acknowledgement: a crash before the commit repeats the live record on
         # redelivery (never loses it); a crash after it repeats nothing.
-        await self.mqtt.publish(self.topics["suppressed"], encode(record))
-        self.store.append_suppression(record)
+        encoded = encode(record)
+        await self.mqtt.publish(self.topics["suppressed"], encoded)
+        self.store.append_suppression(record, encoded)
         self.store.put_decision(decision, effect_done=True)
         await self.store.flush()
         self._count_alert("suppressed", decision.reason)

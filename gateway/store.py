@@ -574,12 +574,14 @@ class Store:
         )
         self._enqueue(_PUT_DECISION, row)
 
-    def append_suppression(self, record: SuppressionRecord) -> None:
-        """Append a record to the suppression log (CBOR, as :func:`gateway.wire.encode`).
+    def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
+        """Append a record to the suppression log (CBOR, as :func:`gateway.wire.encode`;
+        pass ``encoded`` when the caller already has those bytes).
 
         A second record for an alert id already in the log is ignored: the first stays.
         """
-        row = (record.alert_id, encode(record), _i64("received_at", record.received_at))
+        blob = encode(record) if encoded is None else encoded
+        row = (record.alert_id, blob, _i64("received_at", record.received_at))
         self._enqueue(_APPEND_SUPPRESSION, row)
 
     def mark_reported(self, seqs: Sequence[int], report_id: str) -> None:

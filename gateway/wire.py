@@ -85,6 +85,7 @@ while still bounding the decoder's recursion.
 """
 
 _UINT64_MAX = (1 << 64) - 1
+_INT_MIN = -(1 << 64)
 
 Uint: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
 """A CBOR ``uint``: 0 .. 2**64 - 1.
@@ -325,22 +326,29 @@ def _decode(data: bytes, envelope_type: type[_E], kind: str) -> _E:
 
 
 def _check_header(obj: dict[Any, Any], kind: str) -> None:
-    for key in obj:
-        if not isinstance(key, str):
+    # One pass over the map (this runs for every message): keys must be text, and the
+    # first integer out of range is reported after the version and kind checks.
+    out_of_range: str | None = None
+    for key, value in obj.items():
+        if type(key) is not str:
             raise WireError("not-a-map", f"map keys must be text strings, got {_show(key)}")
+        # CBOR integers are at most 64 bits; bigger ones come only from bignum tags,
+        # which the contract never uses (and msgspec cannot even print them).
+        # (type() is int: bool is not an integer here; cbor2 returns no int subclasses.)
+        if out_of_range is None and type(value) is int and not _INT_MIN <= value <= _UINT64_MAX:
+            out_of_range = key
     version = obj.get("v")
     if _is_int(version) and version != 1:
         raise WireError("bad-version", f"v: expected 1, got {_show(version)}", field="v")
     found = obj.get("kind")
     if isinstance(found, str) and found != kind:
         raise WireError("wrong-kind", f"kind: expected {kind!r}, got {_show(found)}", field="kind")
-    for key, value in obj.items():
-        # CBOR integers are at most 64 bits; bigger ones come only from bignum tags,
-        # which the contract never uses (and msgspec cannot even print them).
-        if _is_int(value) and not -(1 << 64) <= value <= _UINT64_MAX:
-            raise WireError(
-                "bad-field", f"{key}: integer out of range, got {_show(value)}", field=key
-            )
+    if out_of_range is not None:
+        raise WireError(
+            "bad-field",
+            f"{out_of_range}: integer out of range, got {_show(obj[out_of_range])}",
+            field=out_of_range,
+        )
 
 
 # cbor2 6 reports these faults only through the message text (pinned <7 in

@@ -501,6 +501,29 @@ def test_remembered_alert_ids_are_bounded_in_number_oldest_first() -> None:
     ]
 
 
+def test_a_remembered_decision_comes_back_exactly_as_made(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    suppressed = engine.on_dcc_alert(ad1(T0 + MIN, alert_id="in"), T0 + MIN)
+    forwarded = engine.on_dcc_alert(ad1(T0 + MIN, chf=OTHER_CHF, alert_id="out"), T0 + MIN)
+    assert suppressed.suppressed and suppressed.activation is not None
+    assert not forwarded.suppressed
+    # Kept packed (for memory); unpacked, nothing is lost.
+    assert engine.decision_for("in") == suppressed
+    assert engine.decision_for("out") == forwarded
+
+
+def test_an_alert_id_decided_again_is_aged_from_its_new_decision() -> None:
+    engine = Engine(EngineConfig(dedupe_ms=10 * MIN), T0)
+    engine.on_dcc_alert(ad1(T0, alert_id="a-1"), T0)
+    engine.on_dcc_alert(ad1(T0, alert_id="a-2"), T0 + MIN)
+    engine.advance(T0 + 10 * MIN + 1000)  # a-1 forgotten, a-2 not yet
+    again = engine.on_dcc_alert(ad1(T0 + 11 * MIN, alert_id="a-1"), T0 + 11 * MIN)
+    assert not again.duplicate
+    engine.advance(T0 + 11 * MIN + 1000)  # a-2's horizon, not the new a-1's
+    assert engine.decision_for("a-2") is None
+    assert engine.decision_for("a-1") == again
+
+
 def test_restoration_alert_inside_a_window_is_reported_not_suppressed(engine: Engine) -> None:
     engine.on_command(command(1000), T0)
     frame = gbcs.decode_frame(
