@@ -111,6 +111,16 @@ class SessionLost(Exception):
     """The broker came back without our session; unacknowledged publishes are re-sent."""
 
 
+class PublishRefused(Exception):
+    """The broker answered a publish with a failure reason code (MQTT 5), e.g. 0x87
+    "not authorized" from an ACL: the message was not accepted."""
+
+    def __init__(self, topic: str, code: int) -> None:
+        super().__init__(f"the broker refused a publish on {topic!r}: reason code 0x{code:02X}")
+        self.topic = topic
+        self.code = code
+
+
 class _AckStorage(PersistentStorage):  # type: ignore[misc]
     """gmqtt's message store, extended to resolve a future when a publish is PUBACKed."""
 
@@ -163,6 +173,8 @@ class _Link:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.refused: Callable[[int, int], None] | None = None
+        self.watching_reasons = self._watch_puback_reasons()
         if settings.username:
             self.client.set_auth_credentials(settings.username, settings.password)
         self.generation = 0
@@ -238,6 +250,27 @@ class _Link:
         self._on_event(
             "mqtt.disconnected", {"link": self.name, "reason": repr(exc) if exc else "closed"}
         )
+
+    def _watch_puback_reasons(self) -> bool:
+        """Report PUBACKs that carry a failure reason code (MQTT 5, 0x80 and up).
+
+        gmqtt ignores the reason code and treats every PUBACK as success ("TODO" in its
+        handler), so a publish the broker refused (an ACL, a quota) would count as
+        delivered and its alert be acknowledged: lost. gmqtt looks its packet handlers
+        up by name on first use, so an instance attribute set before the first PUBACK
+        takes the method's place; it calls ``refused`` first, then gmqtt's own handler.
+        """
+        original = getattr(self.client, "_handle_puback_packet", None)
+        if original is None:
+            return False
+
+        def puback(cmd: int, packet: bytes) -> None:
+            if len(packet) >= 3 and packet[2] >= 0x80 and self.refused is not None:
+                self.refused(int.from_bytes(packet[:2], "big"), packet[2])
+            original(cmd, packet)
+
+        self.client._handle_puback_packet = puback
+        return True
 
     def gate_reads(self, gate: asyncio.Event) -> bool:
         """Make the current connection's read loop wait for ``gate`` before each read.
@@ -330,6 +363,10 @@ class MqttAdapter:
         self._in.client.on_subscribe = self._on_subscribe
         self._in.connect_hook = self._in_connected
         self._out.connect_hook = self._out_connected
+        self._out.refused = self._refused
+        self._refusals: dict[int, int] = {}
+        self._topic_of: dict[int, str] = {}
+        self.refusals = 0
         self._subscribed: asyncio.Future[None] | None = None
         self.window_size = max(settings.inflight, 1)
         self._window_ready = False
@@ -400,6 +437,11 @@ class MqttAdapter:
         return self._in.coalescing and self._out.coalescing
 
     @property
+    def checks_puback_reasons(self) -> bool:
+        """True when refused publishes are recognised (see :meth:`_Link._watch_puback_reasons`)."""
+        return self._out.watching_reasons
+
+    @property
     def reconnects(self) -> int:
         """Reconnections so far, both links together."""
         return self._in.reconnects + self._out.reconnects
@@ -440,15 +482,28 @@ class MqttAdapter:
     # -- outbound ---------------------------------------------------------------------
 
     def _session_lost(self) -> None:
+        self._topic_of.clear()
+        self._refusals.clear()
         waiting, self._acks = self._acks, {}
         for future in waiting.values():
             if not future.done():
                 future.set_exception(SessionLost("the broker lost our session"))
 
+    def _refused(self, mid: int, code: int) -> None:
+        # Called just before gmqtt removes the message as if it had been accepted.
+        self._refusals[mid] = code
+
     def _acked(self, mid: int) -> None:
         future = self._acks.pop(mid, None)
-        if future is not None and not future.done():
+        topic = self._topic_of.pop(mid, "")
+        code = self._refusals.pop(mid, None) if self._refusals else None
+        if future is None or future.done():
+            return
+        if code is None:
             future.set_result(None)
+        else:
+            self.refusals += 1
+            future.set_exception(PublishRefused(topic, code))
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker has acknowledged it."""
@@ -492,6 +547,7 @@ class MqttAdapter:
                 if mid is None:
                     raise RuntimeError("gmqtt did not store the QoS 1 publish")
                 self._acks[mid] = future
+                self._topic_of[mid] = topic
                 try:
                     await future
                     return

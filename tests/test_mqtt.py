@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway.mqtt import MqttAdapter, MqttSettings
+from gateway.mqtt import MqttAdapter, MqttSettings, PublishRefused
 from tests.e2e_support import Broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -177,3 +177,35 @@ async def test_writes_are_gathered_and_everything_arrives_in_order(
         assert got == list(range(2000))  # QoS 1 on one connection keeps the order
     finally:
         await receiver.close()
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "acl-broker")
+    acl = b.root / "acl"
+    acl.write_text("topic readwrite allowed/#\n")  # anonymous clients: nothing else
+    b.conf.write_text(b.conf.read_text() + f"acl_file {acl}\n")
+    b.start()
+    yield b
+    b.stop()
+
+
+async def test_a_publish_the_broker_refuses_raises_instead_of_counting_as_delivered(
+    acl_broker: Broker,
+) -> None:
+    async def ignore(_topic: str, _payload: bytes) -> None:
+        return None
+
+    adapter = MqttAdapter(settings(acl_broker, "acl"), ignore)
+    await adapter.connect()
+    try:
+        assert adapter.checks_puback_reasons, "gmqtt's internals moved: refusals look like acks"
+        await adapter.publish("allowed/x", b"accepted")
+        with pytest.raises(PublishRefused) as refused:
+            await adapter.publish("denied/x", b"refused")
+        assert refused.value.code == 0x87  # not authorized
+        assert refused.value.topic == "denied/x"
+        assert adapter.refusals == 1
+        await adapter.publish("allowed/x", b"accepted again")  # the link goes on
+    finally:
+        await adapter.close()
