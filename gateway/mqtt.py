@@ -260,7 +260,8 @@ class _Link:
         up by name on first use, so an instance attribute set before the first PUBACK
         takes the method's place; it calls ``refused`` first, then gmqtt's own handler.
         """
-        original = getattr(self.client, "_handle_puback_packet", None)
+        handler = getattr(self.client, "_package_handler", None)
+        original = getattr(handler, "_handle_puback_packet", None)
         if original is None:
             return False
 
@@ -269,7 +270,7 @@ class _Link:
                 self.refused(int.from_bytes(packet[:2], "big"), packet[2])
             original(cmd, packet)
 
-        self.client._handle_puback_packet = puback
+        handler._handle_puback_packet = puback  # type: ignore[union-attr]
         return True
 
     def gate_reads(self, gate: asyncio.Event) -> bool:
