@@ -613,7 +613,7 @@ class Gateway:
             self.log.error("report.failed", reason=repr(task.exception()))
 
     async def _rotate_reports(self, now: int) -> None:
-        rows = self.store.unreported(self.config.reports.max_records)
+        rows = await self.store.read_unreported(self.config.reports.max_records)
         records = [r for _, r in rows]
         seqs = [seq for seq, _ in rows]
         start = self._rotation.period_start(self._report_opened_at)
@@ -630,7 +630,7 @@ class Gateway:
             xlsx=self.config.reports.xlsx,
         )
         if seqs:
-            self.store.mark_reported(seqs, report_id)
+            self.store.mark_reported_range(seqs[0], seqs[-1], report_id)
             await self.store.flush()
         self._unreported = self.store.unreported_count()
         self._report_opened_at = now

@@ -505,7 +505,8 @@ def test_a_remembered_decision_comes_back_exactly_as_made(engine: Engine) -> Non
     engine.on_command(command(1000), T0)
     suppressed = engine.on_dcc_alert(ad1(T0 + MIN, alert_id="in"), T0 + MIN)
     forwarded = engine.on_dcc_alert(ad1(T0 + MIN, chf=OTHER_CHF, alert_id="out"), T0 + MIN)
-    assert suppressed.suppressed and suppressed.activation is not None
+    assert suppressed.suppressed
+    assert suppressed.activation is not None
     assert not forwarded.suppressed
     # Kept packed (for memory); unpacked, nothing is lost.
     assert engine.decision_for("in") == suppressed

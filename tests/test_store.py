@@ -267,6 +267,27 @@ async def test_prune_forgets_decisions_made_before_the_horizon(db: Path) -> None
 
 
 @pytest.mark.asyncio
+async def test_a_report_batch_read_in_a_thread_is_marked_and_later_entries_are_not(
+    db: Path,
+) -> None:
+    records = [record(f"alert-{i}", received_at=T0 + i) for i in range(5)]
+    async with Store.open(db) as store:
+        for r in records[:3]:
+            store.append_suppression(r)
+        await store.flush()
+        batch = await store.read_unreported(limit=10)
+        assert batch == store.unreported(limit=10)
+        assert [r for _, r in batch] == records[:3]
+        for r in records[3:]:  # committed after the batch was read
+            store.append_suppression(r)
+        await store.flush()
+        store.mark_reported_range(batch[0][0], batch[-1][0], "report-1")
+        await store.flush()
+        assert [r for _, r in store.unreported(limit=10)] == records[3:]
+        assert store.unreported_count() == 2
+
+
+@pytest.mark.asyncio
 async def test_suppression_records_round_trip_and_are_marked_reported(db: Path) -> None:
     records = [record(f"alert-{i}", received_at=T0 + i) for i in range(4)]
     async with Store.open(db) as store:
@@ -277,9 +298,9 @@ async def test_suppression_records_round_trip_and_are_marked_reported(db: Path) 
         assert [r for _, r in entries] == records
         seqs = [seq for seq, _ in entries]
         assert seqs == sorted(seqs)
-        store.mark_reported(seqs[:2], "report-1")
+        store.mark_reported_range(seqs[0], seqs[1], "report-1")
         await store.flush()
-        store.mark_reported(seqs[:3], "report-2")  # the first two keep report-1
+        store.mark_reported_range(seqs[0], seqs[2], "report-2")  # the first two keep report-1
         await store.flush()
     with Store.open(db) as store:
         assert store.unreported(limit=10) == [(seqs[3], records[3])]
