@@ -68,7 +68,8 @@ Redelivery means a write may be applied twice, so every write is idempotent:
 ``put_activation`` replaces the row, ``delete_activation`` of a missing row does
 nothing, ``set_counter`` keeps the maximum, ``put_decision`` never turns a done effect
 back into a pending one, ``append_suppression`` keeps the first record of an alert id,
-``mark_reported`` only marks records not yet reported, ``prune_decisions`` deletes by age.
+``mark_reported_range`` only marks records not yet reported, ``prune_decisions`` deletes
+by age.
 
 **When a commit fails** (disk full, I/O error, the file locked by another process beyond
 the busy timeout), the transaction is rolled back, and every ``flush()`` waiting at that
