@@ -570,3 +570,68 @@ def test_an_unknown_synchronous_level_is_refused(db: Path) -> None:
         Store.open(db, synchronous="OFF")  # type: ignore[arg-type]
     assert caught.value.reason == "invalid-value"
     assert not db.exists()
+
+
+# -- schema version 1 -------------------------------------------------------------------
+
+_V1_DECISIONS = """
+CREATE TABLE decisions (
+    alert_id TEXT PRIMARY KEY,
+    chf BLOB NOT NULL,
+    suppressed INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    judged_at INTEGER NOT NULL,
+    decided_at INTEGER NOT NULL,
+    effect_done INTEGER NOT NULL,
+    a_esme BLOB, a_originator BLOB, a_counter BLOB, a_chf BLOB, a_start_ms INTEGER,
+    a_end_ms INTEGER, a_future_dated INTEGER, a_seen_at INTEGER, a_closed_early INTEGER,
+    a_succeeded INTEGER
+) WITHOUT ROWID;
+CREATE INDEX decisions_decided_at ON decisions (decided_at);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_state_file_is_migrated_with_its_decisions(db: Path) -> None:
+    with Store.open(db):
+        pass
+    a = activation(2**64 - 1, future_dated=True, closed_early=True)
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP TABLE decisions")
+        conn.executescript(_V1_DECISIONS)
+        conn.execute(
+            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ("in", CHF, 1, "inside-window", T0 + MIN - 100, T0 + MIN, 1, a.esme,
+             a.originator, a.counter.to_bytes(8, "big"), a.chf, a.start_ms, a.end_ms,
+             1, a.seen_at, 1, 0),
+        )  # fmt: skip
+        conn.execute(
+            "INSERT INTO decisions (alert_id, chf, suppressed, reason, judged_at, decided_at,"
+            " effect_done) VALUES (?,?,?,?,?,?,?)",
+            ("out", CHF, 0, "no-window", T0 + 2 * MIN - 100, T0 + 2 * MIN, 0),
+        )
+        conn.commit()
+    with Store.open(db) as store:
+        assert store.decision("in") == (suppressed("in", a), True)
+        assert store.decision("out") == (forwarded("out", T0 + 2 * MIN), False)
+        assert [d.alert_id for d, _ in store.load_decisions(since_ms=T0 + 2 * MIN)] == ["out"]
+    with closing(sqlite3.connect(db)) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
+    assert version == SCHEMA_VERSION == 2
+    assert columns == ["alert_id", "decided_at", "effect_done", "decision"]
+
+
+@pytest.mark.asyncio
+async def test_every_shape_of_decision_round_trips_through_its_packed_row(db: Path) -> None:
+    shapes = [
+        forwarded("f"),
+        msgspec.structs.replace(forwarded("n"), reason="not-ad1"),
+        suppressed("s", activation(7)),
+        suppressed("t", activation(2**64 - 1, future_dated=True, succeeded=True)),
+    ]
+    async with Store.open(db) as store:
+        for d in shapes:
+            store.put_decision(d, effect_done=True)
+        await store.flush()
+        assert [store.decision(d.alert_id) for d in shapes] == [(d, True) for d in shapes]
