@@ -674,6 +674,7 @@ class Gateway:
 async def serve(config: Config, log: JsonLog) -> None:
     """Run one gateway until SIGTERM or SIGINT."""
     metrics = Metrics()
+    log.flush_once_per_pass(asyncio.get_running_loop())
     server = None
     if config.metrics.enabled:
         server = metrics.serve(config.metrics.host, config.metrics.port)
@@ -706,6 +707,7 @@ async def serve(config: Config, log: JsonLog) -> None:
         await gateway.close()
         if server is not None:
             await asyncio.to_thread(server.close)
+        log.flush()
 
 
 def run(config: Config, log: JsonLog) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import io
 import json
@@ -201,6 +202,41 @@ def test_each_line_is_flushed() -> None:
     log.info("a")
     log.info("b")
     assert stream.flushes == 2
+
+
+class _CountingFlushes(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_on_the_daemon_loop_lines_are_flushed_once_per_pass_in_order() -> None:
+    stream = _CountingFlushes()
+    log = JsonLog(stream, clock=lambda: EPOCH)
+    seen: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        log.flush_once_per_pass(asyncio.get_running_loop())
+        for i in range(100):
+            log.info("burst", n=i)
+        seen.append((stream.flushes, len(stream.getvalue().splitlines())))
+        await asyncio.sleep(0)  # one pass: the scheduled flush runs
+        seen.append((stream.flushes, len(stream.getvalue().splitlines())))
+        # Another thread's line is flushed at once, not left for the loop.
+        await asyncio.to_thread(log.info, "from-a-thread")
+        seen.append((stream.flushes, 0))
+
+    asyncio.run(main())
+    log.info("after the loop")  # the loop is gone: flushed at once
+    assert seen[0] == (0, 100)  # written, not yet flushed
+    assert seen[1] == (1, 100)  # one flush for the burst
+    assert seen[2][0] == 2
+    assert stream.flushes == 3
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()[:100]] == list(
+        range(100)
+    )
 
 
 def test_lines_from_many_threads_are_never_interleaved() -> None:
