@@ -50,9 +50,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_ERROR
     from . import service  # noqa: PLC0415 - the daemon's imports are only needed here
-    from .logs import JsonLog, route_stdlib_logging  # noqa: PLC0415
+    from .logs import JsonLog, buffered_stdout, route_stdlib_logging  # noqa: PLC0415
 
-    log = JsonLog(level=config.log.level)
+    log = JsonLog(buffered_stdout(), level=config.log.level)
     route_stdlib_logging(log, "warning")
     try:
         service.run(config, log)
@@ -63,6 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # line and a non-zero exit, so systemd restarts it and journald shows why.
         log.error("gateway.failed", reason=type(exc).__name__, detail=str(exc))
         return EXIT_ERROR
+    finally:
+        log.flush()  # the log's stream is buffered (see buffered_stdout)
     return EXIT_OK
 
 

@@ -32,7 +32,7 @@ import msgspec
 from .config import LOG_LEVELS, Secret
 from .eui import EUI64_LENGTH, format_eui64
 
-__all__ = ["LEVELS", "JsonLog", "route_stdlib_logging"]
+__all__ = ["LEVELS", "JsonLog", "buffered_stdout", "route_stdlib_logging"]
 
 LEVELS: Final = dict(
     zip(LOG_LEVELS, (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR), strict=True)
@@ -45,6 +45,7 @@ _SECRET_WORDS: Final = ("password", "secret", "token")
 _REDACTED: Final = "***"
 _MAX_DEPTH: Final = 6  # nested containers below this are written with str()
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+_URGENT: Final = frozenset({"warning", "error"})  # flushed at once, even on the loop
 
 
 @functools.lru_cache(maxsize=1024)
@@ -144,8 +145,9 @@ class JsonLog:
         """Lines written from ``loop``'s thread are flushed once per pass of the loop
         rather than one by one: at storm rates, a system call per line was a few per cent
         of the daemon's CPU. Lines still leave in order and before the loop next waits
-        for I/O; a SIGKILL can lose the lines of the pass it interrupts (never a durable
-        record: those are in the state store). Other threads' lines flush at once."""
+        for I/O. Warnings and errors, other threads' lines, and lines written once the
+        loop has stopped flush at once; a SIGKILL can lose the info and debug lines of
+        the pass it interrupts (never a durable record: those are in the state store)."""
         self._loop = loop
         self._loop_thread = threading.get_ident()
 
@@ -213,13 +215,13 @@ class JsonLog:
             line = self._encoder.encode(record).decode("utf-8")
         except (TypeError, ValueError, OverflowError):
             line = json.dumps({k: v if type(v) in _PLAIN else str(v) for k, v in record.items()})
-        self._emit(line + "\n", record)
+        self._emit(line + "\n", record, urgent=level in _URGENT)
 
     @staticmethod
     def _field(name: str, value: object) -> object:
         return _REDACTED if _is_secret_name(name) else _clean(value)
 
-    def _emit(self, line: str, record: Mapping[str, object]) -> None:
+    def _emit(self, line: str, record: Mapping[str, object], *, urgent: bool = False) -> None:
         with self._lock:
             try:
                 try:
@@ -228,7 +230,8 @@ class JsonLog:
                     self._stream.write(json.dumps(record, default=_fallback) + "\n")
                 loop = self._loop
                 if (
-                    loop is not None
+                    not urgent
+                    and loop is not None
                     and threading.get_ident() == self._loop_thread
                     and loop.is_running()
                 ):
@@ -239,6 +242,21 @@ class JsonLog:
                     self._stream.flush()  # one line at a time reaches journald
             except (OSError, ValueError):
                 self.dropped += 1
+
+
+def buffered_stdout() -> TextIO:
+    """A buffered text stream on the process's standard output, for the daemon's log.
+
+    ``sys.stdout`` is unbuffered under ``PYTHONUNBUFFERED`` (set in many containers and
+    CI images), which turns every log line into a system call whatever
+    :meth:`JsonLog.flush_once_per_pass` does. Falls back to ``sys.stdout`` when it has
+    no file descriptor (a test's capture).
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stdout
+    return open(fd, "w", encoding="utf-8", buffering=1 << 16, closefd=False)
 
 
 def _level_name(levelno: int) -> str:

@@ -239,6 +239,24 @@ def test_on_the_daemon_loop_lines_are_flushed_once_per_pass_in_order() -> None:
     )
 
 
+def test_on_the_daemon_loop_warnings_and_errors_are_flushed_at_once() -> None:
+    stream = _CountingFlushes()
+    log = JsonLog(stream, clock=lambda: EPOCH)
+    flushes: list[int] = []
+
+    async def main() -> None:
+        log.flush_once_per_pass(asyncio.get_running_loop())
+        log.info("routine")
+        flushes.append(stream.flushes)
+        log.warning("look")  # a SIGKILL right after must not take it with it
+        flushes.append(stream.flushes)
+        log.error("broken")
+        flushes.append(stream.flushes)
+
+    asyncio.run(main())
+    assert flushes == [0, 1, 2]
+
+
 def test_lines_from_many_threads_are_never_interleaved() -> None:
     log, stream = make_log()
 
