@@ -55,7 +55,7 @@ import collections
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gmqtt
 import msgspec
@@ -107,10 +107,6 @@ class NotConnected(Exception):
     """A publish was attempted before the first connection."""
 
 
-class SessionLost(Exception):
-    """The broker came back without our session; unacknowledged publishes are re-sent."""
-
-
 class PublishRefused(Exception):
     """The broker answered a publish with a failure reason code (MQTT 5), e.g. 0x87
     "not authorized" from an ACL: the message was not accepted."""
@@ -155,6 +151,7 @@ class _Link:
         client_id: str,
         on_event: EventSink,
         *,
+        receives: bool,
         storage: PersistentStorage | None = None,
     ) -> None:
         self.name = name
@@ -163,11 +160,15 @@ class _Link:
         kwargs: dict[str, Any] = {}
         if storage is not None:
             kwargs["persistent_storage"] = storage
+        if receives:
+            # Our Receive Maximum, for the broker. Only on the receiving link: gmqtt
+            # hands on_connect the CONNECT properties merged over the CONNACK's, so a
+            # value sent here would hide the broker's own.
+            kwargs["receive_maximum"] = max(settings.inflight, 1)
         self.client = gmqtt.Client(
             client_id,
             clean_session=False,
             optimistic_acknowledgement=False,
-            receive_maximum=max(settings.inflight, 1),
             session_expiry_interval=SESSION_EXPIRY_S,
             **kwargs,
         )
@@ -273,6 +274,19 @@ class _Link:
         handler._handle_puback_packet = puback  # type: ignore[union-attr]
         return True
 
+    def packet_id_limit(self) -> int | None:
+        """gmqtt's packet-id allocator's size (the broker's Receive Maximum), if found."""
+        handler = getattr(self.client, "_package_handler", None)
+        limit = getattr(getattr(handler, "id_generator", None), "_max", None)
+        return limit if isinstance(limit, int) else None
+
+    def free_packet_id(self, mid: int) -> None:
+        """Return a packet id to gmqtt's allocator (only for publishes the broker forgot)."""
+        handler = getattr(self.client, "_package_handler", None)
+        generator = getattr(handler, "id_generator", None)
+        if generator is not None:
+            generator.free_id(mid)
+
     def gate_reads(self, gate: asyncio.Event) -> bool:
         """Make the current connection's read loop wait for ``gate`` before each read.
 
@@ -353,12 +367,16 @@ class MqttAdapter:
         self._settings = settings
         self._handler = on_message
         self._on_event: EventSink = on_event or (lambda _event, _fields: None)
-        self._acks: dict[int, asyncio.Future[None]] = {}
         self._storage = _AckStorage(self._acked, self._session_lost)
         self._topics: list[str] = []
-        self._in = _Link("in", settings, settings.client_id, self._on_event)
+        self._in = _Link("in", settings, settings.client_id, self._on_event, receives=True)
         self._out = _Link(
-            "out", settings, settings.client_id + OUT_SUFFIX, self._on_event, storage=self._storage
+            "out",
+            settings,
+            settings.client_id + OUT_SUFFIX,
+            self._on_event,
+            receives=False,
+            storage=self._storage,
         )
         self._in.client.on_message = self._on_message
         self._in.client.on_subscribe = self._on_subscribe
@@ -366,7 +384,7 @@ class MqttAdapter:
         self._out.connect_hook = self._out_connected
         self._out.refused = self._refused
         self._refusals: dict[int, int] = {}
-        self._topic_of: dict[int, str] = {}
+        self._pending: dict[int, _Pending] = {}
         self.refusals = 0
         self._subscribed: asyncio.Future[None] | None = None
         self.window_size = max(settings.inflight, 1)
@@ -375,7 +393,6 @@ class MqttAdapter:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._resync_generation = -1
         self._background: set[asyncio.Future[Any]] = set()
-        self.inflight_publishes = 0
         # Inbound flow control (see the module docstring).
         self.inbound_limit = max(settings.inflight, 1)
         self.inbound = 0
@@ -395,13 +412,22 @@ class MqttAdapter:
         await self._in.connect()
 
     def _out_connected(self, _session_present: bool, properties: Any, _first: bool) -> None:
+        # Every connection: a broker restarted with another max_inflight_messages
+        # changes the limit. gmqtt allocates at most receive_maximum - 1 packet ids and
+        # raises OverflowError beyond (relaybench P4); its allocator is the authority.
+        limit = self._out.packet_id_limit() or _property(properties, "receive_maximum")
+        size = max(1, min(max(self._settings.inflight, 1), limit - 1)) if limit else None
+        size = size or max(self._settings.inflight, 1)
         if not self._window_ready:
-            broker_max = _property(properties, "receive_maximum")
-            if broker_max is not None:
-                # gmqtt allocates at most receive_maximum - 1 packet ids (relaybench P4).
-                self.window_size = max(1, min(self.window_size, broker_max - 1))
-            self._free = self.window_size
+            self.window_size = size
+            self._free = size
             self._window_ready = True
+        elif size != self.window_size:
+            # Slots in use stay in use; a smaller window waits for them (free < 0).
+            self._free += size - self.window_size
+            self.window_size = size
+            while self._free > 0 and self._wake_one():
+                self._free -= 1
 
     def _in_connected(self, session_present: bool, _properties: Any, first: bool) -> None:
         self.flow_control = self._in.gate_reads(self._gate)
@@ -483,36 +509,86 @@ class MqttAdapter:
     # -- outbound ---------------------------------------------------------------------
 
     def _session_lost(self) -> None:
-        self._topic_of.clear()
+        # gmqtt clears its store when the broker answers without our session: those
+        # publishes will never be acknowledged. At least once: each goes out again, in
+        # order, on the new session, keeping its window slot and its group.
+        pending, self._pending = self._pending, {}
         self._refusals.clear()
-        waiting, self._acks = self._acks, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(SessionLost("the broker lost our session"))
+        for mid in pending:
+            # gmqtt keeps the packet ids of the publishes it forgot allocated, so each
+            # session loss would shrink the pool until every publish overflowed.
+            self._out.free_packet_id(mid)
+        lost = list(pending.values())
+        if lost:
+            asyncio.get_running_loop().call_soon(self._resend, lost)
+
+    def _resend(self, lost: list[_Pending]) -> None:
+        for entry in lost:
+            if entry.group.future.done():
+                self._release()  # its group already failed: nobody waits for it
+            else:
+                self._send(entry.topic, entry.payload, entry.group)
 
     def _refused(self, mid: int, code: int) -> None:
         # Called just before gmqtt removes the message as if it had been accepted.
         self._refusals[mid] = code
 
     def _acked(self, mid: int) -> None:
-        future = self._acks.pop(mid, None)
-        topic = self._topic_of.pop(mid, "")
-        code = self._refusals.pop(mid, None) if self._refusals else None
-        if future is None or future.done():
+        entry = self._pending.pop(mid, None)
+        if entry is None:
             return
+        self._release()
+        code = self._refusals.pop(mid, None) if self._refusals else None
         if code is None:
-            future.set_result(None)
+            entry.group.one_done()
         else:
             self.refusals += 1
-            future.set_exception(PublishRefused(topic, code))
+            entry.group.fail(PublishRefused(entry.topic, code))
+
+    @property
+    def inflight_publishes(self) -> int:
+        """Publishes sent and not yet acknowledged by the broker."""
+        return self.window_size - self._free if self._window_ready else 0
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker has acknowledged it."""
-        await self._publish(topic, payload)
+        await self.publish_many([(topic, payload)])
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
+        """Publish each (topic, payload) at QoS 1, in order, and return once the broker
+        has acknowledged them all; raises :class:`PublishRefused` if it refused one.
+
+        One future for the lot rather than one per message: a batch of alerts costs
+        one wake-up, not one each.
+        """
+        if not self._window_ready:
+            raise NotConnected("publish before the first connection")
+        if not messages:
+            return
+        group = _Group(asyncio.get_running_loop(), len(messages))
+        for topic, payload in messages:
+            await self._acquire()
+            self._send(topic, payload, group)
+        await group.future
 
     def publish_soon(self, topic: str, payload: bytes) -> asyncio.Task[None]:
         """Publish at QoS 1 in the background (the live suppression feed)."""
-        return asyncio.ensure_future(self._publish(topic, payload))
+        return asyncio.ensure_future(self.publish(topic, payload))
+
+    def _send(self, topic: str, payload: bytes, group: _Group) -> None:
+        # The caller holds a window slot, which the acknowledgement releases.
+        try:
+            self._out.client.publish(topic, payload, qos=1)
+        except Exception as exc:  # noqa: BLE001 - any failure to send fails the group
+            self._release()
+            group.fail(exc)
+            return
+        mid = self._storage.last_mid
+        if mid is None:
+            self._release()
+            group.fail(RuntimeError("gmqtt did not store the QoS 1 publish"))
+            return
+        self._pending[mid] = _Pending(topic, payload, group)
 
     async def _acquire(self) -> None:
         if self._free > 0 and not self._waiters:
@@ -528,36 +604,45 @@ class MqttAdapter:
             raise
 
     def _release(self) -> None:
+        if self._free >= 0 and self._wake_one():
+            return
+        self._free += 1
+
+    def _wake_one(self) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
-        self._free += 1
+                return True
+        return False
 
-    async def _publish(self, topic: str, payload: bytes) -> None:
-        if not self._window_ready:
-            raise NotConnected("publish before the first connection")
-        await self._acquire()
-        self.inflight_publishes += 1
-        try:
-            while True:
-                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._out.client.publish(topic, payload, qos=1)
-                mid = self._storage.last_mid
-                if mid is None:
-                    raise RuntimeError("gmqtt did not store the QoS 1 publish")
-                self._acks[mid] = future
-                self._topic_of[mid] = topic
-                try:
-                    await future
-                    return
-                except SessionLost:
-                    # At least once: publish again on the new session.
-                    await self._out.connected.wait()
-        finally:
-            self.inflight_publishes -= 1
-            self._release()
+
+class _Group:
+    """Publishes awaited together: done when all are acknowledged, failed at the first
+    refusal."""
+
+    __slots__ = ("future", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+
+    def one_done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Pending(NamedTuple):
+    """A publish awaiting the broker's PUBACK (kept to send it again if the session is lost)."""
+
+    topic: str
+    payload: bytes
+    group: _Group
 
 
 def _property(properties: Any, name: str) -> int | None:

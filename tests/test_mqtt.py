@@ -209,3 +209,54 @@ async def test_a_publish_the_broker_refuses_raises_instead_of_counting_as_delive
         await adapter.publish("allowed/x", b"accepted again")  # the link goes on
     finally:
         await adapter.close()
+
+
+async def test_publishes_lost_with_the_session_are_sent_again(tmp_path: Path) -> None:
+    forgetful = Broker(tmp_path / "forgetful")  # no persistence: a restart loses sessions
+    forgetful.conf.write_text(
+        forgetful.conf.read_text().replace("persistence true", "persistence false")
+    )
+    forgetful.start()
+
+    async def ignore(_topic: str, _payload: bytes) -> None:
+        return None
+
+    source = MqttAdapter(settings(forgetful, "source2", inflight=1000), ignore)
+    await source.connect()
+    try:
+        window = source.window_size  # 99: the test broker's Receive Maximum - 1
+        forgetful.stop()
+        await until(lambda: not source.connected)
+        # Written to a dead socket and kept in gmqtt's store; the broker that comes
+        # back has no session for us, so gmqtt drops them and the adapter sends them
+        # again, and the packet ids they held come back to the pool.
+        sending = asyncio.create_task(
+            source.publish_many([("t/out", message(i)) for i in range(3 * window)])
+        )
+        await asyncio.sleep(0.2)
+        forgetful.start()
+        await asyncio.wait_for(sending, 30)
+        assert source.inflight_publishes == 0
+        await asyncio.wait_for(
+            source.publish_many([("t/out", message(i)) for i in range(3 * window)]), 30
+        )
+    finally:
+        await source.close()
+        forgetful.stop()
+
+
+async def test_the_publish_window_is_the_brokers_receive_maximum_less_one(broker: Broker) -> None:
+    async def ignore(_topic: str, _payload: bytes) -> None:
+        return None
+
+    # The test broker says max_inflight_messages 100: gmqtt then allocates 99 packet
+    # ids, and a window of 1000 would overflow them (relaybench pitfall P4).
+    adapter = MqttAdapter(settings(broker, "wide", inflight=1000), ignore)
+    await adapter.connect()
+    try:
+        assert adapter.window_size == 99
+        await asyncio.wait_for(
+            adapter.publish_many([("t/out", message(i)) for i in range(500)]), 30
+        )
+    finally:
+        await adapter.close()
