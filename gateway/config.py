@@ -238,7 +238,11 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keepalive: Duration = _d("30s")
     reconnect_min: Duration = _d("1s")  # jittered exponential backoff between these
     reconnect_max: Duration = _d("30s")
-    inflight: int = 1000  # bounded window of unacknowledged messages, each way
+    inflight: int = 1000  # bounded window of unacknowledged publishes
+    # Inbound messages being handled at once (read, not yet acknowledged). Sent to the
+    # broker as our Receive Maximum and enforced by the gateway itself (it stops
+    # reading), since mosquitto before 2.0.13 does not.
+    receive_maximum: int = 4000
     # 5 = MQTT 5 (required for acknowledgement after the effect is durable);
     # 4 = MQTT 3.1.1, only for brokers that speak nothing newer (the embedded demo broker):
     # the client library then acknowledges on receipt.
@@ -275,6 +279,12 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise _fail(
                 "broker.inflight",
                 f"{self.inflight} is outside 1..{_MQTT_MAX_INFLIGHT}",
+                "out-of-range",
+            )
+        if not 1 <= self.receive_maximum <= _MQTT_MAX_INFLIGHT:
+            raise _fail(
+                "broker.receive_maximum",
+                f"{self.receive_maximum} is outside 1..{_MQTT_MAX_INFLIGHT}",
                 "out-of-range",
             )
         if self.protocol not in (4, 5):

@@ -14,11 +14,11 @@ that coroutine *returns*. The service returns only once the message's effect is
 durable (a suppression record committed, a forwarded copy acknowledged by the broker, a
 state change committed).
 
-Why two connections. Inbound messages in progress are bounded by ``inflight``: MQTT 5
+Why two connections. Inbound messages in progress are bounded by ``receive_maximum``: MQTT 5
 asks the broker to respect the Receive Maximum we send, but mosquitto before 2.0.13
 ignores it once acknowledgements flow (../shared/anchors/relaybench: 49,633 messages
 in flight at once), and a backlog of a million alerts then sits in the gateway's memory.
-So the adapter stops *reading* the receiving socket while ``inflight`` handlers are
+So the adapter stops *reading* the receiving socket while that many handlers are
 running and reads again when half of them are done; the broker keeps the rest queued
 (how, without a public gmqtt API: :meth:`_Link.gate_reads`).
 The PUBACKs of our own publishes must still be read while inbound reading is paused,
@@ -89,7 +89,8 @@ class MqttSettings(msgspec.Struct, frozen=True):
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
-    inflight: int = 100
+    inflight: int = 100  # unacknowledged publishes (clamped below the broker's limit)
+    receive_maximum: int = 1000  # inbound messages being handled at once
     # MQTT 5 unless the broker speaks only 3.1.1 (the embedded demo broker). With
     # 3.1.1 gmqtt acknowledges on receipt, so the at-least-once guarantee is lost:
     # production brokers must speak MQTT 5.
@@ -164,7 +165,7 @@ class _Link:
             # Our Receive Maximum, for the broker. Only on the receiving link: gmqtt
             # hands on_connect the CONNECT properties merged over the CONNACK's, so a
             # value sent here would hide the broker's own.
-            kwargs["receive_maximum"] = max(settings.inflight, 1)
+            kwargs["receive_maximum"] = max(settings.receive_maximum, 1)
         self.client = gmqtt.Client(
             client_id,
             clean_session=False,
@@ -394,7 +395,7 @@ class MqttAdapter:
         self._resync_generation = -1
         self._background: set[asyncio.Future[Any]] = set()
         # Inbound flow control (see the module docstring).
-        self.inbound_limit = max(settings.inflight, 1)
+        self.inbound_limit = max(settings.receive_maximum, 1)
         self.inbound = 0
         self.inbound_peak = 0
         self.paused = False

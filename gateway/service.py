@@ -84,6 +84,7 @@ from .reports import Rotation, write_report
 from .sdnotify import Notifier
 from .store import Store
 from .wire import (
+    DccAlertEnvelope,
     SuppressionRecord,
     WireError,
     decode_dcc_alert,
@@ -98,6 +99,16 @@ from .wire import (
 _FAULT_ENV = "POA_FAULT"
 
 GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("POA_GC", "50000,20,100").split(","))
+
+
+class _AlertBatch:
+    """DCC alerts handed over in one pass of the event loop, decided together."""
+
+    __slots__ = ("alerts", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.alerts: list[tuple[DccAlertEnvelope, bytes, int]] = []
+        self.done: asyncio.Future[None] = loop.create_future()
 
 
 def wall_ms() -> int:
@@ -139,6 +150,8 @@ class Gateway:
             self.topics["inventory"]: self._on_inventory,
         }
         self._inflight_alerts: dict[str, asyncio.Future[None]] = {}
+        self._batch: _AlertBatch | None = None
+        self._batches: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._rotation = Rotation(config.reports.period, config.reports.max_records)
         self._fault = os.environ.get(_FAULT_ENV, "")
@@ -214,6 +227,7 @@ class Gateway:
             reconnect_min_s=b.reconnect_min / 1000,
             reconnect_max_s=b.reconnect_max / 1000,
             inflight=b.inflight,
+            receive_maximum=b.receive_maximum,
             protocol=b.protocol,
         )
         self.mqtt = MqttAdapter(settings, self._on_message, on_event=self._mqtt_event)
@@ -319,24 +333,72 @@ class Gateway:
             await first
             self._count_duplicate(alert.alert_id)
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight_alerts[alert.alert_id] = done
+        batch = self._batch
+        if batch is None:
+            # The alerts handed over in this pass of the event loop go together: read
+            # from the socket in one chunk, they share the publish wait and the commit.
+            loop = asyncio.get_running_loop()
+            batch = self._batch = _AlertBatch(loop)
+            loop.call_soon(self._start_batch, batch)
+        batch.alerts.append((alert, payload, received))
+        self._inflight_alerts[alert.alert_id] = batch.done
+        await batch.done
+        self._maybe_fault(alert.alert_id)
+
+    def _start_batch(self, batch: _AlertBatch) -> None:
+        self._batch = None
+        task = asyncio.create_task(self._run_batch(batch), name="alerts")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch: _AlertBatch) -> None:
         try:
+            await self._decide(batch.alerts)
+        except asyncio.CancelledError:
+            batch.done.cancel()  # shutting down: nothing is acknowledged
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every alert's handler
+            # Every alert of the batch stays unacknowledged; on redelivery those whose
+            # effect was recorded are recognised and not repeated.
+            batch.done.set_exception(exc)
+            batch.done.exception()  # retrieved here; each waiting handler re-raises it
+        else:
+            batch.done.set_result(None)
+        finally:
+            for alert, _, _ in batch.alerts:
+                if self._inflight_alerts.get(alert.alert_id) is batch.done:
+                    del self._inflight_alerts[alert.alert_id]
+
+    async def _decide(self, alerts: list[tuple[DccAlertEnvelope, bytes, int]]) -> None:
+        publishes: list[tuple[str, bytes]] = []
+        suppressed: list[tuple[AlertDecision, SuppressionRecord, bytes]] = []
+        forwarded: list[AlertDecision] = []
+        for alert, payload, received in alerts:
             decision = self.engine.on_dcc_alert(alert, received)
             if decision.duplicate and self._effect_on_record(alert.alert_id):
                 self._count_duplicate(alert.alert_id)
             elif decision.suppressed:
-                await self._suppress(alert.alert_id, alert.raised_at, decision, received)
+                record = self._record(alert.alert_id, alert.raised_at, decision, received)
+                encoded = encode(record)
+                publishes.append((self.topics["suppressed"], encoded))
+                suppressed.append((decision, record, encoded))
             else:
-                await self._forward(payload, decision)
-            self._maybe_fault(alert.alert_id)
-            done.set_result(None)
-        except BaseException as exc:
-            done.set_exception(exc)
-            done.exception()  # retrieved here; a waiting duplicate re-raises it
-            raise
-        finally:
-            del self._inflight_alerts[alert.alert_id]
+                publishes.append((self.topics["dno_alert"], payload))
+                forwarded.append(decision)
+        # Outputs first (the live record, or the alert to the DNOs), then the log and
+        # the decisions in one commit, then the acknowledgements: a crash before the
+        # commit repeats an output on redelivery (never loses it); after it, nothing.
+        await self.mqtt.publish_many(publishes)
+        for decision, record, encoded in suppressed:
+            self.store.append_suppression(record, encoded)
+            self.store.put_decision(decision, effect_done=True)
+        for decision in forwarded:
+            self.store.put_decision(decision, effect_done=True)
+        await self.store.flush()
+        for decision, record, _ in suppressed:
+            self._suppressed(decision, record)
+        for decision in forwarded:
+            self._forwarded(decision)
 
     def _effect_on_record(self, alert_id: str) -> bool:
         stored = self.store.decision(alert_id)
@@ -355,12 +417,13 @@ class Gateway:
         self._count_alert("duplicate", "redelivered")
         self.log.info("alert.duplicate", alert_id=alert_id)
 
-    async def _suppress(
-        self, alert_id: str, raised_at: int, decision: AlertDecision, received: int
-    ) -> None:
+    @staticmethod
+    def _record(
+        alert_id: str, raised_at: int, decision: AlertDecision, received: int
+    ) -> SuppressionRecord:
         a = decision.activation
         assert a is not None  # a suppression always names its activation
-        record = SuppressionRecord(
+        return SuppressionRecord(
             v=1,
             kind="suppression",
             alert_id=alert_id,
@@ -375,35 +438,26 @@ class Gateway:
             originator_counter=a.counter,
             activation=a.kind,
         )
-        # Live record first, then the durable log and the decision in one commit, then
-        # the acknowledgement: a crash before the commit repeats the live record on
-        # redelivery (never loses it); a crash after it repeats nothing.
-        encoded = encode(record)
-        await self.mqtt.publish(self.topics["suppressed"], encoded)
-        self.store.append_suppression(record, encoded)
-        self.store.put_decision(decision, effect_done=True)
-        await self.store.flush()
+
+    def _suppressed(self, decision: AlertDecision, record: SuppressionRecord) -> None:
         self._count_alert("suppressed", decision.reason)
         self.metrics.suppression_records.inc()
         self.log.info(
             "alert.suppressed",
-            alert_id=alert_id,
+            alert_id=record.alert_id,
             chf_id=decision.chf,
-            device_id=a.esme,
-            request_id=a.request_id,
+            device_id=record.esme_id,
+            request_id=record.request_id,
             judged_at=decision.judged_at,
-            window_start=a.start_ms,
-            window_end=a.end_ms,
-            activation=a.kind,
+            window_start=record.window_start,
+            window_end=record.window_end,
+            activation=record.activation,
         )
         self._unreported += 1
         if self._unreported >= self.config.reports.max_records:
             self._start_rotation()
 
-    async def _forward(self, payload: bytes, decision: AlertDecision) -> None:
-        await self.mqtt.publish(self.topics["dno_alert"], payload)
-        self.store.put_decision(decision, effect_done=True)
-        await self.store.flush()
+    def _forwarded(self, decision: AlertDecision) -> None:
         self._count_alert("forwarded", decision.reason)
         if self.log.enabled_for("debug"):
             # Debug only: at storm rates a line per forwarded alert would swamp the

@@ -115,6 +115,7 @@ def test_no_file_gives_the_documented_defaults(
     assert config.broker.password_env == "POA_MQTT_PASSWORD"
     assert (config.broker.keepalive, config.broker.reconnect_min) == (30_000, 1_000)
     assert (config.broker.reconnect_max, config.broker.inflight) == (30_000, 1000)
+    assert config.broker.receive_maximum == 4000
     assert config.topics.prefix == ""
     assert config.topic("dcc_alert") == "csp/dcc/alert"
     assert config.suppression.manufacturers == ("Landis+Gyr",)
@@ -355,6 +356,12 @@ def test_any_text_is_a_duration_or_a_value_error(text: str) -> None:
             "broker.inflight",
             "out-of-range",
             "broker.inflight: 0 is outside",
+        ),
+        (
+            "[broker]\nreceive_maximum = 70000\n",
+            "broker.receive_maximum",
+            "out-of-range",
+            "broker.receive_maximum: 70000 is outside",
         ),
         (
             "[broker]\nreconnect_min = '1m'\nreconnect_max = '1s'\n",

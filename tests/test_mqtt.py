@@ -45,6 +45,7 @@ def settings(broker: Broker, client_id: str, inflight: int = LIMIT) -> MqttSetti
         port=broker.port,
         client_id=client_id,
         inflight=inflight,
+        receive_maximum=inflight,
         reconnect_min_s=0.1,
         reconnect_max_s=0.5,
     )
