@@ -16,6 +16,8 @@ Suggested alerts (the docstrings of each metric say more):
 * ``rate(poa_mqtt_reconnects_total[15m]) > 0.01``: a flapping broker connection.
 * ``poa_inflight_publishes`` at ``broker.inflight`` for minutes: the broker does not
   acknowledge; publishes are backing up.
+* ``poa_inbound_in_progress`` at ``broker.receive_maximum`` for minutes: the gateway has
+  stopped reading because its commits or publishes do not complete.
 """
 
 from __future__ import annotations
@@ -168,6 +170,12 @@ class Metrics:
             "poa_inflight_publishes",
             "Publishes awaiting the broker's acknowledgement. Alert when it stays at "
             "broker.inflight: output is backing up.",
+            registry=reg,
+        )
+        self.inbound_in_progress = Gauge(
+            "poa_inbound_in_progress",
+            "Messages received and not yet acknowledged. At broker.receive_maximum the "
+            "gateway stops reading; staying there means its effects do not complete.",
             registry=reg,
         )
         self.up = Gauge(

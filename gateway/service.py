@@ -16,8 +16,9 @@ effect is durable; the MQTT adapter sends the PUBACK when it returns (see mqtt.p
   decision are committed to the suppression log (group commit, fsync) before the
   acknowledgement. Forwarded: the payload is republished byte for byte on
   ``dno/dcc/alert`` and, once the broker has acknowledged that, the decision is
-  committed before the acknowledgement. An alert that cannot be read is forwarded unread (safety
-  direction) and counted as rejected with its reason.
+  committed before the acknowledgement. The alerts handed over in one pass of the event
+  loop do this together, as one batch (docs/decisions.md D20). An alert that cannot be
+  read is forwarded unread (safety direction) and counted as rejected with its reason.
 * ``dsp/gbcs/command``: CS06 commands go through the engine's rules with the facts the
   engine needs (signature, inventory, GUID list, last counter); the resulting state
   change is committed before the acknowledgement.
@@ -709,6 +710,7 @@ class Gateway:
         self.metrics.tracked_activations.set(self.engine.tracked_count)
         if hasattr(self, "mqtt"):
             self.metrics.inflight_publishes.set(self.mqtt.inflight_publishes)
+            self.metrics.inbound_in_progress.set(self.mqtt.inbound)
 
     # -- adapters' events ---------------------------------------------------------------
 

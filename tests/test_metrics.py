@@ -59,6 +59,7 @@ def test_gauges_and_the_latency_histogram_are_exposed() -> None:
     metrics = Metrics()
     metrics.set_windows(active=3, pending=4)
     metrics.inflight_publishes.set(7)
+    metrics.inbound_in_progress.set(9)
     metrics.up.set(1)
     metrics.ack_latency.observe(0.0004)
     metrics.ack_latency.observe(0.2)
@@ -67,6 +68,7 @@ def test_gauges_and_the_latency_histogram_are_exposed() -> None:
     assert got[("poa_windows_pending", ())] == 4
     assert got[("poa_tracked_activations", ())] == 7
     assert got[("poa_inflight_publishes", ())] == 7
+    assert got[("poa_inbound_in_progress", ())] == 9
     assert got[("poa_up", ())] == 1
     assert got[("poa_ack_latency_seconds_bucket", (("le", "0.0005"),))] == 1
     assert got[("poa_ack_latency_seconds_bucket", (("le", "0.25"),))] == 2
