@@ -7,8 +7,9 @@ transaction that creates the tables.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def schema_marks(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -30,8 +31,7 @@ def create_schema_once(
     Runs in an IMMEDIATE transaction so two processes opening the same new file do not
     both create it. Raises ``foreign(what)`` for a file that belongs to something else.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         app_id, version = schema_marks(conn)
         if version == 0:
             # user_version is set in the transaction that creates the tables, so a file
@@ -49,7 +49,17 @@ def create_schema_once(
                     conn.execute(statement)
         elif app_id != application_id:
             raise foreign(f"application_id {app_id:#x}")
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

@@ -120,7 +120,7 @@ import msgspec
 
 from .engine import Activation, AlertDecision
 from .eui import EUI64_LENGTH
-from .sqlite_util import create_schema_once, schema_marks
+from .sqlite_util import create_schema_once, immediate, schema_marks
 from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
 __all__ = [
@@ -706,17 +706,10 @@ class Store:
     def _commit(self, batch: list[_Op]) -> None:
         # Runs in the worker thread: the only place the write connection is used.
         conn = self._writer
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with immediate(conn):
             ordered = sorted(batch, key=lambda op: _TABLE_OF[op[0]])  # stable: see _TABLE_OF
             for sql, ops in itertools.groupby(ordered, key=itemgetter(0)):
                 conn.executemany(sql, [params for _, params in ops])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
 
     def _committed_through(self, last: int) -> None:
         self._committed = last
@@ -845,8 +838,7 @@ _V2_DECISIONS = _SCHEMA[
 
 def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     # One transaction: a crash part-way leaves the version 1 file as it was.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         if schema_marks(conn)[1] == 1:  # not already migrated by another process
             rows = conn.execute(_V1_DECISIONS).fetchall()
             conn.execute("DROP TABLE decisions")  # its index goes with it
@@ -870,12 +862,6 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
                     (alert_id, decided_at, int(effect_done), _pack_decision(decision)),
                 )
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
 
 
 def _foreign(path: str, what: str) -> StoreError:

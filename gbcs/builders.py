@@ -24,6 +24,18 @@ DEFAULT_IMAGE_HASH = bytes(range(32))
 DEFAULT_FIRMWARE_VERSION = bytes.fromhex("0123ABCF")
 
 
+def _header(
+    flag: CraFlag, code: MessageCode, *, originator: bytes, recipient: bytes, counter: int
+) -> GroupingHeader:
+    return GroupingHeader(
+        cra_flag=flag,
+        originator_counter=counter,
+        originator=originator,
+        recipient=recipient,
+        message_code=code,
+    )
+
+
 def cs06_command(
     *,
     originator: bytes,
@@ -38,12 +50,12 @@ def cs06_command(
 
     With ``signer`` None and no ``signature`` the signature field is empty (unsigned).
     """
-    header = GroupingHeader(
-        cra_flag=CraFlag.COMMAND,
-        originator_counter=counter,
+    header = _header(
+        CraFlag.COMMAND,
+        MessageCode.CS06_ACTIVATE_FIRMWARE,
         originator=originator,
         recipient=target,
-        message_code=MessageCode.CS06_ACTIVATE_FIRMWARE,
+        counter=counter,
     )
     payload = ActivateFirmwareCommand(image_hash, counter, execution_time)
     return encode_frame(header, payload, signer=signer, signature=signature, mac_header=MacHeader())
@@ -59,12 +71,12 @@ def cs06_response(
     firmware_version: bytes = DEFAULT_FIRMWARE_VERSION,
 ) -> bytes:
     """The ESME's response to a CS06 command (``outcome`` None: "command accepted")."""
-    header = GroupingHeader(
-        cra_flag=CraFlag.RESPONSE,
-        originator_counter=counter,
+    header = _header(
+        CraFlag.RESPONSE,
+        MessageCode.CS06_ACTIVATE_FIRMWARE,
         originator=device,
         recipient=originator,
-        message_code=MessageCode.CS06_ACTIVATE_FIRMWARE,
+        counter=counter,
     )
     payload = ActivateFirmwareResponse(
         None if outcome is None else ExecutionOutcome(int(outcome), firmware_version)
@@ -84,12 +96,12 @@ def future_dated_alert(
     firmware_version: bytes = DEFAULT_FIRMWARE_VERSION,
 ) -> bytes:
     """The 0x00CA Future Dated Firmware Activation Alert (8F66 on success, else 8F67)."""
-    header = GroupingHeader(
-        cra_flag=CraFlag.ALERT,
-        originator_counter=alert_counter,
+    header = _header(
+        CraFlag.ALERT,
+        MessageCode.CS06_FUTURE_DATED_ALERT,
         originator=device,
         recipient=originator,
-        message_code=MessageCode.CS06_FUTURE_DATED_ALERT,
+        counter=alert_counter,
     )
     code = (
         AlertCode.FUTURE_DATED_ACTIVATION_SUCCESS
@@ -113,12 +125,12 @@ def restoration_alert(
     code: AlertCode = AlertCode.SUPPLY_OUTAGE_RESTORED_OUTAGE_3MIN,
 ) -> bytes:
     """An ECS80 power restoration alert (DLMS DATA-NOTIFICATION, message code 0x0067)."""
-    header = GroupingHeader(
-        cra_flag=CraFlag.ALERT,
-        originator_counter=alert_counter,
+    header = _header(
+        CraFlag.ALERT,
+        MessageCode.ECS80_POWER_RESTORATION_ALERT,
         originator=device,
         recipient=recipient,
-        message_code=MessageCode.ECS80_POWER_RESTORATION_ALERT,
+        counter=alert_counter,
     )
     payload = PowerRestorationAlert(
         invoke_id=0x20000000 | (alert_counter & 0xFFFFFF),

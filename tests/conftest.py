@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.e2e_support import Broker
 
 # Tests never assert timings: hypothesis's per-example deadline would make results
 # depend on how loaded the machine is (CI shares 2 cores with brokers and daemons).
@@ -56,3 +59,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             f"no GBCS vectors under {vectors_root()}: put ../shared beside the checkout "
             "or set GBCS_VECTORS"
         )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto on a free loopback port, for the end-to-end tests."""
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()

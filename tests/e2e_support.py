@@ -79,10 +79,14 @@ class Broker:
             f"log_dest file {root}/mosquitto.log\n"
         )
 
+    def command(self) -> list[str]:
+        """The command line that runs the broker."""
+        return [mosquitto_binary(), "-c", str(self.conf)]
+
     def start(self) -> None:
         """Start and wait until the port accepts connections."""
         self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.conf)],
+            self.command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -21,14 +21,6 @@ MESSAGES = 3000
 SIZE = 4096  # 64 KiB, gmqtt's read size, is 16 messages
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
 @pytest_asyncio.fixture
 async def sender(broker: Broker) -> AsyncIterator[MqttAdapter]:
     async def ignore(_topic: str, _payload: bytes) -> None:

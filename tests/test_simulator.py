@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -640,14 +639,6 @@ def test_command_counts_are_read_from_the_metrics() -> None:
 
 
 # -- end to end -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def _simulate(

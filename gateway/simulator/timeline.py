@@ -152,14 +152,22 @@ class TimelineParams(msgspec.Struct, frozen=True, kw_only=True):
 # and ``seq`` (its place in the timeline: ties on ``at_ms`` are played in ``seq`` order).
 
 
-class CommandSent(msgspec.Struct, frozen=True, kw_only=True, tag="cs06-command"):
-    """A CS06 Activate Firmware command on ``dsp/gbcs/command``."""
-
+class _Event(msgspec.Struct, frozen=True, kw_only=True):
     at_ms: int
     seq: int
-    command_id: int
+
+
+class _DeviceEvent(_Event, frozen=True, kw_only=True):
+    """An event about one meter (ESME) and its hub (CHF)."""
+
     esme: bytes
     chf: bytes
+
+
+class CommandSent(_DeviceEvent, frozen=True, kw_only=True, tag="cs06-command"):
+    """A CS06 Activate Firmware command on ``dsp/gbcs/command``."""
+
+    command_id: int
     counter: int
     kind: CommandKind
     execution_ms: int | None = None
@@ -173,25 +181,17 @@ class CommandSent(msgspec.Struct, frozen=True, kw_only=True, tag="cs06-command")
     refusal reason (``replay``, ``bad-signature``, ``not-on-guid-list`` ...)."""
 
 
-class ResponseSent(msgspec.Struct, frozen=True, kw_only=True, tag="cs06-response"):
+class ResponseSent(_DeviceEvent, frozen=True, kw_only=True, tag="cs06-response"):
     """The ESME's CS06 response on ``csp/gbcs/inbound`` (``outcome`` None: accepted)."""
 
-    at_ms: int
-    seq: int
-    esme: bytes
-    chf: bytes
     command_id: int
     counter: int
     outcome: int | None
 
 
-class ActivationAlertSent(msgspec.Struct, frozen=True, kw_only=True, tag="0x00CA"):
+class ActivationAlertSent(_DeviceEvent, frozen=True, kw_only=True, tag="0x00CA"):
     """A Future Dated Firmware Activation Alert (8F66 success / 8F67 failure)."""
 
-    at_ms: int
-    seq: int
-    esme: bytes
-    chf: bytes
     command_id: int
     counter: int
     execution_ms: int
@@ -199,13 +199,9 @@ class ActivationAlertSent(msgspec.Struct, frozen=True, kw_only=True, tag="0x00CA
     alert_counter: int = 0
 
 
-class RestorationSent(msgspec.Struct, frozen=True, kw_only=True, tag="ecs80"):
+class RestorationSent(_DeviceEvent, frozen=True, kw_only=True, tag="ecs80"):
     """An ECS80 power restoration alert from the ESME once power is back."""
 
-    at_ms: int
-    seq: int
-    esme: bytes
-    chf: bytes
     outage_start_ms: int
     """By the meter's clock."""
     alert_time_ms: int
@@ -213,11 +209,9 @@ class RestorationSent(msgspec.Struct, frozen=True, kw_only=True, tag="ecs80"):
     alert_counter: int = 0
 
 
-class Ad1Sent(msgspec.Struct, frozen=True, kw_only=True, tag="ad1"):
+class Ad1Sent(_Event, frozen=True, kw_only=True, tag="ad1"):
     """An AD1 Power Outage Alert on ``csp/dcc/alert``."""
 
-    at_ms: int
-    seq: int
     alert_id: str
     chf: bytes
     raised_ms: int
