@@ -92,6 +92,24 @@ def _clean_mapping(mapping: Mapping[Any, object], depth: int) -> dict[str, objec
     return out
 
 
+@functools.lru_cache(maxsize=512)
+def _layout(names: tuple[str, ...]) -> tuple[tuple[str, str, bool], ...]:
+    """Where each field goes, for one set of field names: (key in the line, field name,
+    secret?). The correlation fields lead, the rest follow in name order, and a field
+    named like a header key is written with a leading underscore. Cached: a daemon logs
+    the same few shapes of record millions of times."""
+    out: list[tuple[str, str, bool]] = []
+    present = set(names)
+    for key in _LEADING:
+        if key in present:
+            out.append((key, key, _is_secret_name(key)))
+    for key in sorted(present):
+        if key in _LEADING:
+            continue
+        out.append(("_" + key if key in _HEAD else key, key, _is_secret_name(key)))
+    return tuple(out)
+
+
 def _fallback(value: object) -> str:
     try:
         return str(value)
@@ -202,15 +220,8 @@ class JsonLog:
             "level": level,
             "event": event,
         }
-        for key in _LEADING:
-            if key in fields:
-                record[key] = self._field(key, fields[key])
-        for key in sorted(fields):
-            if key in record or key in _LEADING:
-                if key in _HEAD:  # a field named ts/level/event must not overwrite them
-                    record["_" + key] = self._field(key, fields[key])
-                continue
-            record[key] = self._field(key, fields[key])
+        for out_key, key, secret in _layout(tuple(fields)):
+            record[out_key] = _REDACTED if secret else _clean(fields[key])
         try:
             line = self._encoder.encode(record).decode("utf-8")
         except (TypeError, ValueError, OverflowError):

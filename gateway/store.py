@@ -939,30 +939,26 @@ _DECISION_ACTIVATION = struct.Struct("<8s8s8sQqqqB")
 
 
 def _pack_decision(d: AlertDecision) -> bytes:
+    # Runs for every alert: struct.pack checks the integer ranges itself; only the
+    # lengths of the byte strings (which "8s" would pad or cut) are checked here.
     reason = d.reason.encode("ascii")
     if len(reason) > 255:
         raise _invalid("reason", f"longer than 255 characters: {d.reason[:40]!r}...")
-    head = _DECISION_HEAD.pack(
-        _eui("chf", d.chf), d.suppressed, _i64("judged_at", d.judged_at), len(reason)
-    )
     a = d.activation
-    if a is None:
-        return head + reason
-    flags = (1 if a.future_dated else 0) | (2 if a.closed_early else 0) | (4 if a.succeeded else 0)
-    return (
-        head
-        + reason
-        + _DECISION_ACTIVATION.pack(
-            _eui("esme", a.esme),
-            _eui("chf", a.chf),
-            _eui("originator", a.originator),
-            int.from_bytes(_u64("counter", a.counter), "big"),
-            _i64("start_ms", a.start_ms),
-            _i64("end_ms", a.end_ms),
-            _i64("seen_at", a.seen_at),
-            flags,
+    euis = (d.chf,) if a is None else (d.chf, a.esme, a.chf, a.originator)
+    if any(len(e) != EUI64_LENGTH for e in euis):
+        raise _invalid("decision", f"EUI-64s must be {EUI64_LENGTH} bytes: {euis!r}")
+    try:
+        head = _DECISION_HEAD.pack(d.chf, d.suppressed, d.judged_at, len(reason)) + reason
+        if a is None:
+            return head
+        flags = (1 if a.future_dated else 0) | (2 if a.closed_early else 0)
+        flags |= 4 if a.succeeded else 0
+        return head + _DECISION_ACTIVATION.pack(
+            a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
         )
-    )
+    except struct.error as exc:
+        raise _invalid("decision", f"a value is out of range: {exc}") from exc
 
 
 def _unpack_decision(alert_id: str, decided_at: int, blob: bytes) -> AlertDecision:

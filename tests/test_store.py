@@ -512,6 +512,13 @@ def test_invalid_values_are_refused_when_queued(db: Path) -> None:
             lambda: store.put_activation(activation(1 << 64)),
             lambda: store.set_counter(SUPPLIER, ESME, -1),
             lambda: store.prune_decisions(1 << 63),
+            lambda: store.put_decision(suppressed("a", activation(1 << 64)), effect_done=True),
+            lambda: store.put_decision(
+                suppressed("b", activation(esme=b"\x00" * 9)), effect_done=True
+            ),
+            lambda: store.put_decision(
+                msgspec.structs.replace(forwarded("c"), judged_at=1 << 63), effect_done=True
+            ),
         ]
         for write in writes:
             with pytest.raises(StoreError) as caught:
