@@ -725,10 +725,6 @@ def test_an_empty_guid_list_fails_the_scorecard(
 
 
 @pytest.mark.e2e
-# amqtt (the demo-only embedded broker) leaves a socket unclosed when a client connects
-# and leaves without an MQTT packet, as the simulator's reachability probe does.
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_the_readme_run_command_passes_on_the_embedded_broker(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
