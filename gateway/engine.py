@@ -300,13 +300,15 @@ class InventoryNoted(msgspec.Struct, frozen=True):
 _REC = struct.Struct("<8sHQqqqB")
 _REC_SIZE = _REC.size
 _F_FUTURE = 0x01
-# A remembered decision (for redeliveries), packed: chf, suppressed, reason index,
-# judged_at, decided_at, then the activation's record when it names one. About 200
-# bytes per alert id with the key and the dict slot, against 600 as objects: the
-# engine remembers up to dedupe_max (200,000) of them.
-_MEMO = struct.Struct("<8s?Bqq")
-_MEMO_REASONS: Final = ("inside-window", "no-window", "not-ad1", "feature-off")
-_MEMO_REASON_INDEX: Final = {reason: i for i, reason in enumerate(_MEMO_REASONS)}
+# A decision packed into bytes (pack_decision): the engine remembers up to dedupe_max
+# (200,000) of them, about 200 bytes each with the key and the dict slot (600 as
+# objects), and the state store keeps one per alert (docs/decisions.md D21).
+# Little-endian: chf, suppressed, judged_at, decided_at, the reason's length and ASCII
+# text, then, when the decision names an activation: esme, chf, originator, counter
+# (unsigned), start_ms, end_ms, seen_at and flags (1 future-dated, 2 closed early,
+# 4 succeeded).
+_PACKED_HEAD = struct.Struct("<8s?qqB")
+_PACKED_ACTIVATION = struct.Struct("<8s8s8sQqqqB")
 _F_CLOSED = 0x02
 _F_SUCCEEDED = 0x04
 _F_OPENED = 0x08  # start reached (counted as active rather than pending)
@@ -327,8 +329,8 @@ class Engine:
         self._by_chf: dict[bytes, bytes] = {}
         self._parties: list[bytes] = []
         self._party_index: dict[bytes, int] = {}
-        # alert id -> decision (packed, see _MEMO), for QoS 1 redelivery; aged out by
-        # the wheel.
+        # alert id -> decision (packed, see pack_decision), for QoS 1 redelivery; aged
+        # out by the wheel.
         self._decided: OrderedDict[str, bytes | AlertDecision] = OrderedDict()
         # wheel tick -> CHFs to re-examine; ticks at which old decisions are forgotten.
         self._checks: dict[int, list[bytes]] = {}
@@ -358,7 +360,7 @@ class Engine:
     def decision_for(self, alert_id: str) -> AlertDecision | None:
         """The remembered decision on an alert id, if still within the dedupe horizon."""
         memo = self._decided.get(alert_id)
-        return None if memo is None else self._unpack_decision(alert_id, memo)
+        return None if memo is None else _unmemo(alert_id, memo)
 
     @property
     def tracked_count(self) -> int:
@@ -371,7 +373,7 @@ class Engine:
         """Decide whether a DCC alert is forwarded or suppressed."""
         memo = self._decided.get(alert.alert_id)
         if memo is not None:
-            previous = self._unpack_decision(alert.alert_id, memo)
+            previous = _unmemo(alert.alert_id, memo)
             if previous.chf == alert.device_id:
                 return msgspec.structs.replace(previous, duplicate=True)
         judged_at = alert.raised_at if alert.raised_at <= now + self.config.skew_ms else now
@@ -416,7 +418,7 @@ class Engine:
         decided = self._decided
         if decision.alert_id in decided:
             decided.move_to_end(decision.alert_id)
-        decided[decision.alert_id] = self._pack_decision(decision)
+        decided[decision.alert_id] = _memo(decision)
         if len(decided) > self.config.dedupe_max:
             # An OrderedDict: popping the oldest of a plain dict scans the holes its
             # earlier deletions left (measured at 9 us per alert at 200,000 entries).
@@ -782,42 +784,6 @@ class Engine:
             self._parties.append(originator)
         return index
 
-    def _pack_decision(self, d: AlertDecision) -> bytes | AlertDecision:
-        reason = _MEMO_REASON_INDEX.get(d.reason)
-        if reason is None or len(d.chf) != 8 or d.duplicate:
-            return d  # not a shape the memo knows: kept as it is
-        head = _MEMO.pack(d.chf, d.suppressed, reason, d.judged_at, d.decided_at)
-        a = d.activation
-        if a is None:
-            return head
-        flags = (
-            (_F_FUTURE if a.future_dated else 0)
-            | (_F_CLOSED if a.closed_early else 0)
-            | (_F_SUCCEEDED if a.succeeded else 0)
-        )
-        record = _REC.pack(
-            a.esme, self._party(a.originator), a.counter, a.start_ms, a.end_ms, a.seen_at, flags
-        )
-        return head + a.chf + record
-
-    def _unpack_decision(self, alert_id: str, memo: bytes | AlertDecision) -> AlertDecision:
-        if isinstance(memo, AlertDecision):
-            return memo
-        chf, suppressed, reason, judged_at, decided_at = _MEMO.unpack_from(memo)
-        activation = None
-        if len(memo) > _MEMO.size:
-            a_chf = memo[_MEMO.size : _MEMO.size + 8]
-            activation = self._materialise(a_chf, memo, _MEMO.size + 8)
-        return AlertDecision(
-            alert_id,
-            chf,
-            suppressed,
-            _MEMO_REASONS[reason],
-            judged_at,
-            decided_at,
-            activation=activation,
-        )
-
     def _materialise(self, chf: bytes, packed: bytes, i: int) -> Activation:
         esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, i)
         return Activation(
@@ -834,8 +800,75 @@ class Engine:
         )
 
 
+def pack_decision(d: AlertDecision) -> bytes:
+    """``d`` as bytes (``duplicate`` is not kept). Raises ValueError for a value that
+    does not fit: an EUI-64 not of 8 bytes, a reason not ASCII or over 255 characters,
+    a time outside 64 bits, a counter outside 0 .. 2**64 - 1."""
+    reason = d.reason.encode("ascii")  # UnicodeEncodeError is a ValueError
+    a = d.activation
+    euis = (d.chf,) if a is None else (d.chf, a.esme, a.chf, a.originator)
+    if any(len(e) != 8 for e in euis):
+        raise ValueError(f"EUI-64s must be 8 bytes: {euis!r}")
+    if len(reason) > 255:
+        raise ValueError(f"reason longer than 255 characters: {d.reason[:40]!r}...")
+    try:
+        head = _PACKED_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason))
+        if a is None:
+            return head + reason
+        flags = (_F_FUTURE if a.future_dated else 0) | (_F_CLOSED if a.closed_early else 0)
+        flags |= _F_SUCCEEDED if a.succeeded else 0
+        return (
+            head
+            + reason
+            + _PACKED_ACTIVATION.pack(
+                a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
+            )
+        )
+    except struct.error as exc:
+        raise ValueError(f"a value is out of range: {exc}") from exc
+
+
+def unpack_decision(alert_id: str, packed: bytes) -> AlertDecision:
+    """The decision :func:`pack_decision` packed."""
+    chf, suppressed, judged_at, decided_at, length = _PACKED_HEAD.unpack_from(packed)
+    at = _PACKED_HEAD.size
+    reason = packed[at : at + length].decode("ascii")
+    at += length
+    activation = None
+    if len(packed) > at:
+        esme, a_chf, originator, counter, start, end, seen_at, flags = (
+            _PACKED_ACTIVATION.unpack_from(packed, at)
+        )
+        activation = Activation(
+            esme=esme,
+            chf=a_chf,
+            originator=originator,
+            counter=counter,
+            start_ms=start,
+            end_ms=end,
+            future_dated=bool(flags & _F_FUTURE),
+            seen_at=seen_at,
+            closed_early=bool(flags & _F_CLOSED),
+            succeeded=bool(flags & _F_SUCCEEDED),
+        )
+    return AlertDecision(
+        alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
+    )
+
+
+def _memo(d: AlertDecision) -> bytes | AlertDecision:
+    try:
+        return pack_decision(d)
+    except ValueError:
+        return d  # a value packing cannot hold: kept as it is
+
+
+def _unmemo(alert_id: str, memo: bytes | AlertDecision) -> AlertDecision:
+    return memo if isinstance(memo, AlertDecision) else unpack_decision(alert_id, memo)
+
+
 def _decided_at(memo: bytes | AlertDecision) -> int:
     if isinstance(memo, AlertDecision):
         return memo.decided_at
-    decided_at: int = _MEMO.unpack_from(memo)[4]
+    decided_at: int = _PACKED_HEAD.unpack_from(memo)[3]
     return decided_at

@@ -99,7 +99,9 @@ from .wire import (
 # to prove that the redelivered copy is not acted on twice. Unset in production.
 _FAULT_ENV = "POA_FAULT"
 
-GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("POA_GC", "50000,20,100").split(","))
+# The collector's thresholds while the daemon runs (see run()); measured in a storm:
+# (700, 10, 10), the default, 174 us per alert; (20000, 10, 10) 165; these 148.
+GC_THRESHOLDS: tuple[int, int, int] = (50_000, 20, 100)
 
 
 class _AlertBatch:

@@ -109,7 +109,6 @@ import contextlib
 import itertools
 import os
 import sqlite3
-import struct
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
@@ -118,7 +117,7 @@ from typing import Any, Final, Literal, Self, TypeAlias
 
 import msgspec
 
-from .engine import Activation, AlertDecision
+from .engine import Activation, AlertDecision, pack_decision, unpack_decision
 from .eui import EUI64_LENGTH
 from .sqlite_util import create_schema_once, immediate, schema_marks
 from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
@@ -208,7 +207,7 @@ class StoredSuppression(msgspec.Struct, frozen=True, kw_only=True):
 # The decisions table keeps a copy of the activation a decision names rather than a
 # reference: the window may be closed early or expire (and its row be deleted) while the
 # decision is still within the dedupe horizon, and a redelivered alert must get the
-# decision as it was made. The decision is one packed BLOB (see _pack_decision) rather
+# decision as it was made. The decision is one packed BLOB (engine.pack_decision) rather
 # than 17 columns: a row is written for every alert, and the narrow row costs SQLite
 # 3.5 us of CPU instead of 9 (schema version 2; version 1 files are migrated on open).
 _SCHEMA = f"""
@@ -926,69 +925,12 @@ def _activation(row: Sequence[Any]) -> Activation:
 
 
 def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
-    alert_id, decided_at, effect_done, blob = row
-    return _unpack_decision(alert_id, decided_at, blob), bool(effect_done)
-
-
-# A decision, packed (schema version 2): chf, suppressed, judged_at, the reason's length
-# and ASCII text, then, when the decision names an activation, that activation: esme,
-# chf, originator, counter (unsigned), start_ms, end_ms, seen_at and flags (1 future-
-# dated, 2 closed early, 4 succeeded). Little-endian; decided_at is the row's column.
-_DECISION_HEAD = struct.Struct("<8s?qB")
-_DECISION_ACTIVATION = struct.Struct("<8s8s8sQqqqB")
+    alert_id, _decided_at, effect_done, blob = row  # decided_at is in the blob too
+    return unpack_decision(alert_id, blob), bool(effect_done)
 
 
 def _pack_decision(d: AlertDecision) -> bytes:
-    # Runs for every alert: struct.pack checks the integer ranges itself; only the
-    # lengths of the byte strings (which "8s" would pad or cut) are checked here.
-    reason = d.reason.encode("ascii")
-    if len(reason) > 255:
-        raise _invalid("reason", f"longer than 255 characters: {d.reason[:40]!r}...")
-    a = d.activation
-    euis = (d.chf,) if a is None else (d.chf, a.esme, a.chf, a.originator)
-    if any(len(e) != EUI64_LENGTH for e in euis):
-        raise _invalid("decision", f"EUI-64s must be {EUI64_LENGTH} bytes: {euis!r}")
     try:
-        head = _DECISION_HEAD.pack(d.chf, d.suppressed, d.judged_at, len(reason)) + reason
-        if a is None:
-            return head
-        flags = (1 if a.future_dated else 0) | (2 if a.closed_early else 0)
-        flags |= 4 if a.succeeded else 0
-        return head + _DECISION_ACTIVATION.pack(
-            a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
-        )
-    except struct.error as exc:
-        raise _invalid("decision", f"a value is out of range: {exc}") from exc
-
-
-def _unpack_decision(alert_id: str, decided_at: int, blob: bytes) -> AlertDecision:
-    chf, suppressed, judged_at, length = _DECISION_HEAD.unpack_from(blob)
-    at = _DECISION_HEAD.size
-    reason = blob[at : at + length].decode("ascii")
-    at += length
-    activation = None
-    if len(blob) > at:
-        esme, a_chf, originator, counter, start, end, seen_at, flags = (
-            _DECISION_ACTIVATION.unpack_from(blob, at)
-        )
-        activation = Activation(
-            esme=esme,
-            chf=a_chf,
-            originator=originator,
-            counter=counter,
-            start_ms=start,
-            end_ms=end,
-            future_dated=bool(flags & 1),
-            seen_at=seen_at,
-            closed_early=bool(flags & 2),
-            succeeded=bool(flags & 4),
-        )
-    return AlertDecision(
-        alert_id=alert_id,
-        chf=chf,
-        suppressed=suppressed,
-        reason=reason,
-        judged_at=judged_at,
-        decided_at=decided_at,
-        activation=activation,
-    )
+        return pack_decision(d)
+    except ValueError as exc:
+        raise _invalid("decision", str(exc)) from exc
