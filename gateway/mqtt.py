@@ -8,11 +8,16 @@ session expiry): ``client_id`` subscribes and receives, ``client_id-out`` publis
 The broker keeps the receiving session's subscriptions and queues messages while the
 gateway is away.
 
-Inbound messages are QoS 1 and gmqtt runs with ``optimistic_acknowledgement=False``:
-each message is handed to the service's coroutine, and gmqtt sends the PUBACK only when
-that coroutine *returns*. The service returns only once the message's effect is
-durable (a suppression record committed, a forwarded copy acknowledged by the broker, a
-state change committed).
+Inbound messages are QoS 1, acknowledged only once their effect is durable (a
+suppression record committed, a forwarded copy acknowledged by the broker, a state
+change committed). gmqtt can do that (``optimistic_acknowledgement=False``: the PUBACK
+goes out when an ``on_message`` coroutine returns), but at the price of a task per
+message; the adapter takes the messages from gmqtt's QoS 1 handler instead
+(:meth:`_Link.take_qos1`) and hands each to the application with a :class:`Delivery`,
+whose ``ack()`` sends the PUBACK. A coroutine handler (``on_message``, for the simulator
+and the tests) is run as a task and acknowledged when it returns; the daemon's
+``on_delivery`` handler batches the DCC alerts of one loop pass and acknowledges them
+together (docs/decisions.md D20).
 
 Why two connections. Inbound messages in progress are bounded by ``receive_maximum``: MQTT 5
 asks the broker to respect the Receive Maximum we send, but mosquitto before 2.0.13
@@ -25,12 +30,13 @@ The PUBACKs of our own publishes must still be read while inbound reading is pau
 which is why publishing has a connection of its own (on one connection, pausing would
 deadlock: the handlers wait for PUBACKs that are never read).
 
-Withholding an acknowledgement. If the handler raises, gmqtt's completion callback
-raises before sending the PUBACK, so the message stays unacknowledged and the broker
-redelivers it on the next session (the exception is recognised and kept out of the
-logs' error path by the loop's exception handler). A handler that finishes after its
-connection was lost also raises: its packet id belonged to the old connection, and
-acknowledging it on the new one could acknowledge a different message.
+Withholding an acknowledgement. A message whose effect failed (``delivery.fail``, or a
+coroutine handler that raised) is not acknowledged, so the broker redelivers it; since
+mosquitto redelivers only on a new session, the adapter reconnects (once per failing
+connection). A message whose connection was lost before its ``ack()`` is not
+acknowledged either: its packet id belonged to the old connection, and acknowledging
+it on the new one could acknowledge a different message. Both are logged as
+``mqtt.ack_withheld`` with the reason.
 
 Outbound publishes are QoS 1 and awaitable until the broker's PUBACK: gmqtt has no
 public PUBACK callback, but it hands every QoS 1 message to its ``persistent_storage``
@@ -54,6 +60,7 @@ import asyncio
 import collections
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -63,6 +70,7 @@ from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+DeliveryHandler = Callable[[str, bytes, "Delivery"], None]
 EventSink = Callable[[str, dict[str, Any]], None]
 
 # A persistent session outlives a restart or a long broker outage: one week.
@@ -100,10 +108,6 @@ class MqttSettings(msgspec.Struct, frozen=True):
         return f"MqttSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
 
 
-class AckWithheld(Exception):
-    """Raised from a handler to keep a message unacknowledged (it will be redelivered)."""
-
-
 class NotConnected(Exception):
     """A publish was attempted before the first connection."""
 
@@ -116,6 +120,30 @@ class PublishRefused(Exception):
         super().__init__(f"the broker refused a publish on {topic!r}: reason code 0x{code:02X}")
         self.topic = topic
         self.code = code
+
+
+class Delivery:
+    """One inbound QoS 1 message, handed to a :data:`DeliveryHandler`: call :meth:`ack`
+    once its effect is durable (the PUBACK goes out), or :meth:`fail` to leave it with
+    the broker for redelivery. The first call counts; later ones are ignored."""
+
+    __slots__ = ("_adapter", "generation", "mid", "settled", "started", "topic")
+
+    def __init__(self, adapter: MqttAdapter, mid: int | None, generation: int, topic: str) -> None:
+        self._adapter = adapter
+        self.mid = mid  # None for QoS 0: nothing to acknowledge
+        self.generation = generation
+        self.topic = topic
+        self.started = time.monotonic()
+        self.settled = False
+
+    def ack(self) -> None:
+        """The effect is durable: acknowledge (unless its connection is gone)."""
+        self._adapter._settle(self, None)
+
+    def fail(self, exc: BaseException) -> None:
+        """The effect could not be made durable: do not acknowledge."""
+        self._adapter._settle(self, exc)
 
 
 class _AckStorage(PersistentStorage):  # type: ignore[misc]
@@ -275,6 +303,30 @@ class _Link:
         handler._handle_puback_packet = puback  # type: ignore[union-attr]
         return True
 
+    def take_qos1(self, deliver: Callable[[int | None, str, bytes], None]) -> bool:
+        """Have inbound QoS 1 messages handed to ``deliver(mid, topic, payload)`` at once,
+        in place of gmqtt's handling, which starts a task per message and sends the PUBACK
+        from its completion callback: a third of the loop's time in a storm. gmqtt calls
+        the handler's ``_handle_qos_1_publish_packet`` by name, so an instance attribute
+        takes its place; :meth:`send_puback` sends the acknowledgement later. Returns
+        False when gmqtt's internals are not where expected (tests/test_mqtt.py fails
+        then)."""
+        handler = getattr(self.client, "_package_handler", None)
+        if handler is None or not hasattr(handler, "_handle_qos_1_publish_packet"):
+            return False
+        if not hasattr(handler, "_send_puback"):
+            return False
+
+        def qos1(mid: int, packet: bytes, topic: str, _properties: Any) -> None:
+            deliver(mid, topic, packet)
+
+        handler._handle_qos_1_publish_packet = qos1
+        return True
+
+    def send_puback(self, mid: int) -> None:
+        """Acknowledge inbound message ``mid`` on the current connection."""
+        self.client._package_handler._send_puback(mid)
+
     def packet_id_limit(self) -> int | None:
         """gmqtt's packet-id allocator's size (the broker's Receive Maximum), if found."""
         handler = getattr(self.client, "_package_handler", None)
@@ -361,12 +413,20 @@ class MqttAdapter:
     def __init__(
         self,
         settings: MqttSettings,
-        on_message: MessageHandler,
+        on_message: MessageHandler | None = None,
         *,
+        on_delivery: DeliveryHandler | None = None,
         on_event: EventSink | None = None,
     ) -> None:
+        """``on_message(topic, payload)``: a coroutine per message, acknowledged when it
+        returns. Or ``on_delivery(topic, payload, delivery)``: called at once, on the event
+        loop, and acknowledged when ``delivery.ack()`` is called (the daemon's way)."""
+        if (on_message is None) == (on_delivery is None):
+            raise ValueError("give exactly one of on_message and on_delivery")
         self._settings = settings
         self._handler = on_message
+        self._on_delivery = on_delivery
+        self._tasks: set[asyncio.Task[None]] = set()
         self._on_event: EventSink = on_event or (lambda _event, _fields: None)
         self._storage = _AckStorage(self._acked, self._session_lost)
         self._topics: list[str] = []
@@ -379,7 +439,12 @@ class MqttAdapter:
             receives=False,
             storage=self._storage,
         )
-        self._in.client.on_message = self._on_message
+        self.takes_qos1 = self._in.take_qos1(self._deliver)
+        if not self.takes_qos1:
+            raise RuntimeError("gmqtt's internals moved: cannot take inbound QoS 1 messages")
+        # Only QoS 1 is subscribed; should the broker grant less, QoS 0 messages still
+        # reach the handler (with nothing to acknowledge).
+        self._in.client.on_message = self._qos0
         self._in.client.on_subscribe = self._on_subscribe
         self._in.connect_hook = self._in_connected
         self._out.connect_hook = self._out_connected
@@ -476,36 +541,70 @@ class MqttAdapter:
 
     # -- inbound ----------------------------------------------------------------------
 
-    async def _on_message(
-        self, _client: Any, topic: str, payload: bytes, _qos: int, _properties: Any
-    ) -> int:
-        generation = self._in.generation
+    def _qos0(self, _client: Any, topic: str, payload: bytes, qos: int, _properties: Any) -> int:
+        if qos == 0:
+            self._deliver(None, topic, payload)
+        return 0
+
+    def _deliver(self, mid: int | None, topic: str, payload: bytes) -> None:
+        delivery = Delivery(self, mid, self._in.generation, topic)
         self.inbound += 1
         if self.inbound >= self.inbound_limit and not self.paused:
             self.paused = True
             self.pauses += 1
             self._gate.clear()
         self.inbound_peak = max(self.inbound_peak, self.inbound)
+        if self._on_delivery is not None:
+            try:
+                self._on_delivery(topic, payload, delivery)
+            except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
+                delivery.fail(exc)
+            return
+        task = asyncio.ensure_future(self._run_handler(topic, payload, delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, topic: str, payload: bytes, delivery: Delivery) -> None:
+        assert self._handler is not None
         try:
-            await self._handler(topic, bytes(payload))
-        except Exception as exc:
+            await self._handler(topic, payload)
+        except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
+            delivery.fail(exc)
+        else:
+            delivery.ack()
+
+    def _settle(self, delivery: Delivery, exc: BaseException | None) -> None:
+        if delivery.settled:
+            return
+        delivery.settled = True
+        self.inbound -= 1
+        if self.paused and self.inbound <= self.inbound_limit // 2:
+            self.paused = False
+            self._gate.set()
+        generation = delivery.generation
+        if exc is not None:
             # Not acknowledged; the broker redelivers it only on a new session, so
             # start one (once per failing connection).
             if generation == self._in.generation and self._resync_generation != generation:
                 self._resync_generation = generation
-                self._on_event("mqtt.resync", {"reason": repr(exc), "topic": topic})
+                self._on_event("mqtt.resync", {"reason": repr(exc), "topic": delivery.topic})
                 task = asyncio.ensure_future(self._in.client.reconnect(delay=True))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-            raise AckWithheld(f"handler failed: {exc!r}") from exc
-        finally:
-            self.inbound -= 1
-            if self.paused and self.inbound <= self.inbound_limit // 2:
-                self.paused = False
-                self._gate.set()
-        if generation != self._in.generation:
-            raise AckWithheld(f"connection {generation} is gone; the broker will redeliver")
-        return 0  # PUBACK, reason "success"
+            self._on_event(
+                "mqtt.ack_withheld", {"reason": f"handler failed: {exc!r}", "topic": delivery.topic}
+            )
+            return
+        if generation != self._in.generation or not self._in.client.is_connected:
+            # Its packet id belonged to a connection that is gone: acknowledging it on a
+            # new one could acknowledge a different message. The broker redelivers it.
+            self._on_event(
+                "mqtt.ack_withheld",
+                {"reason": f"connection {generation} is gone; the broker will redeliver"},
+            )
+            return
+        if delivery.mid is not None:
+            self._in.send_puback(delivery.mid)
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -658,14 +757,11 @@ def _property(properties: Any, name: str) -> int | None:
 def install_exception_filter(
     loop: asyncio.AbstractEventLoop, log: Callable[[str, dict[str, Any]], None]
 ) -> None:
-    """Route gmqtt's completion-callback errors through our log: an :class:`AckWithheld`
-    is expected (debug), anything else is an error with its reason."""
+    """Route errors the event loop would print (an exception nobody retrieved, in gmqtt
+    or here) through our log, as ``loop.error`` with the reason."""
 
     def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if isinstance(exc, AckWithheld):
-            log("mqtt.ack_withheld", {"reason": str(exc)})
-            return
         log("loop.error", {"reason": repr(exc) if exc else context.get("message", "")})
 
     loop.set_exception_handler(handler)

@@ -43,9 +43,10 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import gbcs
 from gbcs import (
@@ -80,7 +81,7 @@ from .guids import GuidList, GuidListError
 from .inventory import Inventory, InventoryError, from_envelope
 from .logs import JsonLog
 from .metrics import Metrics
-from .mqtt import MqttAdapter, MqttSettings, install_exception_filter
+from .mqtt import Delivery, MqttAdapter, MqttSettings, install_exception_filter
 from .reports import Rotation, write_report
 from .sdnotify import Notifier
 from .store import Store
@@ -104,13 +105,16 @@ _FAULT_ENV = "POA_FAULT"
 GC_THRESHOLDS: tuple[int, int, int] = (50_000, 20, 100)
 
 
+_BatchedAlert: TypeAlias = tuple[DccAlertEnvelope, bytes, int, Delivery]
+
+
 class _AlertBatch:
     """DCC alerts handed over in one pass of the event loop, decided together."""
 
     __slots__ = ("alerts", "done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.alerts: list[tuple[DccAlertEnvelope, bytes, int]] = []
+        self.alerts: list[_BatchedAlert] = []
         self.done: asyncio.Future[None] = loop.create_future()
 
 
@@ -147,12 +151,13 @@ class Gateway:
             )
         }
         self._handlers = {
-            self.topics["dcc_alert"]: self._on_dcc_alert,
             self.topics["gbcs_command"]: self._on_gbcs_command,
             self.topics["gbcs_inbound"]: self._on_gbcs_inbound,
             self.topics["inventory"]: self._on_inventory,
         }
+        self._alert_topic = self.topics["dcc_alert"]
         self._inflight_alerts: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._batch: _AlertBatch | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -233,7 +238,7 @@ class Gateway:
             receive_maximum=b.receive_maximum,
             protocol=b.protocol,
         )
-        self.mqtt = MqttAdapter(settings, self._on_message, on_event=self._mqtt_event)
+        self.mqtt = MqttAdapter(settings, on_delivery=self._on_delivery, on_event=self._mqtt_event)
         if b.protocol != 5:
             self.log.warning(
                 "mqtt.protocol",
@@ -305,36 +310,54 @@ class Gateway:
 
     # -- dispatch ---------------------------------------------------------------------
 
-    async def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_delivery(self, topic: str, payload: bytes, delivery: Delivery) -> None:
         received = self.clock()
-        started = time.monotonic()
+        if topic == self._alert_topic:
+            self._take_alert(payload, received, delivery)
+            return
         handler = self._handlers.get(topic)
         if handler is None:
             self.log.warning("message.unexpected_topic", topic=topic)
+            delivery.ack()
             return
-        await handler(payload, received)
-        self.metrics.ack_latency.observe(time.monotonic() - started)
+        task = asyncio.create_task(self._handle(handler, payload, received, delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(
+        self,
+        handler: Callable[[bytes, int], Awaitable[None]],
+        payload: bytes,
+        received: int,
+        delivery: Delivery,
+    ) -> None:
+        try:
+            await handler(payload, received)
+        except Exception as exc:  # noqa: BLE001 - not acknowledged; the adapter says why
+            delivery.fail(exc)
+        else:
+            self._acknowledge(delivery)
+
+    def _acknowledge(self, delivery: Delivery) -> None:
+        self.metrics.ack_latency.observe(time.monotonic() - delivery.started)
+        delivery.ack()
 
     # -- DCC alerts -------------------------------------------------------------------
 
-    async def _on_dcc_alert(self, payload: bytes, received: int) -> None:
-        topic = self.topics["dcc_alert"]
+    def _take_alert(self, payload: bytes, received: int, delivery: Delivery) -> None:
         try:
             alert = decode_dcc_alert(payload)
         except WireError as exc:
             # Cannot read it, so cannot decide: forward it unread.
-            await self.mqtt.publish(self.topics["dno_alert"], payload)
-            self.metrics.alerts.labels(outcome="rejected", reason=exc.reason).inc()
-            self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
-            self.log.warning(
-                "alert.rejected", reason=exc.reason, detail=str(exc), topic=topic, forwarded=True
-            )
+            task = asyncio.create_task(self._forward_unread(payload, exc, delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         first = self._inflight_alerts.get(alert.alert_id)
         if first is not None:
-            # A redelivery of a message still being handled: its effect comes once.
-            await first
-            self._count_duplicate(alert.alert_id)
+            # A redelivery of a message still being handled: its effect comes once, and
+            # it is acknowledged when the first copy is.
+            first.add_done_callback(partial(self._after_first, alert.alert_id, delivery))
             return
         batch = self._batch
         if batch is None:
@@ -343,10 +366,32 @@ class Gateway:
             loop = asyncio.get_running_loop()
             batch = self._batch = _AlertBatch(loop)
             loop.call_soon(self._start_batch, batch)
-        batch.alerts.append((alert, payload, received))
+        batch.alerts.append((alert, payload, received, delivery))
         self._inflight_alerts[alert.alert_id] = batch.done
-        await batch.done
-        self._maybe_fault(alert.alert_id)
+
+    def _after_first(self, alert_id: str, delivery: Delivery, first: asyncio.Future[None]) -> None:
+        if first.cancelled():
+            return  # shutting down: nothing is acknowledged
+        exc = first.exception()
+        if exc is not None:
+            delivery.fail(exc)
+            return
+        self._count_duplicate(alert_id)
+        self._acknowledge(delivery)
+
+    async def _forward_unread(self, payload: bytes, exc: WireError, delivery: Delivery) -> None:
+        topic = self._alert_topic
+        try:
+            await self.mqtt.publish(self.topics["dno_alert"], payload)
+        except Exception as failed:  # noqa: BLE001 - not acknowledged; the adapter says why
+            delivery.fail(failed)
+            return
+        self.metrics.alerts.labels(outcome="rejected", reason=exc.reason).inc()
+        self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
+        self.log.warning(
+            "alert.rejected", reason=exc.reason, detail=str(exc), topic=topic, forwarded=True
+        )
+        self._acknowledge(delivery)
 
     def _start_batch(self, batch: _AlertBatch) -> None:
         self._batch = None
@@ -360,23 +405,28 @@ class Gateway:
         except asyncio.CancelledError:
             batch.done.cancel()  # shutting down: nothing is acknowledged
             raise
-        except Exception as exc:  # noqa: BLE001 - handed to every alert's handler
+        except Exception as exc:  # noqa: BLE001 - handed to every alert's delivery
             # Every alert of the batch stays unacknowledged; on redelivery those whose
             # effect was recorded are recognised and not repeated.
             batch.done.set_exception(exc)
-            batch.done.exception()  # retrieved here; each waiting handler re-raises it
+            batch.done.exception()  # retrieved here; duplicates waiting on it see it too
+            for _, _, _, delivery in batch.alerts:
+                delivery.fail(exc)
         else:
             batch.done.set_result(None)
+            for alert, _, _, delivery in batch.alerts:
+                self._maybe_fault(alert.alert_id)
+                self._acknowledge(delivery)
         finally:
-            for alert, _, _ in batch.alerts:
+            for alert, _, _, _ in batch.alerts:
                 if self._inflight_alerts.get(alert.alert_id) is batch.done:
                     del self._inflight_alerts[alert.alert_id]
 
-    async def _decide(self, alerts: list[tuple[DccAlertEnvelope, bytes, int]]) -> None:
+    async def _decide(self, alerts: list[_BatchedAlert]) -> None:
         publishes: list[tuple[str, bytes]] = []
         suppressed: list[tuple[AlertDecision, SuppressionRecord, bytes]] = []
         forwarded: list[AlertDecision] = []
-        for alert, payload, received in alerts:
+        for alert, payload, received, _ in alerts:
             decision = self.engine.on_dcc_alert(alert, received)
             if decision.duplicate and self._effect_on_record(alert.alert_id):
                 self._count_duplicate(alert.alert_id)
@@ -719,14 +769,12 @@ class Gateway:
     def _mqtt_event(self, event: str, fields: dict[str, Any]) -> None:
         if event == "mqtt.connected" and fields.get("reconnect"):
             self.metrics.mqtt_reconnects.inc()
-        level = self.log.warning if event in ("mqtt.disconnected", "mqtt.resync") else self.log.info
+        warn = ("mqtt.disconnected", "mqtt.resync", "mqtt.ack_withheld", "mqtt.internals")
+        level = self.log.warning if event in warn else self.log.info
         level(event, **fields)
 
     def _lib_event(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "mqtt.ack_withheld":
-            self.log.warning(event, **fields)
-        else:
-            self.log.error(event, **fields)
+        self.log.error(event, **fields)
 
 
 async def serve(config: Config, log: JsonLog) -> None:
