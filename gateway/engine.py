@@ -44,7 +44,7 @@ import enum
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -786,18 +786,7 @@ class Engine:
 
     def _materialise(self, chf: bytes, packed: bytes, i: int) -> Activation:
         esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, i)
-        return Activation(
-            esme=esme,
-            chf=chf,
-            originator=self._parties[party],
-            counter=counter,
-            start_ms=start,
-            end_ms=end,
-            future_dated=bool(flags & _F_FUTURE),
-            seen_at=seen_at,
-            closed_early=bool(flags & _F_CLOSED),
-            succeeded=bool(flags & _F_SUCCEEDED),
-        )
+        return _activation((esme, chf, self._parties[party], counter, start, end, seen_at, flags))
 
 
 def pack_decision(d: AlertDecision) -> bytes:
@@ -836,23 +825,26 @@ def unpack_decision(alert_id: str, packed: bytes) -> AlertDecision:
     at += length
     activation = None
     if len(packed) > at:
-        esme, a_chf, originator, counter, start, end, seen_at, flags = (
-            _PACKED_ACTIVATION.unpack_from(packed, at)
-        )
-        activation = Activation(
-            esme=esme,
-            chf=a_chf,
-            originator=originator,
-            counter=counter,
-            start_ms=start,
-            end_ms=end,
-            future_dated=bool(flags & _F_FUTURE),
-            seen_at=seen_at,
-            closed_early=bool(flags & _F_CLOSED),
-            succeeded=bool(flags & _F_SUCCEEDED),
-        )
+        activation = _activation(_PACKED_ACTIVATION.unpack_from(packed, at))
     return AlertDecision(
         alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
+    )
+
+
+def _activation(fields: tuple[Any, ...]) -> Activation:
+    # (esme, chf, originator, counter, start_ms, end_ms, seen_at, flags), as unpacked.
+    esme, chf, originator, counter, start, end, seen_at, flags = fields
+    return Activation(
+        esme=esme,
+        chf=chf,
+        originator=originator,
+        counter=counter,
+        start_ms=start,
+        end_ms=end,
+        future_dated=bool(flags & _F_FUTURE),
+        seen_at=seen_at,
+        closed_early=bool(flags & _F_CLOSED),
+        succeeded=bool(flags & _F_SUCCEEDED),
     )
 
 
