@@ -228,10 +228,6 @@ class JsonLog:
             line = json.dumps({k: v if type(v) in _PLAIN else str(v) for k, v in record.items()})
         self._emit(line + "\n", record, urgent=level in _URGENT)
 
-    @staticmethod
-    def _field(name: str, value: object) -> object:
-        return _REDACTED if _is_secret_name(name) else _clean(value)
-
     def _emit(self, line: str, record: Mapping[str, object], *, urgent: bool = False) -> None:
         with self._lock:
             try:

@@ -281,6 +281,15 @@ class _Link:
             "mqtt.disconnected", {"link": self.name, "reason": repr(exc) if exc else "closed"}
         )
 
+    # gmqtt's internals, reached in one place each (docs/decisions.md D19).
+
+    def _package_handler(self) -> Any:
+        return getattr(self.client, "_package_handler", None)
+
+    def _protocol(self) -> Any:
+        """The current connection's protocol object (a new one per connection)."""
+        return getattr(getattr(self.client, "_connection", None), "_protocol", None)
+
     def _watch_puback_reasons(self) -> bool:
         """Report PUBACKs that carry a failure reason code (MQTT 5, 0x80 and up).
 
@@ -290,7 +299,7 @@ class _Link:
         up by name on first use, so an instance attribute set before the first PUBACK
         takes the method's place; it calls ``refused`` first, then gmqtt's own handler.
         """
-        handler = getattr(self.client, "_package_handler", None)
+        handler = self._package_handler()
         original = getattr(handler, "_handle_puback_packet", None)
         if original is None:
             return False
@@ -300,7 +309,7 @@ class _Link:
                 self.refused(int.from_bytes(packet[:2], "big"), packet[2])
             original(cmd, packet)
 
-        handler._handle_puback_packet = puback  # type: ignore[union-attr]
+        handler._handle_puback_packet = puback
         return True
 
     def take_qos1(self, deliver: Callable[[int | None, str, bytes], None]) -> bool:
@@ -311,7 +320,7 @@ class _Link:
         takes its place; :meth:`send_puback` sends the acknowledgement later. Returns
         False when gmqtt's internals are not where expected (tests/test_mqtt.py fails
         then)."""
-        handler = getattr(self.client, "_package_handler", None)
+        handler = self._package_handler()
         if handler is None or not hasattr(handler, "_handle_qos_1_publish_packet"):
             return False
         if not hasattr(handler, "_send_puback"):
@@ -325,18 +334,16 @@ class _Link:
 
     def send_puback(self, mid: int) -> None:
         """Acknowledge inbound message ``mid`` on the current connection."""
-        self.client._package_handler._send_puback(mid)
+        self._package_handler()._send_puback(mid)
 
     def packet_id_limit(self) -> int | None:
         """gmqtt's packet-id allocator's size (the broker's Receive Maximum), if found."""
-        handler = getattr(self.client, "_package_handler", None)
-        limit = getattr(getattr(handler, "id_generator", None), "_max", None)
+        limit = getattr(getattr(self._package_handler(), "id_generator", None), "_max", None)
         return limit if isinstance(limit, int) else None
 
     def free_packet_id(self, mid: int) -> None:
         """Return a packet id to gmqtt's allocator (only for publishes the broker forgot)."""
-        handler = getattr(self.client, "_package_handler", None)
-        generator = getattr(handler, "id_generator", None)
+        generator = getattr(self._package_handler(), "id_generator", None)
         if generator is not None:
             generator.free_id(mid)
 
@@ -349,7 +356,7 @@ class _Link:
         then pauses the socket once 128 KiB are buffered. Returns False when gmqtt's
         internals are not where this expects them (tests/test_mqtt.py fails then).
         """
-        protocol = getattr(getattr(self.client, "_connection", None), "_protocol", None)
+        protocol = self._protocol()
         read = getattr(protocol, "read", None)
         if read is None:
             return False
@@ -363,7 +370,7 @@ class _Link:
             return data
 
         gated_read.poa_gated = True  # type: ignore[attr-defined]
-        protocol.read = gated_read  # type: ignore[union-attr]
+        protocol.read = gated_read
         return True
 
     def coalesce_writes(self) -> bool:
@@ -376,7 +383,7 @@ class _Link:
         DISCONNECT is written at once with everything before it: the socket closes
         right after it. Returns False when gmqtt's internals are not where expected.
         """
-        protocol = getattr(getattr(self.client, "_connection", None), "_protocol", None)
+        protocol = self._protocol()
         write = getattr(protocol, "write_data", None)
         if write is None:
             return False
@@ -399,7 +406,7 @@ class _Link:
                 flush()
 
         coalesced.poa_coalesced = True  # type: ignore[attr-defined]
-        protocol.write_data = coalesced  # type: ignore[union-attr]
+        protocol.write_data = coalesced
         return True
 
     async def close(self) -> None:
@@ -426,7 +433,7 @@ class MqttAdapter:
         self._settings = settings
         self._handler = on_message
         self._on_delivery = on_delivery
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._on_event: EventSink = on_event or (lambda _event, _fields: None)
         self._storage = _AckStorage(self._acked, self._session_lost)
         self._topics: list[str] = []
@@ -439,8 +446,7 @@ class MqttAdapter:
             receives=False,
             storage=self._storage,
         )
-        self.takes_qos1 = self._in.take_qos1(self._deliver)
-        if not self.takes_qos1:
+        if not self._in.take_qos1(self._deliver):
             raise RuntimeError("gmqtt's internals moved: cannot take inbound QoS 1 messages")
         # Only QoS 1 is subscribed; should the broker grant less, QoS 0 messages still
         # reach the handler (with nothing to acknowledge).
@@ -458,14 +464,12 @@ class MqttAdapter:
         self._free = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._resync_generation = -1
-        self._background: set[asyncio.Future[Any]] = set()
         # Inbound flow control (see the module docstring).
         self.inbound_limit = max(settings.receive_maximum, 1)
         self.inbound = 0
         self.inbound_peak = 0
-        self.paused = False
         self.pauses = 0
-        self._gate = asyncio.Event()
+        self._gate = asyncio.Event()  # set: reading; clear: paused
         self._gate.set()
         self.flow_control = False
 
@@ -482,8 +486,9 @@ class MqttAdapter:
         # changes the limit. gmqtt allocates at most receive_maximum - 1 packet ids and
         # raises OverflowError beyond (relaybench P4); its allocator is the authority.
         limit = self._out.packet_id_limit() or _property(properties, "receive_maximum")
-        size = max(1, min(max(self._settings.inflight, 1), limit - 1)) if limit else None
-        size = size or max(self._settings.inflight, 1)
+        size = max(self._settings.inflight, 1)
+        if limit is not None:
+            size = max(1, min(size, limit - 1))
         if not self._window_ready:
             self.window_size = size
             self._free = size
@@ -525,6 +530,11 @@ class MqttAdapter:
         return bool(self._in.client.is_connected and self._out.client.is_connected)
 
     @property
+    def paused(self) -> bool:
+        """True while inbound reading waits for handlers to finish."""
+        return not self._gate.is_set()
+
+    @property
     def coalescing(self) -> bool:
         """True while both connections gather their writes (see :meth:`_Link.coalesce_writes`)."""
         return self._in.coalescing and self._out.coalescing
@@ -550,7 +560,6 @@ class MqttAdapter:
         delivery = Delivery(self, mid, self._in.generation, topic)
         self.inbound += 1
         if self.inbound >= self.inbound_limit and not self.paused:
-            self.paused = True
             self.pauses += 1
             self._gate.clear()
         self.inbound_peak = max(self.inbound_peak, self.inbound)
@@ -560,7 +569,11 @@ class MqttAdapter:
             except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
                 delivery.fail(exc)
             return
-        task = asyncio.ensure_future(self._run_handler(topic, payload, delivery))
+        self._spawn(self._run_handler(topic, payload, delivery))
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -579,7 +592,6 @@ class MqttAdapter:
         delivery.settled = True
         self.inbound -= 1
         if self.paused and self.inbound <= self.inbound_limit // 2:
-            self.paused = False
             self._gate.set()
         generation = delivery.generation
         if exc is not None:
@@ -588,9 +600,7 @@ class MqttAdapter:
             if generation == self._in.generation and self._resync_generation != generation:
                 self._resync_generation = generation
                 self._on_event("mqtt.resync", {"reason": repr(exc), "topic": delivery.topic})
-                task = asyncio.ensure_future(self._in.client.reconnect(delay=True))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._in.client.reconnect(delay=True))
             self._on_event(
                 "mqtt.ack_withheld", {"reason": f"handler failed: {exc!r}", "topic": delivery.topic}
             )

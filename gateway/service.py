@@ -43,7 +43,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -159,7 +159,6 @@ class Gateway:
         self._inflight_alerts: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: _AlertBatch | None = None
-        self._batches: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._rotation = Rotation(config.reports.period, config.reports.max_records)
         self._fault = os.environ.get(_FAULT_ENV, "")
@@ -320,7 +319,11 @@ class Gateway:
             self.log.warning("message.unexpected_topic", topic=topic)
             delivery.ack()
             return
-        task = asyncio.create_task(self._handle(handler, payload, received, delivery))
+        self._spawn(self._handle(handler, payload, received, delivery))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -349,9 +352,7 @@ class Gateway:
             alert = decode_dcc_alert(payload)
         except WireError as exc:
             # Cannot read it, so cannot decide: forward it unread.
-            task = asyncio.create_task(self._forward_unread(payload, exc, delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._forward_unread(payload, exc, delivery))
             return
         first = self._inflight_alerts.get(alert.alert_id)
         if first is not None:
@@ -395,9 +396,7 @@ class Gateway:
 
     def _start_batch(self, batch: _AlertBatch) -> None:
         self._batch = None
-        task = asyncio.create_task(self._run_batch(batch), name="alerts")
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        self._spawn(self._run_batch(batch), name="alerts")
 
     async def _run_batch(self, batch: _AlertBatch) -> None:
         try:
