@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import sqlite3
@@ -125,14 +126,16 @@ from .wire import SuppressionRecord, WireError, decode_suppression_record, encod
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
+    "QuarantineEntry",
     "Store",
     "StoreError",
     "StoreReason",
     "StoredSuppression",
     "Synchronous",
+    "quarantine_id",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """``PRAGMA user_version`` of a state file written by this module."""
 
 APPLICATION_ID: Final = 0x504F4153  # "POAS": poa-gateway state
@@ -187,6 +190,33 @@ class StoreError(Exception):
         self.detail = detail
         self.path = path
         super().__init__(detail)
+
+
+class QuarantineEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A message the daemon could not handle, kept with its exact bytes.
+
+    ``id`` is derived from the topic and the bytes (:func:`quarantine_id`), so a
+    redelivered copy names the same entry and is kept once.
+    """
+
+    id: str
+    topic: str
+    payload: bytes
+    reason: str
+    """The exception's class name: a bounded vocabulary, a metric label."""
+    error: str
+    attempts: int
+    received_at: int
+    quarantined_at: int
+    forwarded: bool
+    """True for a DCC alert, which is forwarded to the DNOs all the same."""
+    replayed_at: int | None = None
+
+
+def quarantine_id(topic: str, payload: bytes) -> str:
+    """The entry id of a message: ``q-`` and 20 hex digits of SHA-256 over topic and bytes."""
+    digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass") + b"\x00" + payload)
+    return "q-" + digest.hexdigest()[:20]
 
 
 class StoredSuppression(msgspec.Struct, frozen=True, kw_only=True):
@@ -245,6 +275,18 @@ CREATE TABLE suppressions (
     report_id TEXT
 );
 CREATE INDEX suppressions_unreported ON suppressions (seq) WHERE report_id IS NULL;
+CREATE TABLE quarantine (
+    id TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    quarantined_at INTEGER NOT NULL,
+    forwarded INTEGER NOT NULL CHECK (forwarded = 0 OR forwarded = 1),
+    replayed_at INTEGER
+);
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -292,13 +334,27 @@ UPDATE suppressions SET report_id = ? WHERE seq BETWEEN ? AND ? AND report_id IS
 """
 _UNREPORTED = "SELECT seq, record FROM suppressions WHERE report_id IS NULL ORDER BY seq LIMIT ?"
 _PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
+# A redelivered copy of a quarantined message names the same entry: the first stays.
+_PUT_QUARANTINE = """
+INSERT INTO quarantine (id, topic, payload, reason, error, attempts, received_at,
+    quarantined_at, forwarded)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING
+"""
+_MARK_REPLAYED = "UPDATE quarantine SET replayed_at = ? WHERE id = ?"
+_SELECT_QUARANTINE = """
+SELECT id, topic, payload, reason, error, attempts, received_at, quarantined_at, forwarded,
+    replayed_at
+FROM quarantine
+"""
 _COUNTS = """
 SELECT
     (SELECT count(*) FROM activations),
     (SELECT count(*) FROM counters),
     (SELECT count(*) FROM decisions),
     (SELECT count(*) FROM suppressions),
-    (SELECT count(*) FROM suppressions WHERE report_id IS NULL)
+    (SELECT count(*) FROM suppressions WHERE report_id IS NULL),
+    (SELECT count(*) FROM quarantine)
 """
 
 # Which table each write statement touches. Writes to different tables commute (no
@@ -312,6 +368,8 @@ _TABLE_OF: Final = {
     _PRUNE_DECISIONS: 2,
     _APPEND_SUPPRESSION: 3,
     _MARK_REPORTED_RANGE: 3,
+    _PUT_QUARANTINE: 4,
+    _MARK_REPLAYED: 4,
 }
 
 _Op: TypeAlias = tuple[str, tuple[Any, ...]]
@@ -573,6 +631,25 @@ class Store:
         """Forget the decisions made before ``before_ms`` (past the dedupe horizon)."""
         self._enqueue(_PRUNE_DECISIONS, (_i64("before_ms", before_ms),))
 
+    def put_quarantine(self, entry: QuarantineEntry) -> None:
+        """Keep a message that could not be handled; a second entry with its id is ignored."""
+        row = (
+            entry.id,
+            entry.topic,
+            bytes(entry.payload),
+            entry.reason,
+            entry.error,
+            _i64("attempts", entry.attempts),
+            _i64("received_at", entry.received_at),
+            _i64("quarantined_at", entry.quarantined_at),
+            int(entry.forwarded),
+        )
+        self._enqueue(_PUT_QUARANTINE, row)
+
+    def mark_replayed(self, entry_id: str, at_ms: int) -> None:
+        """Record that a quarantined message was published again at ``at_ms``."""
+        self._enqueue(_MARK_REPLAYED, (_i64("at_ms", at_ms), entry_id))
+
     # -- reads (synchronous, committed state) ----------------------------------------------
 
     def load_activations(self) -> list[Activation]:
@@ -650,12 +727,34 @@ class Store:
             for seq, blob, report_id in rows
         ]
 
+    def quarantined(self, limit: int = 1000) -> list[QuarantineEntry]:
+        """The most recent ``limit`` quarantined messages, newest first."""
+        with self._reading():
+            rows = self._reader.execute(
+                _SELECT_QUARANTINE + "ORDER BY quarantined_at DESC, id LIMIT ?", (limit,)
+            ).fetchall()
+        return [_quarantine_entry(row) for row in rows]
+
+    def quarantine_entry(self, entry_id: str) -> QuarantineEntry | None:
+        """The quarantined message ``entry_id``, or None."""
+        with self._reading():
+            row = self._reader.execute(_SELECT_QUARANTINE + "WHERE id = ?", (entry_id,)).fetchone()
+        return None if row is None else _quarantine_entry(row)
+
     def counts(self) -> dict[str, int]:
         """Row counts for ``poa-gateway status``: ``activations``, ``counters``,
-        ``decisions``, ``suppressions`` and ``unreported`` (one statement, one snapshot)."""
+        ``decisions``, ``suppressions``, ``unreported`` and ``quarantined`` (one
+        statement, one snapshot)."""
         with self._reading():
             row = self._reader.execute(_COUNTS).fetchone()
-        names = ("activations", "counters", "decisions", "suppressions", "unreported")
+        names = (
+            "activations",
+            "counters",
+            "decisions",
+            "suppressions",
+            "unreported",
+            "quarantined",
+        )
         return {name: int(n) for name, n in zip(names, row, strict=True)}
 
     # -- internals ------------------------------------------------------------------------
@@ -803,8 +902,8 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
     app_id, version = schema_marks(conn)
     if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
         return
-    if app_id == APPLICATION_ID and version == 1:
-        _migrate_from_v1(conn)
+    if app_id == APPLICATION_ID and version in (1, 2):
+        _migrate(conn, version)
         return
     if app_id not in (0, APPLICATION_ID):
         raise _foreign(path, f"application_id {app_id:#x}")
@@ -835,32 +934,46 @@ _V2_DECISIONS = _SCHEMA[
 ]
 
 
-def _migrate_from_v1(conn: sqlite3.Connection) -> None:
-    # One transaction: a crash part-way leaves the version 1 file as it was.
+_V3_QUARANTINE = _SCHEMA[_SCHEMA.index("CREATE TABLE quarantine") : _SCHEMA.index("PRAGMA")]
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    # One transaction: a crash part-way leaves the old file as it was.
     with immediate(conn):
-        if schema_marks(conn)[1] == 1:  # not already migrated by another process
-            rows = conn.execute(_V1_DECISIONS).fetchall()
-            conn.execute("DROP TABLE decisions")  # its index goes with it
-            for statement in _V2_DECISIONS.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for row in rows:
-                alert_id, chf, suppressed, reason, judged_at, decided_at, effect_done = row[:7]
-                a = row[7:]
-                decision = AlertDecision(
-                    alert_id=alert_id,
-                    chf=chf,
-                    suppressed=bool(suppressed),
-                    reason=reason,
-                    judged_at=judged_at,
-                    decided_at=decided_at,
-                    activation=None if a[0] is None else _activation(a),
-                )
-                conn.execute(
-                    _PUT_DECISION,
-                    (alert_id, decided_at, int(effect_done), _pack_decision(decision)),
-                )
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if schema_marks(conn)[1] != version:
+            return  # already migrated by another process
+        if version == 1:
+            _migrate_from_v1(conn)
+        # Version 3 added the quarantine table.
+        conn.execute(
+            _V3_QUARANTINE.strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
+        )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_from_v1(conn: sqlite3.Connection) -> None:
+    # Version 1 kept a decision in 17 columns; inside _migrate's transaction.
+    rows = conn.execute(_V1_DECISIONS).fetchall()
+    conn.execute("DROP TABLE decisions")  # its index goes with it
+    for statement in _V2_DECISIONS.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    for row in rows:
+        alert_id, chf, suppressed, reason, judged_at, decided_at, effect_done = row[:7]
+        a = row[7:]
+        decision = AlertDecision(
+            alert_id=alert_id,
+            chf=chf,
+            suppressed=bool(suppressed),
+            reason=reason,
+            judged_at=judged_at,
+            decided_at=decided_at,
+            activation=None if a[0] is None else _activation(a),
+        )
+        conn.execute(
+            _PUT_DECISION,
+            (alert_id, decided_at, int(effect_done), _pack_decision(decision)),
+        )
 
 
 def _foreign(path: str, what: str) -> StoreError:
@@ -927,6 +1040,22 @@ def _activation(row: Sequence[Any]) -> Activation:
 def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
     alert_id, _decided_at, effect_done, blob = row  # decided_at is in the blob too
     return unpack_decision(alert_id, blob), bool(effect_done)
+
+
+def _quarantine_entry(row: Sequence[Any]) -> QuarantineEntry:
+    entry_id, topic, payload, reason, error, attempts, received, quarantined, fwd, replayed = row
+    return QuarantineEntry(
+        id=entry_id,
+        topic=topic,
+        payload=bytes(payload),
+        reason=reason,
+        error=error,
+        attempts=int(attempts),
+        received_at=int(received),
+        quarantined_at=int(quarantined),
+        forwarded=bool(fwd),
+        replayed_at=None if replayed is None else int(replayed),
+    )
 
 
 def _pack_decision(d: AlertDecision) -> bytes:

@@ -62,6 +62,7 @@ __all__ = [
     "Eui64",
     "GbcsEnvelope",
     "InventoryEnvelope",
+    "QuarantineNotice",
     "ReportNotice",
     "Sha256Hex",
     "SuppressionRecord",
@@ -71,6 +72,7 @@ __all__ = [
     "decode_dcc_alert",
     "decode_gbcs",
     "decode_inventory",
+    "decode_quarantine_notice",
     "decode_report_notice",
     "decode_suppression_record",
     "encode",
@@ -211,8 +213,36 @@ class ReportNotice(
     sha256: Sha256Hex
 
 
+class QuarantineNotice(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
+    """A message the gateway could not handle (``gateway/quarantine``): kept with its
+    topic and exact bytes so that an operator can look at it and replay it once fixed.
+
+    ``id`` is derived from the topic and the bytes, so a redelivered copy of the same
+    message names the same entry.
+    """
+
+    v: Literal[1]
+    kind: Literal["quarantine"]
+    id: _NonEmptyStr
+    topic: _NonEmptyStr
+    payload: bytes
+    reason: _NonEmptyStr  # the exception class: a bounded vocabulary
+    error: str  # the exception's text, clipped
+    attempts: Uint
+    received_at: EpochMillis
+    quarantined_at: EpochMillis
+    forwarded: bool  # a DCC alert is still forwarded to the DNOs (safety direction)
+
+
 Envelope: TypeAlias = (
-    GbcsEnvelope | DccAlertEnvelope | InventoryEnvelope | SuppressionRecord | ReportNotice
+    GbcsEnvelope
+    | DccAlertEnvelope
+    | InventoryEnvelope
+    | SuppressionRecord
+    | ReportNotice
+    | QuarantineNotice
 )
 """Any envelope of the contract."""
 
@@ -280,6 +310,11 @@ def decode_suppression_record(data: bytes) -> SuppressionRecord:
 def decode_report_notice(data: bytes) -> ReportNotice:
     """Decode a ``report`` notice (``gateway/reports``). Raises :class:`WireError`."""
     return _decode(data, ReportNotice, "report")
+
+
+def decode_quarantine_notice(data: bytes) -> QuarantineNotice:
+    """Decode a ``quarantine`` notice (``gateway/quarantine``). Raises :class:`WireError`."""
+    return _decode(data, QuarantineNotice, "quarantine")
 
 
 def encode(envelope: Envelope) -> bytes:

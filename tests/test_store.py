@@ -19,7 +19,14 @@ import pytest
 
 from gateway.engine import Activation, AlertDecision
 from gateway.inventory import Inventory
-from gateway.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreError
+from gateway.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    QuarantineEntry,
+    Store,
+    StoreError,
+    quarantine_id,
+)
 from gateway.wire import SuppressionRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,6 +322,7 @@ async def test_suppression_records_round_trip_and_are_marked_reported(db: Path) 
             "decisions": 0,
             "suppressions": 4,
             "unreported": 1,
+            "quarantined": 0,
         }
 
 
@@ -625,8 +633,69 @@ def test_a_version_1_state_file_is_migrated_with_its_decisions(db: Path) -> None
     with closing(sqlite3.connect(db)) as conn:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     assert columns == ["alert_id", "decided_at", "effect_done", "decision"]
+
+
+@pytest.mark.asyncio
+async def test_a_version_2_state_file_gains_the_quarantine_table_and_keeps_its_rows(
+    db: Path,
+) -> None:
+    async with Store.open(db) as store:
+        store.put_activation(activation(5))
+        await store.flush()
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP TABLE quarantine")
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    async with Store.open(db) as store:
+        assert store.load_activations() == [activation(5)]
+        store.put_quarantine(quarantined("csp/dcc/alert", b"x"))
+        await store.flush()
+        assert [e.payload for e in store.quarantined()] == [b"x"]
+    with closing(sqlite3.connect(db)) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert version == SCHEMA_VERSION
+
+
+def quarantined(topic: str, payload: bytes, at: int = T0) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=quarantine_id(topic, payload),
+        topic=topic,
+        payload=payload,
+        reason="ZeroDivisionError",
+        error="division by zero",
+        attempts=3,
+        received_at=at - 10,
+        quarantined_at=at,
+        forwarded=topic == "csp/dcc/alert",
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_quarantined_message_is_kept_once_with_its_bytes_and_can_be_marked_replayed(
+    db: Path,
+) -> None:
+    first = quarantined("dsp/gbcs/command", b"\xa1\x00poison")
+    again = msgspec.structs.replace(first, quarantined_at=T0 + MIN, attempts=1)
+    other = quarantined("csp/dcc/alert", b"\xa1\x00other", at=T0 + 2 * MIN)
+    async with Store.open(db) as store:
+        store.put_quarantine(first)
+        store.put_quarantine(again)  # a redelivered copy: the first entry stays
+        store.put_quarantine(other)
+        await store.flush()
+        assert store.quarantined() == [other, first]  # newest first
+        assert store.quarantine_entry(first.id) == first
+        assert store.quarantine_entry("q-missing") is None
+        store.mark_replayed(first.id, T0 + 3 * MIN)
+        await store.flush()
+    with Store.open(db) as store:
+        replayed = store.quarantine_entry(first.id)
+        assert replayed is not None
+        assert replayed.replayed_at == T0 + 3 * MIN
+        assert store.counts()["quarantined"] == 2
+    assert quarantine_id("a", b"x") != quarantine_id("b", b"x")
+    assert quarantine_id("a", b"x") != quarantine_id("a", b"y")
 
 
 @pytest.mark.asyncio
