@@ -39,8 +39,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description=(
             "Upsert every valid row of an inventory CSV into the inventory, creating it if "
             "needed. The header names the columns (any case): device_id, device_type, "
-            "smets, manufacturer, status, and optionally model and chf_id. EUI-64s may be "
-            "written 00-DB-12-34-56-78-90-A0, 00:db:... or 00DB1234567890A0. Invalid rows "
+            "smets, manufacturer, status, and optionally model, chf_id and supplier_id (the "
+            "EUI-64 of the meter's registered import supplier: only that Supplier's CS06 "
+            "then opens a window). EUI-64s may be written 00-DB-12-34-56-78-90-A0, "
+            "00:db:... or 00DB1234567890A0; an empty field means absent. Invalid rows "
             "are listed (line, column, value, reason) and skipped; the exit status is 0 "
             "unless the file or the inventory cannot be used."
         ),
@@ -126,6 +128,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         "model": record.model,
         "chf_id": None if record.chf_id is None else format_eui64(record.chf_id),
         "status": record.status.value,
+        "supplier_id": None if record.supplier_id is None else format_eui64(record.supplier_id),
     }
     print(json.dumps(out, indent=2))
     return _EXIT_OK

@@ -35,6 +35,9 @@ class DeviceRecord(msgspec.Struct, frozen=True):
     """One device of the Smart Metering Inventory.
 
     ``chf_id`` is the CHF on whose HAN the device sits (None for a CHF itself).
+    ``supplier_id`` is the remote party id (EUI-64) of the meter's registered import
+    supplier, when the inventory names one: only that party may activate its firmware.
+    None means not known, and then any Supplier may.
     """
 
     device_id: EUI64
@@ -44,6 +47,7 @@ class DeviceRecord(msgspec.Struct, frozen=True):
     status: DeviceStatus
     chf_id: EUI64 | None = None
     model: str | None = None
+    supplier_id: EUI64 | None = None
 
 
 def normalize_manufacturer(name: str) -> str:

@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-The suppression engine needs two facts about the target of an Activate Firmware command
-(WIRE.md, "Device rules"): is it a SMETS2 ESME from a listed manufacturer, and which CHF
-shares its HAN (the window belongs to that CHF). Both come from the DSP's Smart Metering
-Inventory, which reaches the gateway two ways:
+The suppression engine needs three facts about the target of an Activate Firmware
+command (WIRE.md, "Device rules"): is it a SMETS2 ESME from a listed manufacturer, which
+CHF shares its HAN (the window belongs to that CHF), and, when known, which Supplier is
+registered for it (only that one may activate its firmware). All come from the DSP's
+Smart Metering Inventory, which reaches the gateway two ways:
 
 - one device at a time on ``dsp/inventory`` (:func:`from_envelope`, then
   :meth:`Inventory.upsert`);
@@ -20,7 +21,9 @@ corrupt the file; the inventory is re-sent by the DSP, so that is the right trad
 
 The file is marked as ours with ``PRAGMA application_id`` and versioned with ``PRAGMA
 user_version`` (:data:`SCHEMA_VERSION`), so that pointing ``--db`` at the state store or
-at a newer gateway's inventory is refused with a reason instead of being "migrated".
+at a newer gateway's inventory is refused with a reason instead of being "migrated". A
+version 1 file (before ``supplier_id``) is migrated when opened, keeping its rows: the
+new column is added, empty, in one transaction.
 
 CSV imports are applied in batches of :data:`IMPORT_BATCH_ROWS` rows, one transaction
 each. An import is therefore atomic per batch, not per file; since every row is an upsert,
@@ -52,7 +55,7 @@ import msgspec
 
 from .devices import DeviceRecord, DeviceStatus, DeviceType
 from .eui import EUI64_LENGTH, format_eui64, parse_eui64
-from .sqlite_util import create_schema_once, schema_marks
+from .sqlite_util import create_schema_once, immediate, schema_marks
 
 __all__ = [
     "APPLICATION_ID",
@@ -71,8 +74,9 @@ __all__ = [
     "write_inventory_csv",
 ]
 
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of an inventory file written by this module."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of an inventory file written by this module (2 added
+``supplier_id``; version 1 files are migrated when opened)."""
 
 APPLICATION_ID = 0x504F4149  # "POAI": poa-gateway inventory
 """``PRAGMA application_id`` that marks a SQLite file as a poa-gateway inventory."""
@@ -89,11 +93,21 @@ _CACHE_KIB = 32 * 1024  # page cache of a connection
 _IMPORT_CACHE_KIB = 128 * 1024  # while importing: the whole estate's tables and index
 _BUSY_TIMEOUT_S = 10.0
 
-CSV_COLUMNS = ("device_id", "device_type", "smets", "manufacturer", "model", "chf_id", "status")
+CSV_COLUMNS = (
+    "device_id",
+    "device_type",
+    "smets",
+    "manufacturer",
+    "model",
+    "chf_id",
+    "status",
+    "supplier_id",
+)
 """Columns of an inventory CSV, in the order :func:`write_inventory_csv` writes them."""
 
 REQUIRED_COLUMNS = ("device_id", "device_type", "smets", "manufacturer", "status")
-"""Columns an inventory CSV must have; ``model`` and ``chf_id`` are optional."""
+"""Columns an inventory CSV must have; ``model``, ``chf_id`` and ``supplier_id`` are
+optional (``supplier_id``: the EUI-64 of the meter's registered import supplier)."""
 
 _VALUE_SHOWN = 64  # longest CSV value quoted back in a report
 
@@ -220,6 +234,8 @@ class InventoryFields(Protocol):
     def chf_id(self) -> bytes | None: ...
     @property
     def status(self) -> str: ...
+    @property
+    def supplier_id(self) -> bytes | None: ...
 
 
 def from_envelope(env: InventoryFields) -> DeviceRecord:
@@ -247,6 +263,7 @@ def from_envelope(env: InventoryFields) -> DeviceRecord:
         status=status,
         chf_id=None if env.chf_id is None else bytes(env.chf_id),
         model=env.model if env.model else None,
+        supplier_id=None if env.supplier_id is None else bytes(env.supplier_id),
     )
     _row(record)  # the remaining checks
     return record
@@ -256,7 +273,8 @@ def write_inventory_csv(path: str | os.PathLike[str], records: Iterable[DeviceRe
     """Write ``records`` as an inventory CSV that :meth:`Inventory.import_csv` reads back.
 
     Columns are :data:`CSV_COLUMNS`; EUI-64s in the DCC form ``00-DB-12-34-56-78-90-A0``;
-    an absent ``model`` or ``chf_id`` is an empty field. For scripts and tests.
+    an absent ``model``, ``chf_id`` or ``supplier_id`` is an empty field. For scripts
+    and tests.
     """
     with open(path, "w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")
@@ -270,17 +288,24 @@ def write_inventory_csv(path: str | os.PathLike[str], records: Iterable[DeviceRe
                 r.model or "",
                 "" if r.chf_id is None else format_eui64(r.chf_id),
                 DeviceStatus(r.status).value,
+                "" if r.supplier_id is None else format_eui64(r.supplier_id),
             )
             for r in records
         )
 
 
-_Row: TypeAlias = tuple[bytes, str, int, str, str | None, bytes | None, str]
+_Row: TypeAlias = tuple[bytes, str, int, str, str | None, bytes | None, str, bytes | None]
 
 
 def _one_of(column: str, values: Iterable[str]) -> str:
     return " OR ".join(f"{column} = '{value}'" for value in values)
 
+
+# Last, as ALTER TABLE adds it to a version 1 file: new and migrated files then have the
+# same columns in the same order.
+_SUPPLIER_ID_COLUMN = (
+    f"supplier_id BLOB CHECK (supplier_id IS NULL OR length(supplier_id) = {EUI64_LENGTH})"
+)
 
 # The CHECKs say "a = x OR a = y" rather than "a IN (x, y)": for an IN list SQLite builds a
 # temporary table each time the statement runs, which halved the speed of a bulk import.
@@ -293,7 +318,8 @@ CREATE TABLE IF NOT EXISTS devices (
     model TEXT,
     chf_id BLOB CHECK (chf_id IS NULL OR length(chf_id) = {EUI64_LENGTH}),
     status TEXT NOT NULL CHECK ({_one_of("status", DeviceStatus)}),
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    {_SUPPLIER_ID_COLUMN}
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_chf_id ON devices (chf_id);
 PRAGMA application_id = {APPLICATION_ID};
@@ -301,18 +327,20 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 _GET = """
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id
 FROM devices WHERE device_id = ?
 """
 
 _ON_CHF = """
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id
 FROM devices WHERE chf_id = ? ORDER BY device_id
 """
 
 _UPSERT = """
-INSERT INTO devices (device_id, device_type, smets, manufacturer, model, chf_id, status, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO devices (
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, updated_at
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (device_id) DO UPDATE SET
     device_type = excluded.device_type,
     smets = excluded.smets,
@@ -320,6 +348,7 @@ ON CONFLICT (device_id) DO UPDATE SET
     model = excluded.model,
     chf_id = excluded.chf_id,
     status = excluded.status,
+    supplier_id = excluded.supplier_id,
     updated_at = excluded.updated_at
 """
 
@@ -441,8 +470,8 @@ class Inventory:
         are matched without regard to case or surrounding spaces; columns other than
         :data:`CSV_COLUMNS` are ignored. Values are trimmed; EUI-64s may be written
         ``00-DB-12-34-56-78-90-A0``, ``00:db:...`` or as 16 hex digits; ``device_type``
-        and ``status`` are matched without regard to case; an empty ``model`` or
-        ``chf_id`` means absent.
+        and ``status`` are matched without regard to case; an empty ``model``,
+        ``chf_id`` or ``supplier_id`` (or a file without that column) means absent.
 
         Rows are written in batches of :data:`IMPORT_BATCH_ROWS`, one transaction each.
 
@@ -460,7 +489,7 @@ class Inventory:
             with open(name, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
                 reader = csv.reader(f, strict=True)
                 parser = _RowParser(*_header_index(_first_row(reader, name), name))
-                batch: list[tuple[bytes, str, int, str, str | None, bytes | None, str, int]] = []
+                batch: list[tuple[object, ...]] = []
                 last_line = reader.line_num
                 while True:
                     line = last_line + 1
@@ -540,6 +569,9 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
             return
+        if app_id == APPLICATION_ID and version == 1:
+            _migrate_from_v1(conn)
+            return
         create_schema_once(
             conn,
             schema=_SCHEMA,
@@ -552,6 +584,16 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         ) from exc
 
 
+def _migrate_from_v1(conn: sqlite3.Connection) -> None:
+    # One transaction, and the version read again inside it: another process may have
+    # migrated the file since it was opened. The rows stay as they were; the column is
+    # empty (no supplier known) until the DSP or a CSV import says otherwise.
+    with immediate(conn):
+        if schema_marks(conn)[1] == 1:
+            conn.execute(f"ALTER TABLE devices ADD COLUMN {_SUPPLIER_ID_COLUMN}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 def _foreign(path: str, what: str) -> InventoryError:
     return InventoryError(
         "not-an-inventory", f"{path}: not a poa-gateway inventory ({what})", path=path
@@ -562,8 +604,8 @@ def _invalid(field: str, detail: str) -> InventoryError:
     return InventoryError("invalid-record", f"{field}: {detail}", column=field)
 
 
-def _record(row: tuple[bytes, str, int, str, str | None, bytes | None, str]) -> DeviceRecord:
-    device_id, device_type, smets, manufacturer, model, chf_id, status = row
+def _record(row: _Row) -> DeviceRecord:
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id = row
     return DeviceRecord(
         device_id=device_id,
         device_type=DeviceType(device_type),
@@ -572,6 +614,7 @@ def _record(row: tuple[bytes, str, int, str, str | None, bytes | None, str]) -> 
         status=DeviceStatus(status),
         chf_id=chf_id,
         model=model,
+        supplier_id=supplier_id,
     )
 
 
@@ -584,6 +627,9 @@ def _row(record: DeviceRecord) -> _Row:
     chf_id = None if record.chf_id is None else bytes(record.chf_id)
     if chf_id is not None and len(chf_id) != EUI64_LENGTH:
         raise _invalid("chf_id", f"expected {EUI64_LENGTH} bytes, got {len(chf_id)}")
+    supplier_id = None if record.supplier_id is None else bytes(record.supplier_id)
+    if supplier_id is not None and len(supplier_id) != EUI64_LENGTH:
+        raise _invalid("supplier_id", f"expected {EUI64_LENGTH} bytes, got {len(supplier_id)}")
     if type(record.smets) is not int or record.smets not in (1, 2):
         raise _invalid("smets", f"expected 1 or 2, got {record.smets!r}")
     if not record.manufacturer.strip():
@@ -596,7 +642,16 @@ def _row(record: DeviceRecord) -> _Row:
         status = DeviceStatus(record.status).value
     except ValueError:
         raise _invalid("status", f"unknown status {record.status!r}") from None
-    return (device_id, device_type, record.smets, record.manufacturer, record.model, chf_id, status)
+    return (
+        device_id,
+        device_type,
+        record.smets,
+        record.manufacturer,
+        record.model,
+        chf_id,
+        status,
+        supplier_id,
+    )
 
 
 # CSV parsing -------------------------------------------------------------------------
@@ -672,6 +727,7 @@ class _RowParser:
         "model",
         "smets",
         "status",
+        "supplier_id",
         "width",
     )
 
@@ -684,6 +740,7 @@ class _RowParser:
         self.model = index.get("model", -1)
         self.chf_id = index.get("chf_id", -1)
         self.status = index["status"]
+        self.supplier_id = index.get("supplier_id", -1)
 
     def parse(self, fields: list[str]) -> _Row | None:
         if len(fields) != self.width:
@@ -696,6 +753,8 @@ class _RowParser:
         model = fields[self.model].strip() if self.model >= 0 else ""
         chf_text = fields[self.chf_id] if self.chf_id >= 0 else ""
         chf_id = _fast_eui64(chf_text) if chf_text else None
+        supplier_text = fields[self.supplier_id] if self.supplier_id >= 0 else ""
+        supplier_id = _fast_eui64(supplier_text) if supplier_text else None
         if (
             device_id is None
             or device_type is None
@@ -703,10 +762,20 @@ class _RowParser:
             or status is None
             or not manufacturer
             or (chf_id is None and chf_text)
+            or (supplier_id is None and supplier_text)
             or not (manufacturer.isascii() and model.isascii())
         ):
             return None
-        return (device_id, device_type, smets, manufacturer, model or None, chf_id, status)
+        return (
+            device_id,
+            device_type,
+            smets,
+            manufacturer,
+            model or None,
+            chf_id,
+            status,
+            supplier_id,
+        )
 
     def check(self, fields: list[str], line: int, issues: list[ImportIssue]) -> _Row | None:
         """The row, or None after appending one issue per fault to ``issues``."""
@@ -756,6 +825,7 @@ class _RowParser:
             bad("model", _visible(model), "not-utf8", "not valid UTF-8")
         chf_id = eui("chf_id", self.chf_id, required=False)
         status = choice("status", self.status, _STATUSES)
+        supplier_id = eui("supplier_id", self.supplier_id, required=False)
         if (
             len(issues) != before
             or device_id is None
@@ -764,7 +834,16 @@ class _RowParser:
             or status is None
         ):
             return None
-        return (device_id, device_type, smets, manufacturer, model or None, chf_id, status)
+        return (
+            device_id,
+            device_type,
+            smets,
+            manufacturer,
+            model or None,
+            chf_id,
+            status,
+            supplier_id,
+        )
 
 
 _T = TypeVar("_T")

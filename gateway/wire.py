@@ -172,6 +172,9 @@ class InventoryEnvelope(
     model: str | None = None
     chf_id: Eui64 | None = None  # the CHF on whose HAN the device sits; absent for a CHF
     status: DeviceStatus
+    # The remote party id of the meter's registered import supplier, when the DSP knows
+    # it: only that Supplier's CS06 then opens a window. Absent: any Supplier's does.
+    supplier_id: Eui64 | None = None
 
 
 class SuppressionRecord(

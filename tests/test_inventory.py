@@ -37,8 +37,11 @@ GSME_A = bytes.fromhex("00DB1234567890A2")
 PPMID_A = bytes.fromhex("00DB1234567890A3")
 ESME_B = bytes.fromhex("00DB1234567890B1")
 
+SUPPLIER = bytes.fromhex("90B3D51F30010000")
+
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-HEADER = ",".join(CSV_COLUMNS)
+# An extract without the optional supplier_id column, as DSP extracts were before it.
+HEADER = "device_id,device_type,smets,manufacturer,model,chf_id,status"
 
 
 def chf(device_id: bytes) -> DeviceRecord:
@@ -51,7 +54,12 @@ def chf(device_id: bytes) -> DeviceRecord:
     )
 
 
-def esme(device_id: bytes, chf_id: bytes, manufacturer: str = "Landis+Gyr") -> DeviceRecord:
+def esme(
+    device_id: bytes,
+    chf_id: bytes,
+    manufacturer: str = "Landis+Gyr",
+    supplier_id: bytes | None = None,
+) -> DeviceRecord:
     return DeviceRecord(
         device_id=device_id,
         device_type=DeviceType.ESME,
@@ -60,6 +68,7 @@ def esme(device_id: bytes, chf_id: bytes, manufacturer: str = "Landis+Gyr") -> D
         status=DeviceStatus.COMMISSIONED,
         chf_id=chf_id,
         model="E470",
+        supplier_id=supplier_id,
     )
 
 
@@ -87,6 +96,16 @@ def test_upserted_device_is_returned_by_get(inventory: Inventory) -> None:
     inventory.upsert(record, T0)
     assert inventory.get(ESME_A) == record
     assert inventory.count() == 1
+
+
+def test_registered_supplier_is_kept_and_can_be_cleared(inventory: Inventory) -> None:
+    inventory.upsert(esme(ESME_A, CHF_A, supplier_id=SUPPLIER), T0)
+    found = inventory.get(ESME_A)
+    assert found is not None
+    assert found.supplier_id == SUPPLIER
+    assert inventory.devices_on_chf(CHF_A) == [esme(ESME_A, CHF_A, supplier_id=SUPPLIER)]
+    inventory.upsert(esme(ESME_A, CHF_A), T0 + 1)  # the DSP no longer names one
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
 
 
 def test_unknown_device_is_none(inventory: Inventory) -> None:
@@ -159,6 +178,7 @@ def test_upsert_many_writes_nothing_if_one_record_is_invalid(inventory: Inventor
     [
         ({"device_id": b"\x00" * 7}, "device_id"),
         ({"chf_id": b"\x00" * 9}, "chf_id"),
+        ({"supplier_id": b"\x00" * 7}, "supplier_id"),
         ({"smets": 3}, "smets"),
         ({"smets": True}, "smets"),
         ({"manufacturer": "  "}, "manufacturer"),
@@ -200,12 +220,75 @@ def test_new_file_has_the_schema_version_wal_and_the_chf_index(db_path: Path) ->
         assert conn.execute("SELECT updated_at FROM devices").fetchall() == [(T0,)]
 
 
-def test_database_checks_refuse_rows_that_bypass_the_module(db_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("status", "supplier_id"),
+    [("lost", None), ("commissioned", b"\x01" * 7)],
+    ids=["status", "supplier_id"],
+)
+def test_database_checks_refuse_rows_that_bypass_the_module(
+    db_path: Path, status: str, supplier_id: bytes | None
+) -> None:
     Inventory(db_path).close()
     with closing(sqlite3.connect(db_path)) as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute(
-            "INSERT INTO devices VALUES (?, 'ESME', 2, 'X', NULL, NULL, 'lost', 0)", (ESME_A,)
+            "INSERT INTO devices (device_id, device_type, smets, manufacturer, status, "
+            "supplier_id, updated_at) VALUES (?, 'ESME', 2, 'X', ?, ?, 0)",
+            (ESME_A, status, supplier_id),
         )
+
+
+# The devices table of schema version 1, before supplier_id (the CHECKs on device_type
+# and status left out: they are not what the migration is about).
+_V1_SCHEMA = f"""
+CREATE TABLE devices (
+    device_id BLOB PRIMARY KEY CHECK (length(device_id) = 8),
+    device_type TEXT NOT NULL,
+    smets INTEGER NOT NULL CHECK (smets = 1 OR smets = 2),
+    manufacturer TEXT NOT NULL,
+    model TEXT,
+    chf_id BLOB CHECK (chf_id IS NULL OR length(chf_id) = 8),
+    status TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX devices_chf_id ON devices (chf_id);
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = 1;
+"""
+
+
+def _columns(path: Path) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("PRAGMA table_info(devices)").fetchall()
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["daemon", "read-only-tool"])
+def test_version_1_inventory_is_migrated_keeping_its_rows(
+    tmp_path: Path, db_path: Path, create: bool
+) -> None:
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.executescript(_V1_SCHEMA)
+        conn.executemany(
+            "INSERT INTO devices VALUES (?, ?, 2, ?, ?, ?, 'commissioned', ?)",
+            [
+                (CHF_A, "CHF", "Toshiba", None, None, T0),
+                (ESME_A, "ESME", "Landis+Gyr", "E470", CHF_A, T0),
+            ],
+        )
+        conn.commit()
+    with Inventory.open(db_path, create=create) as inv:
+        assert inv.count() == 2
+        assert inv.get(CHF_A) == chf(CHF_A)
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A)  # no supplier known yet
+        inv.upsert(esme(ESME_A, CHF_A, supplier_id=SUPPLIER), T0 + 1)
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
+    with Inventory.open(db_path, create=False) as inv:
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER)
+    # A migrated file and a new one have the same columns in the same order.
+    fresh = tmp_path / "fresh.sqlite"
+    Inventory(fresh).close()
+    assert _columns(db_path) == _columns(fresh)
 
 
 def test_sqlite_file_of_another_application_is_refused(db_path: Path) -> None:
@@ -264,6 +347,24 @@ def test_envelope_from_the_wire_becomes_a_device_record() -> None:
     assert isinstance(record.status, DeviceStatus)
 
 
+def test_envelope_supplier_id_is_the_records_registered_supplier() -> None:
+    env = InventoryEnvelope(
+        v=1,
+        kind="inventory",
+        device_id=ESME_A,
+        device_type=DeviceType.ESME,
+        smets=2,
+        manufacturer="Landis+Gyr",
+        model="E470",
+        chf_id=CHF_A,
+        status=DeviceStatus.COMMISSIONED,
+        supplier_id=SUPPLIER,
+    )
+    data = encode(env)
+    assert decode_inventory(data) == env
+    assert from_envelope(decode_inventory(data)) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER)
+
+
 def test_envelope_of_a_chf_has_no_chf_id_and_no_model() -> None:
     env = InventoryEnvelope(
         v=1,
@@ -286,12 +387,14 @@ def test_envelope_like_object_with_bad_values_is_refused() -> None:
         model: str | None = None
         chf_id: bytes | None = CHF_A
         status: str = "commissioned"
+        supplier_id: bytes | None = None
 
     assert from_envelope(Duck()).device_id == ESME_A
     for duck, field in [
         (Duck(device_type="esme-ish"), "device_type"),
         (Duck(status="gone"), "status"),
         (Duck(chf_id=b"\x01"), "chf_id"),
+        (Duck(supplier_id=b"\x01" * 9), "supplier_id"),
     ]:
         with pytest.raises(InventoryError) as info:
             from_envelope(duck)
@@ -364,6 +467,31 @@ def test_csv_accepts_every_eui_notation_header_case_and_extra_columns(
     assert inventory.get(CHF_A) == chf(CHF_A)
 
 
+def test_csv_supplier_id_column_is_optional_and_read_like_other_euis(
+    inventory: Inventory, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "inv.csv",
+        HEADER + ",Supplier_ID",
+        "00-DB-12-34-56-78-90-A0,CHF,2,Toshiba,,,commissioned,",
+        "00-DB-12-34-56-78-90-A1,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned,"
+        "90-B3-D5-1F-30-01-00-00",
+        "00-DB-12-34-56-78-90-B1,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-B0,commissioned,"
+        " 90:b3:d5:1f:30:01:00:00 ",
+        "00-DB-12-34-56-78-90-A2,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned,"
+        "90-B3-D5-1F",
+    )
+    report = inventory.import_csv(path, T0)
+    assert (report.rows_read, report.rows_imported) == (4, 3)
+    assert [(i.line, i.column, i.value, i.reason) for i in report.issues] == [
+        (5, "supplier_id", "90-B3-D5-1F", "bad-eui64"),
+    ]
+    assert inventory.get(CHF_A) == chf(CHF_A)
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER)
+    assert inventory.get(ESME_B) == esme(ESME_B, CHF_B, supplier_id=SUPPLIER)
+    assert inventory.get(GSME_A) is None
+
+
 def test_csv_missing_column_error_names_the_file_and_column(
     inventory: Inventory, tmp_path: Path
 ) -> None:
@@ -432,12 +560,19 @@ def test_csv_rows_that_are_not_well_formed_are_reported_and_skipped(
 
 
 def test_written_csv_imports_back_to_the_same_records(inventory: Inventory, tmp_path: Path) -> None:
-    records = [chf(CHF_A), esme(ESME_A, CHF_A, manufacturer='Landis, "Gyr"'), chf(CHF_B)]
+    records = [
+        chf(CHF_A),
+        esme(ESME_A, CHF_A, manufacturer='Landis, "Gyr"'),
+        chf(CHF_B),
+        esme(ESME_B, CHF_B, supplier_id=SUPPLIER),
+    ]
     path = tmp_path / "out.csv"
     write_inventory_csv(path, records)
-    assert path.read_text().splitlines()[0] == HEADER
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS) == HEADER + ",supplier_id"
+    assert lines[-1].endswith(",commissioned,90-B3-D5-1F-30-01-00-00")
     report = inventory.import_csv(path, T0)
-    assert (report.rows_imported, report.issues) == (3, ())
+    assert (report.rows_imported, report.issues) == (4, ())
     assert [inventory.get(r.device_id) for r in records] == records
 
 
@@ -465,6 +600,7 @@ _FIELD_VALUES = {
     "model": ["E470", "", " ", "Mödel"],
     "chf_id": ["", "00-DB-12-34-56-78-90-A0", "00DB1234567890A0", "00-DB-12", "00 DB"],
     "status": ["commissioned", "Withdrawn", "installed-not-commissioned", "lost", ""],
+    "supplier_id": ["", "90-B3-D5-1F-30-01-00-00", "90b3d51f30010000", "90-B3", " "],
 }
 
 
@@ -560,6 +696,7 @@ def test_cli_show_prints_the_record_as_json(
 ) -> None:
     with Inventory(db_path) as inv:
         inv.upsert(esme(ESME_A, CHF_A), T0)
+        inv.upsert(esme(ESME_B, CHF_B, supplier_id=SUPPLIER), T0)
     assert run_cli("show", "00db1234567890a1", "--db", str(db_path)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "device_id": "00-DB-12-34-56-78-90-A1",
@@ -569,7 +706,10 @@ def test_cli_show_prints_the_record_as_json(
         "model": "E470",
         "chf_id": "00-DB-12-34-56-78-90-A0",
         "status": "commissioned",
+        "supplier_id": None,
     }
+    assert run_cli("show", "00-DB-12-34-56-78-90-B1", "--db", str(db_path)) == 0
+    assert json.loads(capsys.readouterr().out)["supplier_id"] == "90-B3-D5-1F-30-01-00-00"
 
 
 @pytest.mark.parametrize(

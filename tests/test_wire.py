@@ -313,6 +313,18 @@ def test_value_outside_an_enumeration_lists_the_allowed_ones() -> None:
     )
 
 
+def test_inventory_supplier_id_is_optional_and_an_eui64() -> None:
+    assert INVENTORY.supplier_id is None
+    assert "supplier_id" not in cbor2.loads(encode(INVENTORY))
+    fields = msgspec.to_builtins(INVENTORY, builtin_types=(bytes,))
+    assert decode_inventory(cbor2.dumps(fields | {"supplier_id": SUPPLIER})).supplier_id == (
+        SUPPLIER
+    )
+    for bad in (SUPPLIER[:7], SUPPLIER + b"\x00", format_eui64(SUPPLIER)):
+        error = refusal(cbor2.dumps(fields | {"supplier_id": bad}), decode_inventory)
+        assert (error.reason, error.field) == ("bad-field", "supplier_id")
+
+
 @pytest.mark.parametrize("alert_id", ["", "x" * 129, None, b"ad1-0001"])
 def test_bad_alert_id_is_named(alert_id: object) -> None:
     error = refusal(cbor2.dumps(alert_fields(alert_id=alert_id)))
