@@ -10,8 +10,12 @@ are passed in with each input: the inventory record of the target device, whethe
 is on the GUID list, and the last originator counter accepted for it.
 
 An activation is opened by a CS06 Activate Firmware command that passes every rule
-(``on_command``): signed by a trusted remote party, not a replay, targeting a SMETS2
-ESME of a listed manufacturer that is on the GUID list, with the feature switch on.
+(``on_command``), checked in this order, the first failure naming the refusal: the
+feature switch is on; the signature verifies against a trusted remote party whose role
+is Supplier; the payload's originator counter equals the grouping header's; the target
+is a SMETS2 ESME of a listed manufacturer that is on the GUID list; where the inventory
+names the ESME's registered import supplier, the originator is that supplier; the
+counter is not a replay; and the ESME's CHF is known.
 Its window belongs to the CHF on the ESME's HAN (looked up when the command is seen),
 starts at the execution time (``sent_at`` for on-demand, ExecutionDateTime for
 future-dated) and lasts ``window_ms``; ``lead_ms`` before the start also counts, for
@@ -181,6 +185,9 @@ class RefusalReason(enum.StrEnum):
     NOT_ON_GUID_LIST = "not-on-guid-list"
     UNKNOWN_CHF = "unknown-chf"
     NOT_CS06 = "not-cs06"
+    WRONG_ROLE = "wrong-role"
+    NOT_REGISTERED_SUPPLIER = "not-registered-supplier"
+    COUNTER_MISMATCH = "counter-mismatch"
 
 
 class ActivationTracked(msgspec.Struct, frozen=True):
@@ -451,6 +458,15 @@ class Engine:
         refusal = self._check_signature(seen)
         if refusal is not None:
             return refuse(*refusal)
+        # After the signature: only a verified frame's fields are worth comparing, and a
+        # forgery is reported as one. The CS06 payload (GBCS ASN.1 ActivateFirmware)
+        # repeats the grouping header's originator counter; WIRE.md wants them equal.
+        if payload.originator_counter != counter:
+            return refuse(
+                RefusalReason.COUNTER_MISMATCH,
+                f"payload originator counter {payload.originator_counter} "
+                f"!= header originator counter {counter}",
+            )
         target = seen.target
         if target is None:
             return refuse(RefusalReason.UNKNOWN_DEVICE, "target not in the inventory")
@@ -464,6 +480,15 @@ class Engine:
             )
         if not seen.on_guid_list:
             return refuse(RefusalReason.NOT_ON_GUID_LIST, "target not on the GUID list")
+        # The header's originator is the party whose key verified the signature (the
+        # trust store is keyed by it). Checked before the replay counters: those are
+        # kept per party, and a stranger's counter says nothing about the supplier's.
+        if target.supplier_id is not None and originator != target.supplier_id:
+            return refuse(
+                RefusalReason.NOT_REGISTERED_SUPPLIER,
+                f"signed by supplier {gbcs.format_eui64(originator)}; the inventory's "
+                f"registered supplier is {gbcs.format_eui64(target.supplier_id)}",
+            )
         if seen.last_counter is not None and counter <= seen.last_counter:
             return refuse(
                 RefusalReason.REPLAY, f"counter {counter} <= last accepted {seen.last_counter}"
@@ -506,9 +531,17 @@ class Engine:
             return RefusalReason.UNTRUSTED_SIGNER, "no trusted key for the originator"
         if status is SignatureStatus.INVALID:
             return RefusalReason.BAD_SIGNATURE, "signature does not verify"
-        if seen.signer_role is None:
+        role = seen.signer_role
+        if role is None:
             # CS06 is a remote party's command; a device key must not open windows.
             return RefusalReason.UNTRUSTED_SIGNER, "signer is not a remote party"
+        if role is not RemotePartyRole.SUPPLIER:
+            # DUIS SRV 11.3 Activate Firmware is a Supplier's service: a Network Operator,
+            # ACB or Other User holds a trusted key but cannot activate firmware.
+            return (
+                RefusalReason.WRONG_ROLE,
+                f"signer's role is {role.name} (0x{role.value:02X}), not SUPPLIER",
+            )
         return None
 
     def _last_counter_tracked(self, target: DeviceRecord, originator: bytes) -> int | None:

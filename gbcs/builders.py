@@ -45,10 +45,13 @@ def cs06_command(
     execution_time: dt.datetime | None = None,
     image_hash: bytes = DEFAULT_IMAGE_HASH,
     signature: bytes | None = None,
+    payload_counter: int | None = None,
 ) -> bytes:
     """A CS06 Activate Firmware command as the DSP sends it (general-ciphering, signed).
 
     With ``signer`` None and no ``signature`` the signature field is empty (unsigned).
+    The payload repeats the header's originator counter unless ``payload_counter`` says
+    otherwise (a malformed command, for tests and the simulator).
     """
     header = _header(
         CraFlag.COMMAND,
@@ -57,7 +60,9 @@ def cs06_command(
         recipient=target,
         counter=counter,
     )
-    payload = ActivateFirmwareCommand(image_hash, counter, execution_time)
+    payload = ActivateFirmwareCommand(
+        image_hash, counter if payload_counter is None else payload_counter, execution_time
+    )
     return encode_frame(header, payload, signer=signer, signature=signature, mac_header=MacHeader())
 
 

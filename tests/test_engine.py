@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 import gbcs
+from gateway import pki
 from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.engine import (
     ActivationCancelled,
@@ -25,11 +26,12 @@ from gateway.engine import (
     WindowOpened,
 )
 from gateway.wire import DccAlertEnvelope
-from gbcs import ActivationResponseCode, SignatureStatus, builders
+from gbcs import ActivationResponseCode, RemotePartyRole, SignatureStatus, builders
 
 MIN = 60_000
 T0 = 1_800_000_000_000  # 2027-01-15T08:00:00Z, in ms
 SUPPLIER = bytes.fromhex("90B3D51F30010000")
+OTHER_SUPPLIER = bytes.fromhex("90B3D51F30020000")
 ESME = bytes.fromhex("00DB1234567890A0")
 CHF = bytes.fromhex("00DB123456789001")
 OTHER_CHF = bytes.fromhex("00DB123456789002")
@@ -44,6 +46,7 @@ def esme(
     device_type: DeviceType = DeviceType.ESME,
     smets: int = 2,
     manufacturer: str = "Landis+Gyr",
+    supplier_id: bytes | None = None,
 ) -> DeviceRecord:
     return DeviceRecord(
         device_id=device_id,
@@ -52,6 +55,7 @@ def esme(
         manufacturer=manufacturer,
         status=DeviceStatus.COMMISSIONED,
         chf_id=chf,
+        supplier_id=supplier_id,
     )
 
 
@@ -71,17 +75,20 @@ def command(
     last_counter: int | None = None,
     sent_at: int = T0,
     known: bool = True,
+    originator: bytes = SUPPLIER,
+    payload_counter: int | None = None,
 ) -> CommandSeen:
     if execution_ms is not None:
         execution_time = utc(execution_ms)
     device = target if target is not None else esme()
     frame = gbcs.decode_frame(
         builders.cs06_command(
-            originator=SUPPLIER,
+            originator=originator,
             target=device.device_id,
             counter=counter,
             signer=None,
             execution_time=execution_time,
+            payload_counter=payload_counter,
         )
     )
     return CommandSeen(
@@ -260,6 +267,14 @@ def test_two_esmes_on_one_chf_are_tracked_separately(engine: Engine) -> None:
         ),
         (command(1000, on_guid_list=False), RefusalReason.NOT_ON_GUID_LIST),
         (command(1000, target=esme(chf=None)), RefusalReason.UNKNOWN_CHF),
+        (command(1000, role=RemotePartyRole.NETWORK_OPERATOR), RefusalReason.WRONG_ROLE),
+        (command(1000, role=RemotePartyRole.ACCESS_CONTROL_BROKER), RefusalReason.WRONG_ROLE),
+        (command(1000, role=RemotePartyRole.OTHER_USER), RefusalReason.WRONG_ROLE),
+        (command(1000, payload_counter=999), RefusalReason.COUNTER_MISMATCH),
+        (
+            command(1000, originator=OTHER_SUPPLIER, target=esme(supplier_id=SUPPLIER)),
+            RefusalReason.NOT_REGISTERED_SUPPLIER,
+        ),
     ],
     ids=lambda v: v.value if isinstance(v, RefusalReason) else "",
 )
@@ -271,6 +286,151 @@ def test_command_failing_a_rule_is_refused_with_its_reason(
     assert result.reason is reason
     assert engine.tracked_count == 0
     assert not suppressed(engine, T0 + MIN)
+
+
+@pytest.mark.parametrize(
+    "role", [r for r in RemotePartyRole if r is not RemotePartyRole.SUPPLIER], ids=lambda r: r.name
+)
+def test_only_a_supplier_may_activate_firmware(engine: Engine, role: RemotePartyRole) -> None:
+    result = engine.on_command(command(1000, role=role), T0)
+    assert isinstance(result, CommandRefused)
+    assert result.reason is RefusalReason.WRONG_ROLE
+    assert f"role is {role.name} (0x{role.value:02X})" in result.detail
+
+
+def test_commands_signed_with_non_supplier_keys_are_refused_for_their_role(
+    engine: Engine,
+) -> None:
+    # Real certificates and signatures, verified as the daemon does: each party signs
+    # with its own key and names itself as the originator.
+    parties = {
+        role: pki.remote_party(bytes.fromhex(f"90B3D51F3003{int(role):04X}"), role)
+        for role in (
+            RemotePartyRole.NETWORK_OPERATOR,
+            RemotePartyRole.ACCESS_CONTROL_BROKER,
+            RemotePartyRole.OTHER_USER,
+            RemotePartyRole.SUPPLIER,
+        )
+    }
+    trust = gbcs.TrustStore.from_pem_files(
+        (role.name, party.certificate_pem) for role, party in parties.items()
+    )
+    got = {}
+    for counter, (role, party) in enumerate(parties.items(), start=1000):
+        frame = gbcs.decode_frame(
+            builders.cs06_command(
+                originator=party.eui64, target=ESME, counter=counter, signer=party.key
+            )
+        )
+        verified = gbcs.verify_frame(frame, trust)
+        assert verified.signer is not None
+        seen = CommandSeen(
+            frame=frame,
+            signature=verified.status,
+            signer_role=verified.signer.role,
+            target=esme(),
+            on_guid_list=True,
+            last_counter=None,
+            sent_at=T0,
+        )
+        result = engine.on_command(seen, T0)
+        got[role] = result.reason if isinstance(result, CommandRefused) else "tracked"
+    assert got == {
+        RemotePartyRole.NETWORK_OPERATOR: RefusalReason.WRONG_ROLE,
+        RemotePartyRole.ACCESS_CONTROL_BROKER: RefusalReason.WRONG_ROLE,
+        RemotePartyRole.OTHER_USER: RefusalReason.WRONG_ROLE,
+        RemotePartyRole.SUPPLIER: "tracked",
+    }
+    assert engine.tracked_count == 1
+
+
+def test_payload_counter_differing_from_the_header_is_refused_naming_both(
+    engine: Engine,
+) -> None:
+    result = engine.on_command(command(1000, payload_counter=1001), T0)
+    assert isinstance(result, CommandRefused)
+    assert result.reason is RefusalReason.COUNTER_MISMATCH
+    assert result.counter == 1000
+    assert "payload originator counter 1001 != header originator counter 1000" in result.detail
+    # The counter was not accepted: the same header counter, well formed, still opens.
+    assert isinstance(engine.on_command(command(1000), T0), ActivationTracked)
+
+
+def test_registered_supplier_is_the_only_one_whose_command_opens_a_window(
+    engine: Engine,
+) -> None:
+    meter = esme(supplier_id=SUPPLIER)
+    result = engine.on_command(command(5000, originator=OTHER_SUPPLIER, target=meter), T0)
+    assert isinstance(result, CommandRefused)
+    assert result.reason is RefusalReason.NOT_REGISTERED_SUPPLIER
+    assert result.originator == OTHER_SUPPLIER
+    assert result.detail == (
+        "signed by supplier 90-B3-D5-1F-30-02-00-00; the inventory's registered supplier "
+        "is 90-B3-D5-1F-30-01-00-00"
+    )
+    assert not suppressed(engine, T0 + MIN)
+    tracked = engine.on_command(command(1000, target=meter), T0)
+    assert isinstance(tracked, ActivationTracked)
+    assert tracked.activation.originator == SUPPLIER
+
+
+def test_any_supplier_may_activate_when_the_inventory_names_none(engine: Engine) -> None:
+    result = engine.on_command(command(1000, originator=OTHER_SUPPLIER, target=esme()), T0)
+    assert isinstance(result, ActivationTracked)
+    assert result.activation.originator == OTHER_SUPPLIER
+
+
+@pytest.mark.parametrize(
+    ("seen", "reason"),
+    [
+        # The signature first: a forgery is a forgery, whatever else is wrong with it.
+        (
+            command(1000, signature=SignatureStatus.INVALID, payload_counter=1),
+            RefusalReason.BAD_SIGNATURE,
+        ),
+        (
+            command(1000, signature=SignatureStatus.UNSIGNED, role=None, payload_counter=1),
+            RefusalReason.UNSIGNED,
+        ),
+        (
+            command(1000, role=RemotePartyRole.NETWORK_OPERATOR, payload_counter=1),
+            RefusalReason.WRONG_ROLE,
+        ),
+        # A property of the frame: before anything the inventory says about the target.
+        (command(1000, payload_counter=1, known=False), RefusalReason.COUNTER_MISMATCH),
+        # The registered supplier matters only for a meter the gateway covers...
+        (
+            command(1000, originator=OTHER_SUPPLIER, target=esme(supplier_id=SUPPLIER, smets=1)),
+            RefusalReason.NOT_SMETS2,
+        ),
+        (
+            command(
+                1000,
+                originator=OTHER_SUPPLIER,
+                target=esme(supplier_id=SUPPLIER),
+                on_guid_list=False,
+            ),
+            RefusalReason.NOT_ON_GUID_LIST,
+        ),
+        # ... and comes before the replay counters, which are the originator's own.
+        (
+            command(
+                1000,
+                originator=OTHER_SUPPLIER,
+                target=esme(supplier_id=SUPPLIER),
+                last_counter=1000,
+            ),
+            RefusalReason.NOT_REGISTERED_SUPPLIER,
+        ),
+    ],
+    ids=lambda v: v.value if isinstance(v, RefusalReason) else "",
+)
+def test_first_failing_rule_names_the_refusal(
+    engine: Engine, seen: CommandSeen, reason: RefusalReason
+) -> None:
+    result = engine.on_command(seen, T0)
+    assert isinstance(result, CommandRefused)
+    assert result.reason is reason
 
 
 def test_command_with_counter_above_the_last_accepted_is_tracked(engine: Engine) -> None:
