@@ -29,6 +29,10 @@ from gateway.inventory import Inventory
 from gateway.simulator.frames import FrameFactory
 from gateway.simulator.population import (
     AREA_SIZE,
+    ATTACKER,
+    OTHER_SUPPLIER,
+    PARTIES,
+    SUPPLIER,
     BrokerAddress,
     Category,
     Credentials,
@@ -85,6 +89,7 @@ def test_population_has_the_requested_shares(estate: Population) -> None:
         "other-make": 2500,
         "smets1": 1000,
         "skewed-clock": 1000,
+        "registered-supplier": 5000,
     }
     ids = [p.esme for p in estate.premises] + [p.chf for p in estate.premises]
     assert len(set(ids)) == 20_000
@@ -112,7 +117,9 @@ def test_inventory_puts_each_esme_on_its_own_hub(estate: Population) -> None:
     for p in estate.premises[:100]:
         assert esmes[p.esme].chf_id == p.chf
         assert esmes[p.esme].manufacturer == p.manufacturer
+        assert esmes[p.esme].supplier_id == p.supplier_id
     assert len(estate.guid_list()) == 6000
+    assert {r.supplier_id for r in esmes.values()} == {SUPPLIER, None}
 
 
 def test_gateway_home_is_scaled_and_loadable(tmp_path: Path) -> None:
@@ -133,11 +140,19 @@ def test_gateway_home_is_scaled_and_loadable(tmp_path: Path) -> None:
     assert config.broker.port == 1884
     assert home.metrics_url == "http://127.0.0.1:9999/metrics"
     trust = gbcs.TrustStore.from_directory(home.root / "trust")
-    assert len(trust) == 2  # the Supplier and one ESME; never the attacker
+    # The five remote parties and one ESME; never the attacker.
+    assert len(trust) == 6
+    assert ATTACKER not in trust
+    roles = {eui: signers[0].role for eui, signers in trust.identities.items()}
+    assert {eui: roles[eui] for eui, _ in PARTIES.values()} == dict(PARTIES.values())
     with GuidList.open(config.paths.guid_list) as guids:
         assert len(guids) == len(population.guid_list())
     with Inventory.open(config.paths.inventory, create=False) as inventory:
         assert inventory.count() == 400
+        for p in population.premises:
+            record = inventory.get(p.esme)
+            assert record is not None
+            assert record.supplier_id == p.supplier_id
 
 
 def test_gateway_home_can_be_misconfigured_on_purpose(tmp_path: Path) -> None:
@@ -275,6 +290,18 @@ def test_refusals_follow_the_engine_order() -> None:
     assert refused(manufacturer="EDMI", on_guid_list=False) == "manufacturer-not-listed"
     assert refused(on_guid_list=False, counter=1) == "not-on-guid-list"
     assert refused(counter=4) == "replay"
+    for role in ("network-operator", "acb", "other-user"):
+        assert refused(signer=role, payload_counter=1, smets=1) == "wrong-role"
+    assert refused(signer="impostor", payload_counter=1) == "bad-signature"
+    assert refused(payload_counter=6, smets=1) == "counter-mismatch"
+    assert refused(payload_counter=5) is None
+    other = {"signer": "other-supplier", "originator": OTHER_SUPPLIER}
+    assert refused(**other) is None  # no supplier registered: any Supplier will do
+    assert refused(**other, registered_supplier=SUPPLIER, counter=4) == "not-registered-supplier"
+    assert refused(**other, registered_supplier=SUPPLIER, on_guid_list=False) == (
+        "not-on-guid-list"
+    )
+    assert refused(originator=SUPPLIER, registered_supplier=SUPPLIER) is None
 
 
 # -- timeline -------------------------------------------------------------------------------
@@ -399,6 +426,46 @@ def test_replays_and_forgeries_are_expected_to_be_refused(timeline: Timeline) ->
     assert timeline.expected_results["cancelled"] > 0
 
 
+def test_trusted_parties_that_may_not_activate_are_expected_to_be_refused(
+    estate: Population, timeline: Timeline
+) -> None:
+    by_esme = {p.esme: p for p in estate.premises}
+    seen: Counter[str] = Counter()
+    for c in _commands(timeline):
+        if c.purpose == "wrong-role":
+            assert c.signer in ("network-operator", "acb", "other-user")
+            assert c.expected == "wrong-role"
+        elif c.purpose == "other-supplier":
+            assert c.signer == "other-supplier"
+            assert by_esme[c.esme].supplier_id == SUPPLIER
+            assert c.expected == "not-registered-supplier"
+        elif c.purpose == "counter-mismatch":
+            assert c.signer == "supplier"
+            assert c.payload_counter is not None
+            assert c.payload_counter != c.counter
+            assert c.expected == "counter-mismatch"
+        else:
+            assert c.payload_counter is None
+            continue
+        assert by_esme[c.esme].covered  # refused for who sent it, not for the meter
+        seen[c.signer] += 1
+    assert set(seen) == {"network-operator", "acb", "other-user", "other-supplier", "supplier"}
+    for reason in ("wrong-role", "not-registered-supplier", "counter-mismatch"):
+        assert timeline.expected_refusals[reason] > 0
+    # The meters ignore them: no response, no reboot.
+    refused_ids = {
+        c.command_id
+        for c in _commands(timeline)
+        if c.purpose in ("wrong-role", "other-supplier", "counter-mismatch")
+    }
+    answered = {
+        e.command_id for e in timeline.events if isinstance(e, ResponseSent | ActivationAlertSent)
+    }
+    rebooted = {t.command_id for t in timeline.truths if t.command_id is not None}
+    assert refused_ids
+    assert not refused_ids & (answered | rebooted)
+
+
 def test_a_replay_is_the_exact_bytes_of_its_original() -> None:
     population = build_population(300, seed=5)
     tl = build_timeline(population, seed=5, scale=60, params=TimelineParams(share_targeted=0.3))
@@ -430,10 +497,7 @@ def play_through_engine(premises: int, *, seed: int, scale: int) -> set[str]:
     params = TimelineParams(share_targeted=0.2, share_storm=0.05)
     tl = build_timeline(population, seed=seed, scale=scale, params=params)
     credentials = Credentials.generate(tl.responders())
-    trust = gbcs.TrustStore.from_pem_files(
-        [("supplier", credentials.supplier.certificate_pem)]
-        + [(eui.hex(), d.certificate_pem) for eui, d in credentials.devices.items()]
-    )
+    trust = gbcs.TrustStore.from_pem_files(credentials.trust_files().items())
     t0 = 1_900_000_000_000
     frames = FrameFactory(credentials, t0_ms=t0, scale=scale)
     skew = max(5 * MIN, population.max_clock_offset_ms + MIN)

@@ -2,7 +2,8 @@
 
 The timeline is in simulated milliseconds from the start of a run; a frame carries
 calendar times. :class:`FrameFactory` maps one to the other (``t0 + simulated / scale``)
-and signs with the run's keys: the Supplier's for its commands, the attacker's for
+and signs with the run's keys: each remote party's own for its commands (the Supplier,
+the second Supplier, the Network Operator, ACB and Other User), the attacker's for
 forgeries, each ESME's own for its responses and alerts. A replay is the exact bytes of
 the command it copies, so the factory remembers every command it built.
 """
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import gbcs
 from gbcs import ActivationResponseCode, builders
 
-from .population import ATTACKER, SUPPLIER, Credentials
+from .population import SUPPLIER, Credentials, originator
 from .timeline import ActivationAlertSent, CommandSent, ResponseSent, RestorationSent
 
 __all__ = ["FrameFactory"]
@@ -52,15 +53,14 @@ class FrameFactory:
             when = self._datetime(event.execution_ms)
         else:
             when = None
-        c = self.credentials
-        originator = ATTACKER if event.signer == "untrusted" else SUPPLIER
-        key = c.supplier.key if event.signer == "supplier" else c.attacker.key
+        named, identity = self.credentials.signing(event.signer)
         frame = builders.cs06_command(
-            originator=originator,
+            originator=named,
             target=event.esme,
             counter=event.counter,
-            signer=key,
+            signer=identity.key,
             execution_time=when,
+            payload_counter=event.payload_counter,
         )
         self._commands[event.command_id] = frame
         return frame
@@ -68,8 +68,8 @@ class FrameFactory:
     @staticmethod
     def request_id(event: CommandSent) -> str:
         """The DUIS RequestID ``originator:target:counter`` the DSP would give it."""
-        originator = ATTACKER if event.signer == "untrusted" else SUPPLIER
-        return f"{gbcs.format_eui64(originator)}:{gbcs.format_eui64(event.esme)}:{event.counter}"
+        named = gbcs.format_eui64(originator(event.signer))
+        return f"{named}:{gbcs.format_eui64(event.esme)}:{event.counter}"
 
     def _device_key(self, esme: bytes) -> ec.EllipticCurvePrivateKey:
         identity = self.credentials.devices.get(esme)

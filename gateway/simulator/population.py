@@ -15,12 +15,20 @@ seed gives the same estate, EUI-64 for EUI-64:
   moves the ``raised_at`` of their AD1s and the true time at which a future-dated
   activation runs;
 - premises are grouped in areas (a substation's feeders), so that a storm can take
-  out a cluster of neighbouring hubs at once.
+  out a cluster of neighbouring hubs at once;
+- for a share of premises the inventory names the Supplier as the meter's registered
+  import supplier (``supplier_id``); for the rest it names none.
+
+The remote parties (:data:`PARTIES`) are the Supplier that runs the rollout, a second
+Supplier registered for none of the meters, a Network Operator, the ACB and an Other
+User: all trusted, only the first may activate firmware on the meters it is registered
+for (and on those with no supplier named). The attacker is trusted by no one.
 
 :func:`write_gateway_home` is the one function here with I/O: it writes what a gateway
-needs to serve this estate (a Supplier certificate in the trust store, the GUID list,
-the inventory and a configuration file whose durations are divided by the time scale)
-and returns the signing identities the simulator needs, keys generated on the spot.
+needs to serve this estate (the remote parties' certificates in the trust store, the
+GUID list, the inventory and a configuration file whose durations are divided by the
+time scale). :class:`Credentials` holds the signing identities the simulator needs,
+keys generated on the spot.
 """
 
 from __future__ import annotations
@@ -40,11 +48,19 @@ from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.embedded_broker import free_port
 from gateway.guids import write_guid_list
 from gateway.inventory import Inventory
+from gbcs import RemotePartyRole
+
+from .windows import Signer
 
 __all__ = [
+    "ACB",
     "AREA_SIZE",
     "ATTACKER",
     "LANDIS_GYR",
+    "NETWORK_OPERATOR",
+    "OTHER_SUPPLIER",
+    "OTHER_USER",
+    "PARTIES",
     "SUPPLIER",
     "BrokerAddress",
     "Category",
@@ -54,6 +70,7 @@ __all__ = [
     "Premises",
     "SuppressionTimes",
     "build_population",
+    "originator",
     "write_gateway_home",
 ]
 
@@ -77,6 +94,34 @@ SUPPLIER: Final = bytes.fromhex("90B3D51F30010000")
 """EUI-64 of the simulated Supplier, the trusted remote party that sends CS06."""
 ATTACKER: Final = bytes.fromhex("90B3D51F30019999")
 """EUI-64 of the attacker: a remote party the trust store does not know."""
+OTHER_SUPPLIER: Final = bytes.fromhex("90B3D51F30020000")
+"""EUI-64 of a second Supplier: trusted, but registered for none of the meters."""
+NETWORK_OPERATOR: Final = bytes.fromhex("90B3D51F30030000")
+"""EUI-64 of a Network Operator: trusted, but its role may not activate firmware."""
+ACB: Final = bytes.fromhex("90B3D51F30040000")
+"""EUI-64 of the Access Control Broker (the DCC): trusted, not a Supplier."""
+OTHER_USER: Final = bytes.fromhex("90B3D51F30080000")
+"""EUI-64 of an Other User: trusted, not a Supplier."""
+
+PARTIES: Final[dict[Signer, tuple[bytes, RemotePartyRole]]] = {
+    "supplier": (SUPPLIER, RemotePartyRole.SUPPLIER),
+    "other-supplier": (OTHER_SUPPLIER, RemotePartyRole.SUPPLIER),
+    "network-operator": (NETWORK_OPERATOR, RemotePartyRole.NETWORK_OPERATOR),
+    "acb": (ACB, RemotePartyRole.ACCESS_CONTROL_BROKER),
+    "other-user": (OTHER_USER, RemotePartyRole.OTHER_USER),
+}
+"""The trusted remote parties (in the trust store as ``<signer>.pem``): EUI-64 and role."""
+
+
+def originator(signer: Signer) -> bytes:
+    """The EUI-64 a CS06 by ``signer`` names as its originator (an impostor claims to be
+    the Supplier)."""
+    if signer == "impostor":
+        return SUPPLIER
+    if signer == "untrusted":
+        return ATTACKER
+    return PARTIES[signer][0]
+
 
 _ESME_OUI: Final = 0x00DB12
 _CHF_OUI: Final = 0x001C2A
@@ -105,6 +150,8 @@ class Premises(msgspec.Struct, frozen=True, kw_only=True):
     """Meter (and hub) clock minus true time, in simulated ms: positive runs ahead."""
     area: int
     chf_manufacturer: str
+    supplier_id: bytes | None = None
+    """The registered import supplier the inventory names for the ESME (None: none)."""
 
     @property
     def covered(self) -> bool:
@@ -125,11 +172,13 @@ class Population(msgspec.Struct, frozen=True, kw_only=True):
         return len(self.premises)
 
     def counts(self) -> dict[str, int]:
-        """Premises per :class:`Category`, plus ``skewed-clock``."""
+        """Premises per :class:`Category`, plus ``skewed-clock`` and
+        ``registered-supplier``."""
         out = {c.value: 0 for c in Category}
         for p in self.premises:
             out[p.category.value] += 1
         out["skewed-clock"] = sum(1 for p in self.premises if p.clock_offset_ms)
+        out["registered-supplier"] = sum(1 for p in self.premises if p.supplier_id is not None)
         return out
 
     def guid_list(self) -> list[int]:
@@ -158,6 +207,7 @@ class Population(msgspec.Struct, frozen=True, kw_only=True):
                     status=DeviceStatus.COMMISSIONED,
                     chf_id=p.chf,
                     model=f"SIM-{p.category.value}",
+                    supplier_id=p.supplier_id,
                 )
             )
         return out
@@ -178,12 +228,15 @@ def build_population(
     share_smets1: float = 0.1,
     share_skewed_clock: float = 0.1,
     max_clock_offset_ms: int = 4 * MINUTE_MS,
+    share_registered: float = 0.5,
 ) -> Population:
     """``n`` premises drawn from ``seed``; the same arguments give the same population.
 
     Shares are of ``n`` (rounded); what ``share_listed``, ``share_other_makes`` and
     ``share_smets1`` leave over are Landis+Gyr SMETS2 ESMEs not on the GUID list. A
-    skewed clock is off by 30 seconds to ``max_clock_offset_ms``, ahead or behind.
+    skewed clock is off by 30 seconds to ``max_clock_offset_ms``, ahead or behind. For
+    ``share_registered`` of the premises the inventory names :data:`SUPPLIER` as the
+    meter's registered import supplier.
 
     Raises:
         ValueError: a share outside 0..1, shares adding up to more than 1, or ``n < 1``.
@@ -198,6 +251,7 @@ def build_population(
     if sum(shares) > 1.0 + 1e-9:
         raise ValueError(f"shares of listed, other makes and SMETS1 add up to {sum(shares)} > 1")
     _share("share_skewed_clock", share_skewed_clock)
+    _share("share_registered", share_registered)
     if max_clock_offset_ms < 30 * SECOND_MS:
         raise ValueError("max_clock_offset_ms must be at least 30 seconds")
     rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
@@ -251,6 +305,12 @@ def build_population(
                 chf_manufacturer=CHF_MAKES[area % len(CHF_MAKES)],
             )
         )
+    # Drawn last, so that the rest of the estate is what the same seed always gave.
+    registered = set(rng.sample(range(n), round(n * share_registered)))
+    premises = [
+        msgspec.structs.replace(p, supplier_id=SUPPLIER) if p.index in registered else p
+        for p in premises
+    ]
     return Population(seed=seed, premises=tuple(premises), max_clock_offset_ms=max_clock_offset_ms)
 
 
@@ -301,24 +361,49 @@ class SuppressionTimes(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Credentials:
-    """The signing identities of a run: the Supplier (trusted), the attacker (never
-    trusted), and the ESMEs that send responses and alerts."""
+    """The signing identities of a run: the trusted remote parties (:data:`PARTIES`), the
+    attacker (never trusted), and the ESMEs that send responses and alerts."""
 
     def __init__(
-        self, supplier: pki.Identity, attacker: pki.Identity, devices: dict[bytes, pki.Identity]
+        self,
+        parties: dict[Signer, pki.Identity],
+        attacker: pki.Identity,
+        devices: dict[bytes, pki.Identity],
     ) -> None:
-        self.supplier = supplier
+        self.parties = parties
         self.attacker = attacker
         self.devices = devices
+
+    @property
+    def supplier(self) -> pki.Identity:
+        """The Supplier that runs the rollout."""
+        return self.parties["supplier"]
 
     @classmethod
     def generate(cls, devices: Iterable[bytes] = ()) -> Credentials:
         """Fresh P-256 keys and certificates (never stored anywhere but the trust store)."""
         return cls(
-            pki.remote_party(SUPPLIER),
+            {signer: pki.remote_party(eui, role) for signer, (eui, role) in PARTIES.items()},
             pki.remote_party(ATTACKER),
             {eui: pki.device(eui) for eui in sorted(set(devices))},
         )
+
+    def signing(self, signer: Signer) -> tuple[bytes, pki.Identity]:
+        """The originator a CS06 by ``signer`` names, and the identity whose key signs it:
+        an impostor names the Supplier and signs with the attacker's key."""
+        identity = self.parties.get(signer, self.attacker)
+        return originator(signer), identity
+
+    def trust_files(self, *, devices: bool = True) -> dict[str, bytes]:
+        """The trust store's certificates by file name: every trusted party (never the
+        attacker) and, with ``devices``, every ESME."""
+        files = {f"{signer}.pem": i.certificate_pem for signer, i in self.parties.items()}
+        if not devices:
+            return files
+        files.update(
+            (f"esme-{eui.hex()}.pem", i.certificate_pem) for eui, i in self.devices.items()
+        )
+        return files
 
 
 class GatewayHome(msgspec.Struct, frozen=True, kw_only=True):
@@ -376,10 +461,8 @@ def write_gateway_home(
     root = root.resolve()
     trust = root / "trust"
     trust.mkdir(parents=True, exist_ok=True)
-    (trust / "supplier.pem").write_bytes(credentials.supplier.certificate_pem)
-    if device_certificates:
-        for eui, identity in credentials.devices.items():
-            (trust / f"esme-{eui.hex()}.pem").write_bytes(identity.certificate_pem)
+    for name, pem in credentials.trust_files(devices=device_certificates).items():
+        (trust / name).write_bytes(pem)
     write_guid_list(
         root / "guid-list.bin",
         [] if empty_guid_list else population.guid_list(),

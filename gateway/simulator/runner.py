@@ -328,6 +328,7 @@ class Runner:
                                 model=r.model,
                                 chf_id=r.chf_id,
                                 status=r.status,
+                                supplier_id=r.supplier_id,
                             )
                         ),
                     )
@@ -541,7 +542,8 @@ async def simulate(
         f"population: {len(population):,} premises ({counts['listed']:,} covered Landis+Gyr "
         f"SMETS2 on the GUID list, {counts['other-make']:,} other makes, "
         f"{counts['smets1']:,} SMETS1, {counts['lg-not-on-guid-list']:,} Landis+Gyr not on "
-        f"the list; {counts['skewed-clock']:,} with a skewed clock)"
+        f"the list; {counts['skewed-clock']:,} with a skewed clock, "
+        f"{counts['registered-supplier']:,} with a registered supplier)"
     )
     causes = timeline.causes()
     progress(

@@ -25,7 +25,11 @@ It is built in layers, each planned around the ones before:
    alert and then its CS06 response or 8F66 alert with outcome 0.
 3. **The attacker.** Forged commands (the attacker's key claiming the Supplier's
    EUI-64, or the attacker as an unknown party) and replays (the exact bytes of an
-   earlier accepted command, sent again after a later one). Meters ignore them.
+   earlier accepted command, sent again after a later one). Then commands that verify
+   but must still open nothing: signed by a Network Operator, the ACB or an Other User
+   (not a Supplier's role), by a second Supplier to meters the inventory registers to
+   the first, and by the Supplier with a payload originator counter that differs from
+   the header's. Meters ignore them all.
 4. **Genuine outages.** Scattered single hubs at random times, and a storm that takes
    out whole areas at once, at the moment when the most hubs there are inside a
    firmware window (some of them will be: MP102B accepts that risk).
@@ -58,7 +62,7 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from .population import AREA_SIZE, Population, Premises
+from .population import AREA_SIZE, SUPPLIER, Population, Premises, originator
 from .windows import Signer, Window, WindowBook, refusal_for
 
 __all__ = [
@@ -93,6 +97,9 @@ so an alert arriving just after the end may or may not still find it."""
 
 SUPPLIER_FIRST_COUNTER: Final = 0x0001_0000
 IMPOSTOR_COUNTER: Final = 0xFFFF_0000  # an attacker would try to burn the counter space
+PARTY_FIRST_COUNTER: Final = 0x0000_1000  # the other parties' own counters start here
+
+_WRONG_ROLES: Final[tuple[Signer, ...]] = ("network-operator", "acb", "other-user")
 
 Cause = Literal["firmware-listed", "firmware-unlisted", "genuine", "genuine-in-window"]
 """Why an AD1 was raised. ``firmware-listed``: a reboot of an ESME that MP102B covers
@@ -101,7 +108,16 @@ be forwarded); ``genuine``: a real outage outside every window (must be forwarde
 ``genuine-in-window``: a real outage inside a window (suppressed: the accepted risk)."""
 
 CommandKind = Literal["on-demand", "future-dated", "cancellation"]
-Purpose = Literal["rollout", "reschedule", "cancel", "replay", "forgery"]
+Purpose = Literal[
+    "rollout",
+    "reschedule",
+    "cancel",
+    "replay",
+    "forgery",
+    "wrong-role",
+    "other-supplier",
+    "counter-mismatch",
+]
 
 
 class TimelineParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +138,12 @@ class TimelineParams(msgspec.Struct, frozen=True, kw_only=True):
     """Of Supplier commands."""
     share_forged: float = 0.02
     """Of Supplier commands."""
+    share_wrong_role: float = 0.03
+    """Of Supplier commands: CS06s signed by a Network Operator, the ACB or an Other User."""
+    share_other_supplier: float = 0.02
+    """Of Supplier commands: CS06s from a second Supplier to meters registered to the first."""
+    share_counter_mismatch: float = 0.02
+    """Of Supplier commands: the Supplier's CS06s whose payload counter is not the header's."""
     share_genuine: float = 0.005
     """Scattered genuine outages."""
     share_storm: float = 0.015
@@ -176,6 +198,8 @@ class CommandSent(_DeviceEvent, frozen=True, kw_only=True, tag="cs06-command"):
     purpose: Purpose
     replay_of: int | None = None
     """For a replay: the command whose exact bytes are sent again."""
+    payload_counter: int | None = None
+    """The payload's originator counter when it is not the header's ``counter``."""
     expected: str = ""
     """What the gateway should do: ``tracked``, ``replaced``, ``cancelled``, or the
     refusal reason (``replay``, ``bad-signature``, ``not-on-guid-list`` ...)."""
@@ -568,6 +592,31 @@ class _Builder:
                 execution_ms=original.execution_ms,
                 replay_of=original.command_id,
             )
+        self._trusted_but_refused(len(supplier), covered)
+
+    def _trusted_but_refused(self, supplier_commands: int, covered: list[Premises]) -> None:
+        # Commands to covered meters whose signatures verify, each refused for one reason
+        # only: the role, the registered supplier, or the counters.
+        p = self.params
+
+        def send(premises: Premises, purpose: Purpose, signer: Signer, counter: int) -> None:
+            at = self._between(self.send_lo, self.send_hi) // SECOND_MS * SECOND_MS
+            self._command(at, premises, "on-demand", purpose, signer=signer, counter=counter)
+
+        n = _at_least_one(supplier_commands * p.share_wrong_role, p.share_wrong_role)
+        for i in range(n):
+            signer = _WRONG_ROLES[i % len(_WRONG_ROLES)]
+            send(self.rng.choice(covered), "wrong-role", signer, PARTY_FIRST_COUNTER + i)
+        registered = [x for x in covered if x.supplier_id == SUPPLIER]
+        if registered:
+            share = p.share_other_supplier
+            for i in range(_at_least_one(supplier_commands * share, share)):
+                premises = self.rng.choice(registered)
+                send(premises, "other-supplier", "other-supplier", PARTY_FIRST_COUNTER + i)
+        share = p.share_counter_mismatch
+        for _ in range(_at_least_one(supplier_commands * share, share)):
+            # The Supplier's own: numbered in its sequence by counters().
+            send(self.rng.choice(covered), "counter-mismatch", "supplier", 0)
 
     # -- counters ---------------------------------------------------------------------------
 
@@ -595,6 +644,11 @@ class _Builder:
                 by_command[event.command_id] = by_command[event.replay_of]
 
         def numbered(e: Event) -> Event:
+            if isinstance(e, CommandSent) and e.purpose == "counter-mismatch":
+                # The payload names the counter before the header's: as if lifted from
+                # an earlier command.
+                header = by_command[e.command_id]
+                return msgspec.structs.replace(e, counter=header, payload_counter=header - 1)
             if isinstance(e, CommandSent | ResponseSent | ActivationAlertSent):
                 known = by_command.get(e.command_id)
                 if known is not None:
@@ -823,19 +877,23 @@ def _play(
     book = WindowBook(
         window_ms=params.window_ms, lead_ms=params.lead_ms, retain_ms=params.retain_ms
     )
-    last_counter: dict[bytes, int] = {}  # per ESME, for the one trusted originator
+    last_counter: dict[tuple[bytes, bytes], int] = {}  # per (originator, ESME)
     out = _Outcomes(commands={}, truths=[])
     for e in events:
         if isinstance(e, CommandSent):
             target = by_esme[e.esme]
+            key = (originator(e.signer), e.esme)
             reason = refusal_for(
                 signer=e.signer,
                 smets=target.smets,
                 manufacturer=target.manufacturer,
                 on_guid_list=target.on_guid_list,
                 counter=e.counter,
-                last_counter=last_counter.get(e.esme),
+                last_counter=last_counter.get(key),
                 manufacturers=params.manufacturers,
+                payload_counter=e.payload_counter,
+                originator=key[0],
+                registered_supplier=target.supplier_id,
             )
             if reason is not None:
                 out.commands[e.command_id] = reason
@@ -850,7 +908,7 @@ def _play(
                 execution_ms=e.execution_ms,
                 cancel=e.kind == "cancellation",
             )
-            last_counter[e.esme] = e.counter
+            last_counter[key] = e.counter
             if e.kind == "cancellation":
                 out.commands[e.command_id] = "cancelled"
             else:

@@ -8,8 +8,9 @@ WIRE.md and docs/engine.md, independently of :mod:`gateway.engine`, and in simul
 time. ``tests/test_simulator.py`` then checks that the two agree on every AD1 of a
 generated timeline: a disagreement is a bug in one of them.
 
-The rules, for commands that pass every check (a trusted Supplier signature, not a
-replay, a SMETS2 Landis+Gyr ESME on the GUID list); anything else opens nothing:
+The rules, for commands that pass every check (a trusted signature by a Supplier, the
+meter's registered one where the inventory names it, payload and header counters equal,
+not a replay, a SMETS2 Landis+Gyr ESME on the GUID list); anything else opens nothing:
 
 - a window belongs to the CHF on the ESME's HAN, starts at the execution time (the
   arrival time for on-demand, ExecutionDateTime for future-dated) and lasts the window
@@ -36,7 +37,7 @@ from typing import Final, Literal
 
 import msgspec
 
-__all__ = ["CLOSING_OUTCOMES", "Signer", "Window", "WindowBook", "refusal_for"]
+__all__ = ["CLOSING_OUTCOMES", "SUPPLIER_SIGNERS", "Signer", "Window", "WindowBook", "refusal_for"]
 
 CLOSING_OUTCOMES: Final = frozenset({1, 2})
 """CS06 ExecutionOutcome codes that mean the meter never rebooted (GBCS ASN.1
@@ -188,10 +189,23 @@ class WindowBook:
         return list(self._by_chf.get(chf, ()))
 
 
-Signer = Literal["supplier", "impostor", "untrusted"]
-"""Who signed a simulated CS06: the Supplier with its own key; an *impostor* claiming
-the Supplier's EUI-64 with the attacker's key (the signature cannot verify); or the
-attacker as itself, a party the trust store does not know."""
+Signer = Literal[
+    "supplier",
+    "other-supplier",
+    "network-operator",
+    "acb",
+    "other-user",
+    "impostor",
+    "untrusted",
+]
+"""Who signed a simulated CS06: the Supplier with its own key; another Supplier (trusted,
+but not the one the inventory registers for the meters it targets); a Network Operator,
+the ACB or an Other User (trusted keys, roles that may not activate firmware); an
+*impostor* claiming the Supplier's EUI-64 with the attacker's key (the signature cannot
+verify); or the attacker as itself, a party the trust store does not know."""
+
+SUPPLIER_SIGNERS: Final[frozenset[Signer]] = frozenset({"supplier", "other-supplier"})
+"""The trusted signers whose certificates carry the Supplier role."""
 
 
 def refusal_for(
@@ -203,14 +217,23 @@ def refusal_for(
     counter: int,
     last_counter: int | None,
     manufacturers: tuple[str, ...] = ("Landis+Gyr",),
+    payload_counter: int | None = None,
+    originator: bytes | None = None,
+    registered_supplier: bytes | None = None,
 ) -> str | None:
     """Why MP102B's checks refuse a CS06 to an ESME (docs/engine.md, in the engine's
     order), or None when it is accepted. ``last_counter`` is the last one accepted from
-    that originator for that ESME."""
+    that originator for that ESME; ``payload_counter`` the payload's originator counter
+    when it differs from the header's ``counter``; ``registered_supplier`` the meter's
+    supplier as the inventory names it (None: not named, any Supplier will do)."""
     if signer == "impostor":
         return "bad-signature"
     if signer == "untrusted":
         return "untrusted-signer"
+    if signer not in SUPPLIER_SIGNERS:
+        return "wrong-role"
+    if payload_counter is not None and payload_counter != counter:
+        return "counter-mismatch"
     if smets != 2:
         return "not-smets2"
     wanted = {"".join(m.split()).casefold() for m in manufacturers}
@@ -218,6 +241,8 @@ def refusal_for(
         return "manufacturer-not-listed"
     if not on_guid_list:
         return "not-on-guid-list"
+    if registered_supplier is not None and originator != registered_supplier:
+        return "not-registered-supplier"
     if last_counter is not None and counter <= last_counter:
         return "replay"
     return None
