@@ -52,17 +52,38 @@ session, they are published again.
 Reconnects use gmqtt's own loop with the delay re-drawn before each attempt:
 exponential backoff between ``reconnect_min`` and ``reconnect_max`` with full jitter,
 so a fleet of gateways does not reconnect in lockstep.
+
+Connection events (``on_event``), one per fact, so that the daemon's ``poa_up`` can
+follow the connection: ``mqtt.connected`` when a link comes up, ``mqtt.disconnected``
+when it goes down, ``mqtt.connect_failed`` for every attempt that fails (no socket, a
+transient refusal, a connection closed before its CONNACK), ``mqtt.refused`` for a
+permanent refusal. :attr:`MqttAdapter.connected` is true exactly while both links are
+between their ``mqtt.connected`` and the next ``mqtt.disconnected``. gmqtt reports
+none of the failed attempts: a socket that cannot be opened is seen through its retry
+(:meth:`_Link._watch_failed_reconnects`), a refusal through the CONNACK itself.
+
+Refusals. A broker that refuses a connection says why in its CONNACK (MQTT 5 reason
+code, MQTT 3.1.1 return code). Some refusals the same CONNECT would meet again (bad
+user name or password, not authorised, a banned or invalid client id): gmqtt stops
+reconnecting on those, and the daemon used to idle for ever, running but deaf. The
+adapter reads each CONNACK's code before gmqtt does (:meth:`_Link._watch_connacks`).
+A permanent refusal of the first connection makes :meth:`MqttAdapter.connect` raise
+:class:`ConnectionRefusedPermanently`; one on a reconnect is reported (``mqtt.refused``)
+and ends :meth:`MqttAdapter.wait_failed`, so that the daemon exits non-zero. Transient
+refusals (server unavailable or busy, a quota, a connection rate) are retried with the
+backoff above (docs/decisions.md D23).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import gmqtt
 import msgspec
@@ -99,6 +120,9 @@ class MqttSettings(msgspec.Struct, frozen=True):
     reconnect_max_s: float = 30.0
     inflight: int = 100  # unacknowledged publishes (clamped below the broker's limit)
     receive_maximum: int = 1000  # inbound messages being handled at once
+    # How long the broker keeps the session after a disconnect: a week for the daemon;
+    # 0 for a one-off client (poa-gateway quarantine replay), whose session ends with it.
+    session_expiry_s: int = SESSION_EXPIRY_S
     # MQTT 5 unless the broker speaks only 3.1.1 (the embedded demo broker). With
     # 3.1.1 gmqtt acknowledges on receipt, so the at-least-once guarantee is lost:
     # production brokers must speak MQTT 5.
@@ -120,6 +144,117 @@ class PublishRefused(Exception):
         super().__init__(f"the broker refused a publish on {topic!r}: reason code 0x{code:02X}")
         self.topic = topic
         self.code = code
+
+
+class ConnectReason(enum.IntEnum):
+    """The failure reason codes of an MQTT 5 CONNACK (MQTT v5.0, 3.2.2.2 Connect Reason
+    Code). Success is 0x00; every failure is 0x80 or above."""
+
+    UNSPECIFIED_ERROR = 0x80
+    MALFORMED_PACKET = 0x81
+    PROTOCOL_ERROR = 0x82
+    IMPLEMENTATION_SPECIFIC_ERROR = 0x83
+    UNSUPPORTED_PROTOCOL_VERSION = 0x84
+    CLIENT_IDENTIFIER_NOT_VALID = 0x85
+    BAD_USER_NAME_OR_PASSWORD = 0x86
+    NOT_AUTHORIZED = 0x87
+    SERVER_UNAVAILABLE = 0x88
+    SERVER_BUSY = 0x89
+    BANNED = 0x8A
+    BAD_AUTHENTICATION_METHOD = 0x8C
+    TOPIC_NAME_INVALID = 0x90
+    PACKET_TOO_LARGE = 0x95
+    QUOTA_EXCEEDED = 0x97
+    PAYLOAD_FORMAT_INVALID = 0x99
+    RETAIN_NOT_SUPPORTED = 0x9A
+    QOS_NOT_SUPPORTED = 0x9B
+    USE_ANOTHER_SERVER = 0x9C
+    SERVER_MOVED = 0x9D
+    CONNECTION_RATE_EXCEEDED = 0x9F
+
+
+class ConnectReturnCode(enum.IntEnum):
+    """The failure return codes of an MQTT 3.1.1 CONNACK (MQTT v3.1.1, 3.2.2.3 Connect
+    Return code). Success is 0."""
+
+    UNACCEPTABLE_PROTOCOL_VERSION = 1
+    IDENTIFIER_REJECTED = 2
+    SERVER_UNAVAILABLE = 3
+    BAD_USER_NAME_OR_PASSWORD = 4
+    NOT_AUTHORIZED = 5
+
+
+PERMANENT_REFUSALS: Final[frozenset[int]] = frozenset(
+    {
+        # What the same CONNECT would meet again: the operator must change something
+        # (credentials, the client id, the broker's users or bans, the protocol) or the
+        # packet is one the broker cannot take (a bug). A redirect is not followed.
+        ConnectReason.MALFORMED_PACKET,
+        ConnectReason.PROTOCOL_ERROR,
+        ConnectReason.UNSUPPORTED_PROTOCOL_VERSION,
+        ConnectReason.CLIENT_IDENTIFIER_NOT_VALID,
+        ConnectReason.BAD_USER_NAME_OR_PASSWORD,
+        ConnectReason.NOT_AUTHORIZED,
+        ConnectReason.BANNED,
+        ConnectReason.BAD_AUTHENTICATION_METHOD,
+        ConnectReason.TOPIC_NAME_INVALID,
+        ConnectReason.PACKET_TOO_LARGE,
+        ConnectReason.PAYLOAD_FORMAT_INVALID,
+        ConnectReason.RETAIN_NOT_SUPPORTED,
+        ConnectReason.QOS_NOT_SUPPORTED,
+        ConnectReason.USE_ANOTHER_SERVER,
+        ConnectReason.SERVER_MOVED,
+        ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION,
+        ConnectReturnCode.IDENTIFIER_REJECTED,
+        ConnectReturnCode.BAD_USER_NAME_OR_PASSWORD,
+        ConnectReturnCode.NOT_AUTHORIZED,
+    }
+)
+"""CONNACK codes on which the adapter gives up. Every other failure (server unavailable
+or busy, quota or connection rate exceeded, unspecified) is retried with the backoff.
+These are exactly the codes on which gmqtt stops reconnecting (tests/test_mqtt.py
+compares them): a code gmqtt gave up on that we took for transient would leave the
+daemon waiting for ever."""
+
+
+def refusal_name(code: int) -> str:
+    """A CONNACK code's name as a stable slug (``bad-user-name-or-password``), for logs.
+    Codes from 0x80 are MQTT 5 reason codes, below are MQTT 3.1.1 return codes (the
+    ranges do not overlap)."""
+    table: type[enum.IntEnum] = ConnectReason if code >= 0x80 else ConnectReturnCode
+    try:
+        return table(code).name.lower().replace("_", "-")
+    except ValueError:
+        return f"unknown-0x{code:02x}"
+
+
+class ConnectionRefusedPermanently(Exception):
+    """The broker refused to connect us for a reason retrying cannot fix (see
+    :data:`PERMANENT_REFUSALS`): bad user name or password, not authorised, a banned or
+    invalid client id... The gateway's configuration or the broker's must change.
+
+    Attributes:
+        code: the CONNACK's reason code (MQTT 5) or return code (MQTT 3.1.1).
+        reason: its name, a stable slug (:func:`refusal_name`), e.g. ``not-authorized``.
+        host: the broker's host, as configured.
+        port: the broker's port.
+        client_id: the client id that was refused.
+        link: which connection: ``in`` (receiving) or ``out`` (publishing).
+    """
+
+    def __init__(self, code: int, *, host: str, port: int, client_id: str, link: str) -> None:
+        self.code = code
+        self.reason = refusal_name(code)
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.link = link
+        super().__init__(
+            f"the broker at {host}:{port} refused the connection of client {client_id!r}: "
+            f"reason code 0x{code:02X} ({self.reason.replace('-', ' ')}); retrying cannot "
+            "fix this: check [broker] username, password and client_id against the "
+            "broker's users"
+        )
 
 
 class Delivery:
@@ -185,6 +320,7 @@ class _Link:
     ) -> None:
         self.name = name
         self._settings = settings
+        self._client_id = client_id
         self._on_event = on_event
         kwargs: dict[str, Any] = {}
         if storage is not None:
@@ -198,7 +334,7 @@ class _Link:
             client_id,
             clean_session=False,
             optimistic_acknowledgement=False,
-            session_expiry_interval=SESSION_EXPIRY_S,
+            session_expiry_interval=settings.session_expiry_s,
             **kwargs,
         )
         self.client.on_connect = self._on_connect
@@ -214,6 +350,16 @@ class _Link:
         self._attempt = 0
         # Called with (session_present, CONNACK properties, first connection?).
         self.connect_hook: Callable[[bool, Any, bool], None] = lambda _s, _p, _f: None
+        self.up = False  # from on_connect to the next on_disconnect
+        self.failure: ConnectionRefusedPermanently | None = None
+        self.failed = asyncio.Event()  # set with failure
+        self.on_failure: Callable[[ConnectionRefusedPermanently], None] = lambda _exc: None
+        self._refusal: int | None = None  # the current attempt's refused CONNACK code
+        self._refusals = 0  # refused CONNACKs so far
+        self._downgraded = False
+        self._closing = False
+        self.watching_connacks = self._watch_connacks()
+        self._reconnect = self._watch_failed_reconnects()
 
     def _ssl(self) -> ssl.SSLContext | bool:
         s = self._settings
@@ -225,11 +371,17 @@ class _Link:
         return context
 
     async def connect(self) -> None:
-        """Connect, retrying with jittered backoff until the broker answers."""
+        """Connect, retrying with jittered backoff until the broker accepts.
+
+        Raises:
+            ConnectionRefusedPermanently: the broker refused for a reason retrying
+                cannot fix (then gmqtt does not retry either).
+        """
         self.client.set_config(
             {"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": self._next_delay()}
         )
         while True:
+            refusals = self._refusals
             try:
                 await self.client.connect(
                     self._settings.host,
@@ -246,7 +398,21 @@ class _Link:
                     {"link": self.name, "reason": type(exc).__name__, "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
-        await self.connected.wait()
+            except gmqtt.MQTTConnectError:
+                if self._refusals == refusals:
+                    raise  # not a refusal (a CONNACK gmqtt could not read): no retry
+                # A refused CONNACK, already judged by _on_refused: if transient, gmqtt
+                # is reconnecting by itself (calling connect again would race it).
+                break
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.connected, self.failed)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if not self.connected.is_set():
+            assert self.failure is not None
+            raise self.failure
 
     def _next_delay(self) -> float:
         s = self._settings
@@ -257,6 +423,8 @@ class _Link:
     def _on_connect(self, _client: Any, session_present: Any, _rc: Any, properties: Any) -> None:
         self.generation += 1
         self._attempt = 0
+        self.up = True
+        self._refusal = None
         first = not self.connected.is_set()
         self.connected.set()
         if not first:
@@ -276,15 +444,119 @@ class _Link:
         )
 
     def _on_disconnect(self, _client: Any, _packet: Any, exc: Any = None) -> None:
-        self.client.reconnect_delay = self._next_delay()
+        if self.up:
+            self.up = False
+            self.client.reconnect_delay = self._next_delay()
+            self._on_event(
+                "mqtt.disconnected", {"link": self.name, "reason": repr(exc) if exc else "closed"}
+            )
+        elif self._refusal is not None:
+            # The broker closes the socket after refusing: that attempt is reported.
+            self._refusal = None
+        elif not self._closing:
+            # The connection closed before its CONNACK: a failed attempt.
+            self._retry_reported("closed-before-connack")
+
+    def _retry_reported(self, reason: str, **fields: Any) -> None:
+        # Re-drawn here, before gmqtt's reconnect sleeps: the backoff grows with every
+        # failed attempt, not only with every lost connection.
+        delay = self._next_delay()
+        self.client.reconnect_delay = delay
         self._on_event(
-            "mqtt.disconnected", {"link": self.name, "reason": repr(exc) if exc else "closed"}
+            "mqtt.connect_failed",
+            {"link": self.name, "reason": reason, **fields, "retry_in_s": delay},
         )
+
+    def _on_refused(self, code: int) -> None:
+        self._refusal = code
+        self._refusals += 1
+        s = self._settings
+        if (
+            code == ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION
+            and s.protocol == 5
+            and not self._downgraded
+        ):
+            # gmqtt's answer to a broker without MQTT 5: it tries again in 3.1.1.
+            self._downgraded = True
+            self._retry_reported(refusal_name(code), code=code)
+            return
+        if code not in PERMANENT_REFUSALS:
+            self._retry_reported(refusal_name(code), code=code)
+            return
+        # gmqtt stops reconnecting on these codes already (PERMANENT_REFUSALS); said
+        # again here so that giving up does not depend on its table.
+        self.client.stop_reconnect()
+        if self.failure is not None:
+            return
+        self.failure = ConnectionRefusedPermanently(
+            code, host=s.host, port=s.port, client_id=self._client_id, link=self.name
+        )
+        self.failed.set()
+        self._on_event(
+            "mqtt.refused",
+            {
+                "link": self.name,
+                "code": code,
+                "reason": self.failure.reason,
+                "host": s.host,
+                "port": s.port,
+                "client_id": self._client_id,
+            },
+        )
+        self.on_failure(self.failure)
 
     # gmqtt's internals, reached in one place each (docs/decisions.md D19).
 
     def _package_handler(self) -> Any:
         return getattr(self.client, "_package_handler", None)
+
+    def _watch_connacks(self) -> bool:
+        """Have every refused CONNACK's code handed to :meth:`_on_refused` before gmqtt
+        handles it.
+
+        gmqtt keeps the code to itself: it raises it from the first ``connect()`` only,
+        and after a refused reconnect it just stops (a permanent code) or retries, with
+        no callback. Like the PUBACK handler, its CONNACK handler is looked up by name
+        on first use, so an instance attribute set before the first CONNACK takes its
+        place. Returns False when gmqtt's internals are not where expected.
+        """
+        handler = self._package_handler()
+        original = getattr(handler, "_handle_connack_packet", None)
+        if original is None:
+            return False
+
+        def connack(cmd: int, packet: bytes) -> None:
+            # MQTT 5 3.2.2 / 3.1.1 3.2.2: the acknowledge flags, then the code.
+            if len(packet) >= 2 and packet[1] != 0:
+                self._on_refused(packet[1])
+            original(cmd, packet)
+
+        handler._handle_connack_packet = connack
+        return True
+
+    def _watch_failed_reconnects(self) -> Callable[..., Awaitable[None]]:
+        """Report each reconnect attempt that could not open a socket (broker down,
+        unreachable), which gmqtt only logs; returns gmqtt's own ``reconnect``.
+
+        gmqtt retries such an attempt by calling ``self.reconnect(delay=True)`` (its
+        other callers hold the bound method from before), so a ``reconnect`` set on the
+        instance runs exactly when an attempt failed that way; it also re-draws the
+        backoff, which gmqtt would keep as drawn at the disconnection.
+        tests/test_mqtt.py fails if gmqtt retries another way.
+        """
+        original: Callable[..., Awaitable[None]] = self.client.reconnect
+
+        async def reconnect(delay: bool = False) -> None:
+            if not self._closing:
+                self._retry_reported("cannot-connect")
+            await original(delay=delay)
+
+        self.client.reconnect = reconnect
+        return original
+
+    def resync(self) -> Awaitable[None]:
+        """Start a new connection (and session) after the reconnect delay."""
+        return self._reconnect(delay=True)
 
     def _protocol(self) -> Any:
         """The current connection's protocol object (a new one per connection)."""
@@ -410,6 +682,7 @@ class _Link:
         return True
 
     async def close(self) -> None:
+        self._closing = True
         self.client.reconnect_retries = 0
         await self.client.disconnect()
 
@@ -448,6 +721,12 @@ class MqttAdapter:
         )
         if not self._in.take_qos1(self._deliver):
             raise RuntimeError("gmqtt's internals moved: cannot take inbound QoS 1 messages")
+        if not (self._in.watching_connacks and self._out.watching_connacks):
+            # Without the codes a permanent refusal would leave the daemon idle for ever.
+            raise RuntimeError("gmqtt's internals moved: cannot read CONNACK reason codes")
+        self._failure: ConnectionRefusedPermanently | None = None
+        self._failed = asyncio.Event()
+        self._in.on_failure = self._out.on_failure = self._link_failed
         # Only QoS 1 is subscribed; should the broker grant less, QoS 0 messages still
         # reach the handler (with nothing to acknowledge).
         self._in.client.on_message = self._qos0
@@ -471,15 +750,44 @@ class MqttAdapter:
         self.pauses = 0
         self._gate = asyncio.Event()  # set: reading; clear: paused
         self._gate.set()
+        self._held = False  # paused by the application (hold_intake), whatever the count
         self.flow_control = False
 
     # -- connection -----------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect both links, retrying with jittered backoff until the broker answers."""
+        """Connect both links, retrying with jittered backoff until the broker accepts
+        (transient refusals included).
+
+        Raises:
+            ConnectionRefusedPermanently: the broker refused a link for a reason retrying
+                cannot fix (bad user name or password, not authorised, ...).
+        """
         # Publishing first: a subscription may deliver as soon as it exists.
         await self._out.connect()
         await self._in.connect()
+
+    def _link_failed(self, exc: ConnectionRefusedPermanently) -> None:
+        if self._failure is None:
+            self._failure = exc
+            self._failed.set()
+
+    @property
+    def failure(self) -> ConnectionRefusedPermanently | None:
+        """The broker's first permanent refusal of either link, or None."""
+        return self._failure
+
+    async def wait_failed(self) -> ConnectionRefusedPermanently:
+        """Wait until the broker refuses a link permanently, and return the refusal.
+
+        For the daemon while it runs: a reconnect refused that way is not retried (the
+        same CONNECT would be refused again), so the process must stop and exit non-zero
+        rather than idle. Also returns for a refusal of the first connection, which
+        :meth:`connect` raises.
+        """
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
 
     def _out_connected(self, _session_present: bool, properties: Any, _first: bool) -> None:
         # Every connection: a broker restarted with another max_inflight_messages
@@ -526,13 +834,30 @@ class MqttAdapter:
 
     @property
     def connected(self) -> bool:
-        """True while both connections are up."""
-        return bool(self._in.client.is_connected and self._out.client.is_connected)
+        """True while both connections are up: each between its ``mqtt.connected`` event
+        and its next ``mqtt.disconnected`` (a refused CONNACK never counts as up)."""
+        return self._in.up and self._out.up
 
     @property
     def paused(self) -> bool:
-        """True while inbound reading waits for handlers to finish."""
+        """True while inbound reading waits for handlers to finish, or is held."""
         return not self._gate.is_set()
+
+    def hold_intake(self) -> None:
+        """Stop reading inbound messages until :meth:`release_intake`, whatever the number
+        in progress: the daemon holds intake while its state store cannot commit, so the
+        broker keeps new messages instead of the gateway deciding what it cannot record."""
+        if not self._held:
+            self._held = True
+            self.pauses += 1
+            self._gate.clear()
+
+    def release_intake(self) -> None:
+        """Read again after :meth:`hold_intake` (unless the inbound bound still holds it)."""
+        if self._held:
+            self._held = False
+            if self.inbound < self.inbound_limit:
+                self._gate.set()
 
     @property
     def coalescing(self) -> bool:
@@ -591,7 +916,7 @@ class MqttAdapter:
             return
         delivery.settled = True
         self.inbound -= 1
-        if self.paused and self.inbound <= self.inbound_limit // 2:
+        if self.paused and not self._held and self.inbound <= self.inbound_limit // 2:
             self._gate.set()
         generation = delivery.generation
         if exc is not None:
@@ -600,7 +925,7 @@ class MqttAdapter:
             if generation == self._in.generation and self._resync_generation != generation:
                 self._resync_generation = generation
                 self._on_event("mqtt.resync", {"reason": repr(exc), "topic": delivery.topic})
-                self._spawn(self._in.client.reconnect(delay=True))
+                self._spawn(self._in.resync())
             self._on_event(
                 "mqtt.ack_withheld", {"reason": f"handler failed: {exc!r}", "topic": delivery.topic}
             )

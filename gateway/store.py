@@ -98,6 +98,17 @@ with ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`). A version 1 file (decisio
 17 columns) is migrated in one transaction when opened; any other SQLite file (the
 inventory, a newer gateway's state) is refused with a reason instead of being "migrated".
 
+**A lost store is not a new one** (docs/decisions.md D22). A missing state file used to
+be created afresh, so a state file deleted or truncated to zero bytes meant every window
+silently forgotten and the daemon starting as if new. Now :meth:`Store.open` creates a
+new file whole (under a temporary name, then linked into place: no crash leaves an empty
+one) and then writes a marker beside it, ``<state file>.created`` (:data:`MARKER_SUFFIX`),
+holding a random store id that the file records too (table ``store_meta``). On open, a
+zero-length state file is refused (``state-empty``); with the marker present, a missing
+state file or one without our schema is refused (``state-lost``), and one whose store id
+differs from the marker's (``state-mismatch``). A valid store without a marker (written
+by an older gateway) is given one.
+
 Threads: a :class:`Store` is used from one thread, the event loop's (or a plain thread
 without a loop, for reads, as ``poa-gateway status`` does), and one event loop.
 """
@@ -106,13 +117,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import itertools
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeAlias
 
@@ -153,8 +167,14 @@ StoreReason: TypeAlias = Literal[
     "invalid-value",
     "commit-failed",
     "closed",
+    "state-empty",
+    "state-lost",
+    "state-mismatch",
 ]
 """The stable reason codes of :class:`StoreError`."""
+
+MARKER_SUFFIX: Final = ".created"
+"""The marker of a state store is the state file's name with this suffix, beside it."""
 
 _U64_MAX: Final = (1 << 64) - 1
 _I64_MIN: Final = -(1 << 63)
@@ -180,7 +200,13 @@ class StoreError(Exception):
               method; nothing is queued), or an unknown ``synchronous`` level;
             - ``commit-failed``: a group commit failed; the writes it covered are not
               known to be durable (the daemon must not acknowledge their messages);
-            - ``closed``: the store is closed, or was closed while a flush waited.
+            - ``closed``: the store is closed, or was closed while a flush waited;
+            - ``state-empty``: the state file is zero bytes long (the store never leaves
+              one: its state was lost);
+            - ``state-lost``: the marker says a store was created here, but the state
+              file is missing or holds no poa-gateway state;
+            - ``state-mismatch``: the state file is not the store its marker was written
+              for (another store's, an older backup), or the marker is unreadable.
         detail: the human-readable explanation (also ``str(error)``).
         path: the file concerned, when there is one.
     """
@@ -335,11 +361,19 @@ UPDATE suppressions SET report_id = ? WHERE seq BETWEEN ? AND ? AND report_id IS
 _UNREPORTED = "SELECT seq, record FROM suppressions WHERE report_id IS NULL ORDER BY seq LIMIT ?"
 _PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
 # A redelivered copy of a quarantined message names the same entry: the first stays.
+# One that fails again after an operator replayed it is quarantined afresh.
 _PUT_QUARANTINE = """
 INSERT INTO quarantine (id, topic, payload, reason, error, attempts, received_at,
     quarantined_at, forwarded)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT (id) DO UPDATE SET
+    reason = excluded.reason,
+    error = excluded.error,
+    attempts = excluded.attempts,
+    received_at = excluded.received_at,
+    quarantined_at = excluded.quarantined_at,
+    replayed_at = NULL
+WHERE quarantine.replayed_at IS NOT NULL
 """
 _MARK_REPLAYED = "UPDATE quarantine SET replayed_at = ? WHERE id = ?"
 _SELECT_QUARANTINE = """
@@ -391,7 +425,12 @@ class Store:
         commits: group commits that succeeded.
         commit_failures: group commits that failed.
         last_error: the error of the last failed commit, None once a commit succeeds.
+        store_id: the store's random id, in the file and in its marker.
+        marker: the marker file beside the state file (``path`` + :data:`MARKER_SUFFIX`).
     """
+
+    store_id: str
+    marker: str
 
     def __init__(
         self,
@@ -431,7 +470,8 @@ class Store:
         synchronous: Synchronous = "FULL",
         busy_timeout_s: float = _BUSY_TIMEOUT_S,
     ) -> Self:
-        """Open the state store at ``path``, creating the file and schema if missing.
+        """Open the state store at ``path``, creating the file, its schema and its marker
+        if missing (but never recreating a lost one: see the module docstring).
 
         Args:
             path: the SQLite file.
@@ -441,15 +481,19 @@ class Store:
                 process (e.g. a maintenance tool) before failing.
 
         Raises:
-            StoreError: ``cannot-open``, ``not-a-store`` or ``unsupported-schema``.
+            StoreError: ``cannot-open``, ``not-a-store``, ``unsupported-schema``,
+                ``state-empty``, ``state-lost`` or ``state-mismatch``.
         """
         name = os.fspath(path)
         if synchronous not in ("FULL", "NORMAL"):
             raise StoreError("invalid-value", f"synchronous must be FULL or NORMAL: {synchronous}")
+        marker = name + MARKER_SUFFIX
+        recorded = _check_state_file(name, marker, busy_timeout_s)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poa-store")
         writer: sqlite3.Connection | None = None
         try:
             writer = executor.submit(_open_writer, name, synchronous, busy_timeout_s).result()
+            store_id = executor.submit(_identify, writer, name, marker, recorded).result()
             reader = _connect(name, busy_timeout_s, check_same_thread=True)
             try:
                 reader.execute("PRAGMA query_only = ON")
@@ -461,7 +505,10 @@ class Store:
                 executor.submit(writer.close).result()
             executor.shutdown(wait=True)
             raise
-        return cls(name, synchronous, reader, writer, executor, busy_timeout_s=busy_timeout_s)
+        store = cls(name, synchronous, reader, writer, executor, busy_timeout_s=busy_timeout_s)
+        store.store_id = store_id
+        store.marker = marker
+        return store
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -632,7 +679,8 @@ class Store:
         self._enqueue(_PRUNE_DECISIONS, (_i64("before_ms", before_ms),))
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
-        """Keep a message that could not be handled; a second entry with its id is ignored."""
+        """Keep a message that could not be handled. A second entry with its id (a
+        redelivered copy) is ignored, unless the first was replayed: then it replaces it."""
         row = (
             entry.id,
             entry.topic,
@@ -1063,3 +1111,216 @@ def _pack_decision(d: AlertDecision) -> bytes:
         return pack_decision(d)
     except ValueError as exc:
         raise _invalid("decision", str(exc)) from exc
+
+
+# -- the marker: a lost store is not a new one (module docstring, D22) -------------------
+
+_STORE_META = """
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID
+"""
+_AFRESH = "every tracked window, originator counter and unreported suppression record is then lost"
+
+
+def _check_state_file(name: str, marker: str, busy_timeout_s: float) -> str | None:
+    """Refuse a state file that was lost; return the store id its marker records (None
+    without a marker), having created the file if it is new."""
+    try:
+        size: int | None = os.stat(name).st_size
+    except FileNotFoundError:
+        size = None
+    except OSError as exc:
+        raise StoreError(
+            "cannot-open", f"{name}: cannot open state store: {exc}", path=name
+        ) from exc
+    if size == 0:
+        # SQLite would take it for a new database and the gateway would start empty.
+        remedy = f"{name} and {marker}" if os.path.lexists(marker) else name
+        raise StoreError(
+            "state-empty",
+            f"{name} is empty (0 bytes): the gateway never leaves an empty state file, so "
+            f"the state it held was lost. Restore {name} and {marker} from a backup; or, to "
+            f"start afresh deliberately, delete {remedy}: {_AFRESH}.",
+            path=name,
+        )
+    recorded = _read_marker(name, marker)
+    if recorded is None:
+        if size is None:
+            _create_whole(name, busy_timeout_s)
+        return None
+    if size is None:
+        raise _state_lost(name, marker, "is missing")
+    if not _has_content(name, busy_timeout_s):
+        raise _state_lost(name, marker, "holds no poa-gateway state")
+    return recorded
+
+
+def _state_lost(name: str, marker: str, what: str) -> StoreError:
+    return StoreError(
+        "state-lost",
+        f"{name} {what}, but {marker} says a state store was created there: its windows, "
+        f"counters and suppression records are gone. Restore {name} from a backup (with "
+        f"{marker}, which travels with it); or, to start afresh deliberately, delete "
+        f"{marker}: {_AFRESH}.",
+        path=name,
+    )
+
+
+def _read_marker(name: str, marker: str) -> str | None:
+    try:
+        text = Path(marker).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(
+            "cannot-open", f"{marker}: cannot read the marker: {exc}", path=name
+        ) from exc
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "store_id" and _is_store_id(value.strip()):
+            return value.strip()
+    raise StoreError(
+        "state-mismatch",
+        f"{marker} records no store id, so {name} cannot be checked against it. Restore "
+        f"both from one backup; or, if {name} is the state to keep, delete {marker} (it is "
+        "written again from the state file at the next start).",
+        path=name,
+    )
+
+
+def _is_store_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _has_content(name: str, busy_timeout_s: float) -> bool:
+    # Only a file SQLite would take for a new database (no marks, no tables) counts as
+    # empty here; anything else is left to _prepare, which refuses it with its reason.
+    try:
+        with contextlib.closing(_connect(name, busy_timeout_s, check_same_thread=True)) as conn:
+            if schema_marks(conn) != (0, 0):
+                return True
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return int(tables) > 0
+    except (sqlite3.Error, StoreError):
+        return True
+
+
+def _create_whole(name: str, busy_timeout_s: float) -> None:
+    # A new file is made under a temporary name and linked into place, so that a crash
+    # while it is being made never leaves an empty (or half-made) state file behind.
+    tmp = f"{name}.creating"
+    _remove(tmp, tmp + "-journal")  # what a crash left
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None, timeout=busy_timeout_s)
+        _prepare(conn, tmp)
+        with immediate(conn):
+            conn.execute(_STORE_META)
+            conn.execute(
+                "INSERT INTO store_meta (key, value) VALUES ('store_id', ?)",
+                (secrets.token_hex(16),),
+            )
+        conn.close()
+        conn = None
+        _fsync_file(tmp)
+        # Never replaces: another process may have made one meanwhile.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, name)
+        _fsync_dir(name)
+    except sqlite3.Error as exc:
+        raise _cannot_open(name, exc) from exc
+    except OSError as exc:
+        raise StoreError(
+            "cannot-open", f"{name}: cannot create state store: {exc}", path=name
+        ) from exc
+    finally:
+        if conn is not None:
+            conn.close()
+        _remove(tmp, tmp + "-journal")
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _identify(conn: sqlite3.Connection, name: str, marker: str, recorded: str | None) -> str:
+    """The store id, checked against the marker's, or recorded in both (worker thread)."""
+    try:
+        stored = _stored_id(conn)
+        if recorded is not None:
+            if stored != recorded:
+                raise StoreError(
+                    "state-mismatch",
+                    f"{name} is not the state store {marker} was written for (store "
+                    f"{stored or 'with no id'}, marker {recorded}): another gateway's "
+                    f"file, or a backup older than the marker? Restore both from one "
+                    f"backup; or, if {name} is the state to keep, delete {marker} (it is "
+                    "written again from the state file at the next start).",
+                    path=name,
+                )
+            return recorded
+        if stored is None:  # written by an older gateway
+            with immediate(conn):
+                conn.execute(_STORE_META)
+                conn.execute(
+                    "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', ?)",
+                    (secrets.token_hex(16),),
+                )
+            stored = _stored_id(conn)
+            assert stored is not None
+    except sqlite3.Error as exc:
+        raise _cannot_open(name, exc) from exc
+    _write_marker(name, marker, stored)
+    return stored
+
+
+def _stored_id(conn: sqlite3.Connection) -> str | None:
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'"
+    ).fetchone():
+        return None
+    row = conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _write_marker(name: str, marker: str, store_id: str) -> None:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state = os.path.basename(name)
+    text = (
+        f"# poa-gateway: {state} beside this file holds the gateway's state.\n"
+        f"# If {state} is missing or empty while this file is here, the gateway refuses\n"
+        "# to start. Restore both files from one backup; or, to start afresh\n"
+        f"# deliberately, delete this file: {_AFRESH}.\n"
+        f"store_id = {store_id}\n"
+        f"written_at = {now}\n"
+    )
+    tmp = marker + ".tmp"
+    try:
+        with Path(tmp).open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+        _fsync_dir(marker)
+    except OSError as exc:
+        raise StoreError(
+            "cannot-open", f"{marker}: cannot write the marker: {exc}", path=name
+        ) from exc
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    # The new name must be on disk before anything that relies on it (the marker).
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

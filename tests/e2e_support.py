@@ -79,6 +79,23 @@ class Broker:
             f"log_dest file {root}/mosquitto.log\n"
         )
 
+    def add_config(self, *lines: str) -> None:
+        """Append lines to the broker's configuration (read at the next start)."""
+        self.conf.write_text(self.conf.read_text() + "".join(f"{line}\n" for line in lines))
+
+    def require_passwords(self, users: dict[str, str]) -> None:
+        """Admit only these users, with these passwords, from the next start on; calling
+        it again replaces them all (a password change)."""
+        passwd = self.root / "passwd"
+        passwd.write_text("")
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        for user, password in users.items():
+            subprocess.run([tool, "-b", str(passwd), user, password], check=True)
+        conf = self.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        if "password_file" not in conf:
+            conf += f"password_file {passwd}\n"
+        self.conf.write_text(conf)
+
     def command(self) -> list[str]:
         """The command line that runs the broker."""
         return [mosquitto_binary(), "-c", str(self.conf)]
@@ -149,6 +166,7 @@ class Home:
             "suppression", {}
         )
         reports = {"period": "1h", "max_records": 50000} | settings.pop("reports", {})
+        paths = {"state_dir": str(root)} | settings.pop("paths", {})
         self.config = root / "gateway.toml"
         lines = [
             "[broker]",
@@ -159,7 +177,7 @@ class Home:
             "[suppression]",
             *(_toml(k, v) for k, v in suppression.items()),
             "[paths]",
-            f'state_dir = "{root}"',
+            *(_toml(k, v) for k, v in paths.items()),
             "[reports]",
             *(_toml(k, v) for k, v in reports.items()),
             "[metrics]",
@@ -253,7 +271,7 @@ class Daemon:
 class Client:
     """A test client: publishes inputs and collects the gateway's outputs."""
 
-    OUTPUTS = ("dno/dcc/alert", "gateway/suppressed", "gateway/reports")
+    OUTPUTS = ("dno/dcc/alert", "gateway/suppressed", "gateway/reports", "gateway/quarantine")
 
     def __init__(self, port: int, name: str) -> None:
         self.received: dict[str, list[bytes]] = {t: [] for t in self.OUTPUTS}

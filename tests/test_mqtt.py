@@ -8,10 +8,19 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import pytest_asyncio
+from gmqtt.mqtt import handler as gmqtt_handler
 
-from gateway.mqtt import MqttAdapter, MqttSettings, PublishRefused
+from gateway.mqtt import (
+    PERMANENT_REFUSALS,
+    ConnectionRefusedPermanently,
+    ConnectReason,
+    MqttAdapter,
+    MqttSettings,
+    PublishRefused,
+)
 from tests.e2e_support import Broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -253,3 +262,241 @@ async def test_the_publish_window_is_the_brokers_receive_maximum_less_one(broker
         )
     finally:
         await adapter.close()
+
+
+# -- refusals and connection events ------------------------------------------------------
+
+
+class Events:
+    """An on_event sink that keeps (event, fields) in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, object]]] = []
+
+    def __call__(self, event: str, fields: dict[str, object]) -> None:
+        self.seen.append((event, fields))
+
+    def named(self, event: str, **match: object) -> list[dict[str, object]]:
+        return [
+            f for e, f in self.seen if e == event and all(f.get(k) == v for k, v in match.items())
+        ]
+
+
+async def ignore(_topic: str, _payload: bytes) -> None:
+    return None
+
+
+def password_broker(root: Path, password: str) -> Broker:
+    b = Broker(root)
+    b.require_passwords({"gateway": password})
+    acl = b.root / "acl"
+    acl.write_text("user gateway\ntopic readwrite t/#\n")
+    b.add_config(f"acl_file {acl}")
+    return b
+
+
+def with_password(broker: Broker, client_id: str, password: str, protocol: int = 5) -> MqttSettings:
+    return msgspec.structs.replace(
+        settings(broker, client_id), username="gateway", password=password, protocol=protocol
+    )
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+async def test_a_wrong_password_fails_connect_at_once_naming_the_broker(
+    tmp_path: Path, protocol: int
+) -> None:
+    broker = password_broker(tmp_path / "pw", "right")
+    broker.start()
+    events = Events()
+    adapter = MqttAdapter(
+        with_password(broker, "wrong-pw", "wrong", protocol), ignore, on_event=events
+    )
+    try:
+        with pytest.raises(ConnectionRefusedPermanently) as refused:
+            await asyncio.wait_for(adapter.connect(), 30)
+        # mosquitto says "not authorized" to a bad password (0x87 in MQTT 5, 5 in 3.1.1)
+        assert refused.value.code in (0x86, 0x87, 4, 5)
+        assert refused.value.reason in ("bad-user-name-or-password", "not-authorized")
+        assert (refused.value.host, refused.value.port) == ("127.0.0.1", broker.port)
+        assert f"127.0.0.1:{broker.port}" in str(refused.value)
+        assert refused.value.link == "out"  # connected first
+        assert adapter.failure is refused.value
+        assert await adapter.wait_failed() is refused.value
+        assert not adapter.connected
+        # Not retried: a retry would be refused again, and gmqtt's would be reported.
+        await asyncio.sleep(1.0)  # twice reconnect_max: time for retries, were there any
+        assert events.named("mqtt.connect_failed") == []
+        assert events.named("mqtt.connected") == []
+        assert len(events.named("mqtt.refused", link="out", port=broker.port)) == 1
+        assert broker_log(broker).count("disconnected, not authorised") == 1  # one attempt
+    finally:
+        await adapter.close()
+        broker.stop()
+
+
+def broker_log(broker: Broker) -> str:
+    log = broker.root / "mosquitto.log"
+    return log.read_text() if log.exists() else ""
+
+
+async def test_a_password_changed_while_connected_is_reported_and_fails_the_adapter(
+    tmp_path: Path,
+) -> None:
+    broker = password_broker(tmp_path / "pw", "first")
+    broker.start()
+    events = Events()
+    adapter = MqttAdapter(with_password(broker, "changed", "first"), ignore, on_event=events)
+    try:
+        await adapter.connect()
+        await adapter.subscribe(["t/in"])
+        assert adapter.connected
+        broker.require_passwords({"gateway": "second"})
+        broker.restart()
+        failure = await asyncio.wait_for(adapter.wait_failed(), 30)
+        assert isinstance(failure, ConnectionRefusedPermanently)
+        assert failure.port == broker.port
+        assert failure.reason in ("bad-user-name-or-password", "not-authorized")
+        assert adapter.failure is failure
+        assert not adapter.connected
+        (refused,) = events.named("mqtt.refused")
+        assert refused["code"] == failure.code
+        assert (refused["host"], refused["port"]) == ("127.0.0.1", broker.port)
+        assert refused["link"] == failure.link
+        assert events.named("mqtt.disconnected", link=failure.link)
+    finally:
+        await adapter.close()
+        broker.stop()
+
+
+async def test_a_stopped_broker_is_retried_with_each_failed_attempt_reported(
+    broker: Broker,
+) -> None:
+    events = Events()
+    adapter = MqttAdapter(settings(broker, "outage"), ignore, on_event=events)
+    await adapter.connect()
+    try:
+        broker.stop()
+        await until(lambda: len(events.named("mqtt.connect_failed", reason="cannot-connect")) >= 4)
+        assert not adapter.connected
+        assert len(events.named("mqtt.disconnected")) == 2  # one per link, once each
+        broker.start()
+        await until(lambda: adapter.connected)
+        assert len(events.named("mqtt.connected", reconnect=True)) == 2
+        assert adapter.failure is None
+        await adapter.publish("t/out", b"after the outage")
+    finally:
+        await adapter.close()
+
+
+class FakeBroker:
+    """Answers CONNECTs from a script, then accepts every one: per attempt, a CONNACK
+    reason code, "close" (no CONNACK) or "drop" (accepted, then closed at once). Enough
+    MQTT 5 for an accepted connection to stay up."""
+
+    def __init__(self, script: list[str | int]) -> None:
+        self.script = list(script)
+        self.attempts = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FakeBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _packet(self, reader: asyncio.StreamReader) -> int:
+        first = (await reader.readexactly(1))[0]
+        length, shift = 0, 0
+        while True:
+            byte = (await reader.readexactly(1))[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        await reader.readexactly(length)
+        return first & 0xF0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if await self._packet(reader) != 0x10:  # CONNECT
+                return
+            self.attempts += 1
+            answer = self.script.pop(0) if self.script else 0
+            if answer == "close":
+                return
+            code = 0 if answer == "drop" else answer
+            assert isinstance(code, int)
+            writer.write(bytes([0x20, 3, 0, code, 0]))  # CONNACK, no properties
+            await writer.drain()
+            if answer == "drop":
+                return
+            while answer == 0:
+                if await self._packet(reader) == 0xC0:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_transient_refusals_are_retried_until_the_broker_accepts() -> None:
+    script: list[str | int] = ["close", ConnectReason.SERVER_BUSY, ConnectReason.QUOTA_EXCEEDED]
+    async with FakeBroker(script) as fake:
+        events = Events()
+        adapter = MqttAdapter(
+            MqttSettings(
+                port=fake.port, client_id="busy", reconnect_min_s=0.05, reconnect_max_s=0.2
+            ),
+            ignore,
+            on_event=events,
+        )
+        try:
+            await asyncio.wait_for(adapter.connect(), 30)
+            assert adapter.connected
+            assert adapter.failure is None
+            assert fake.attempts == 5  # three failed, then one per link
+            failed = events.named("mqtt.connect_failed", link="out")
+            assert [f["reason"] for f in failed] == [
+                "closed-before-connack",
+                "server-busy",
+                "quota-exceeded",
+            ]
+            assert [f.get("code") for f in failed] == [None, 0x89, 0x97]
+            assert events.named("mqtt.refused") == []
+        finally:
+            await adapter.close()
+
+
+async def test_the_not_authorized_refusal_of_a_reconnect_resolves_wait_failed() -> None:
+    # The receiving link is accepted, dropped, and refused when it comes back: the
+    # path of a password changed while the gateway runs.
+    async with FakeBroker([0, "drop", ConnectReason.NOT_AUTHORIZED]) as fake:
+        events = Events()
+        adapter = MqttAdapter(
+            MqttSettings(
+                port=fake.port, client_id="later", reconnect_min_s=0.05, reconnect_max_s=0.2
+            ),
+            ignore,
+            on_event=events,
+        )
+        try:
+            await adapter.connect()
+            failure = await asyncio.wait_for(adapter.wait_failed(), 30)
+            assert (failure.code, failure.link) == (0x87, "in")
+            assert not adapter.connected
+            assert [e for e, _ in events.seen][-2:] == ["mqtt.disconnected", "mqtt.refused"]
+        finally:
+            await adapter.close()
+
+
+async def test_the_refusals_given_up_on_are_the_ones_gmqtt_stops_reconnecting_on() -> None:
+    # If gmqtt stopped on a code we took for transient, the daemon would wait for ever.
+    gmqtt_stops = getattr(gmqtt_handler, "_NON_RETRYABLE_V50_CONNACK_CODES", None)
+    gmqtt_stops_311 = getattr(gmqtt_handler, "_NON_RETRYABLE_V311_CONNACK_CODES", None)
+    assert gmqtt_stops is not None, "gmqtt's internals moved: which refusals does it retry?"
+    assert gmqtt_stops_311 is not None, "gmqtt's internals moved: which refusals does it retry?"
+    assert set(gmqtt_stops) | set(gmqtt_stops_311) == set(PERMANENT_REFUSALS)

@@ -17,10 +17,12 @@ from typing import Any
 import msgspec
 import pytest
 
+import gateway.store
 from gateway.engine import Activation, AlertDecision
 from gateway.inventory import Inventory
 from gateway.store import (
     APPLICATION_ID,
+    MARKER_SUFFIX,
     SCHEMA_VERSION,
     QuarantineEntry,
     Store,
@@ -689,11 +691,15 @@ async def test_a_quarantined_message_is_kept_once_with_its_bytes_and_can_be_mark
         assert store.quarantine_entry("q-missing") is None
         store.mark_replayed(first.id, T0 + 3 * MIN)
         await store.flush()
-    with Store.open(db) as store:
+    async with Store.open(db) as store:
         replayed = store.quarantine_entry(first.id)
         assert replayed is not None
         assert replayed.replayed_at == T0 + 3 * MIN
         assert store.counts()["quarantined"] == 2
+        # The replayed message failed again: quarantined afresh, no longer "replayed".
+        store.put_quarantine(again)
+        await store.flush()
+        assert store.quarantine_entry(first.id) == again
     assert quarantine_id("a", b"x") != quarantine_id("b", b"x")
     assert quarantine_id("a", b"x") != quarantine_id("a", b"y")
 
@@ -711,3 +717,178 @@ async def test_every_shape_of_decision_round_trips_through_its_packed_row(db: Pa
             store.put_decision(d, effect_done=True)
         await store.flush()
         assert [store.decision(d.alert_id) for d in shapes] == [(d, True) for d in shapes]
+
+
+# -- a lost store is not a new one (D22) ----------------------------------------------------
+
+
+def marker_of(db: Path) -> Path:
+    return db.with_name(db.name + MARKER_SUFFIX)
+
+
+def marker_id(db: Path) -> str:
+    ids = [
+        line.partition("=")[2].strip()
+        for line in marker_of(db).read_text().splitlines()
+        if line.startswith("store_id")
+    ]
+    assert len(ids) == 1
+    return ids[0]
+
+
+def used_store(db: Path) -> str:
+    """A store with a window in it, closed; returns its id."""
+
+    async def use() -> str:
+        async with Store.open(db) as store:
+            store.put_activation(activation())
+            await store.flush()
+            return store.store_id
+
+    return asyncio.run(use())
+
+
+def test_a_new_store_is_made_whole_with_a_marker_naming_its_id(db: Path) -> None:
+    with Store.open(db) as store:
+        assert store.marker == str(marker_of(db))
+        assert marker_id(db) == store.store_id
+        assert plain_rows(db, "SELECT value FROM store_meta WHERE key = 'store_id'") == [
+            (store.store_id,)
+        ]
+    assert sorted(p.name for p in db.parent.iterdir()) == [db.name, marker_of(db).name]
+    with Store.open(db) as again:
+        assert again.store_id == marker_id(db)
+
+
+def test_a_creation_that_fails_leaves_no_empty_state_file_to_be_refused_later(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(_conn: sqlite3.Connection, _path: str) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(gateway.store, "_prepare", fail)
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "cannot-open"
+    assert list(db.parent.iterdir()) == []
+    monkeypatch.undo()
+    with Store.open(db) as store:  # the next start makes the store
+        assert store.counts()["activations"] == 0
+
+
+def test_a_leftover_of_a_creation_cut_short_is_not_taken_for_the_store(db: Path) -> None:
+    creating = db.with_name(db.name + ".creating")
+    creating.write_bytes(b"half a database")
+    with Store.open(db) as store:
+        assert store.counts()["activations"] == 0
+    assert not creating.exists()
+
+
+def test_a_store_truncated_to_zero_bytes_is_refused_and_left_as_it_is(db: Path) -> None:
+    used_store(db)
+    db.write_bytes(b"")
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-empty"
+    assert str(db) in caught.value.detail
+    assert str(marker_of(db)) in caught.value.detail  # restore both, or delete both
+    assert db.stat().st_size == 0
+
+
+def test_a_zero_length_state_file_is_refused_even_without_a_marker(db: Path) -> None:
+    db.write_bytes(b"")
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-empty"
+    assert db.stat().st_size == 0
+    assert not marker_of(db).exists()
+
+
+def test_a_deleted_state_file_is_refused_as_lost_and_not_recreated(db: Path) -> None:
+    used_store(db)
+    db.unlink()
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-lost"
+    detail = caught.value.detail
+    assert str(db) in detail
+    assert f"delete {marker_of(db)}" in detail
+    assert "every tracked window" in detail  # what starting afresh costs
+    assert not db.exists()
+
+
+def test_a_state_file_replaced_by_an_empty_database_is_refused_as_lost(db: Path) -> None:
+    used_store(db)
+    db.unlink()
+    with closing(sqlite3.connect(db)) as conn:  # SQLite's idea of a new database
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("DROP TABLE t")
+    assert db.stat().st_size > 0
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-lost"
+    assert plain_rows(db, "SELECT name FROM sqlite_master") == []  # no schema made
+
+
+def test_deleting_the_marker_after_a_loss_starts_a_new_store_deliberately(
+    db: Path,
+) -> None:
+    lost = used_store(db)
+    db.unlink()
+    marker_of(db).unlink()
+    with Store.open(db) as store:
+        assert store.store_id != lost
+        assert store.load_activations() == []
+    assert marker_id(db) != lost
+
+
+def test_a_store_without_a_marker_from_an_older_gateway_is_given_one(db: Path) -> None:
+    used_store(db)
+    marker_of(db).unlink()
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP TABLE store_meta")
+    with Store.open(db) as store:
+        assert store.load_activations() == [activation()]
+        assert marker_id(db) == store.store_id
+        assert plain_rows(db, "SELECT value FROM store_meta") == [(store.store_id,)]
+
+
+def test_a_deleted_marker_is_written_again_with_the_stores_own_id(db: Path) -> None:
+    first = used_store(db)
+    marker_of(db).unlink()
+    with Store.open(db) as store:
+        assert store.store_id == first
+    assert marker_id(db) == first
+
+
+def test_another_stores_state_file_is_refused_as_a_mismatch(db: Path, tmp_path: Path) -> None:
+    mine = used_store(db)
+    other = tmp_path / "other" / "state.sqlite"
+    other.parent.mkdir()
+    theirs = used_store(other)
+    db.write_bytes(other.read_bytes())
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-mismatch"
+    assert mine in caught.value.detail
+    assert theirs in caught.value.detail
+    assert marker_id(db) == mine  # nothing rewritten
+
+
+def test_a_backup_older_than_the_marker_is_refused_as_a_mismatch(db: Path) -> None:
+    used_store(db)
+    with closing(sqlite3.connect(db)) as conn:  # as an older gateway wrote it
+        conn.execute("DROP TABLE store_meta")
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-mismatch"
+    assert f"delete {marker_of(db)}" in caught.value.detail
+
+
+def test_a_marker_without_a_store_id_is_refused(db: Path) -> None:
+    used_store(db)
+    marker_of(db).write_text("store_id = not-an-id\n")
+    with pytest.raises(StoreError) as caught:
+        Store.open(db)
+    assert caught.value.reason == "state-mismatch"
+    assert str(marker_of(db)) in caught.value.detail
