@@ -101,15 +101,31 @@ class Reader:
         r = self.der(TAG_OCTET_STRING, what)
         return r.take(r.remaining(), what)
 
-    def der_uint(self, what: str) -> int:
-        """A non-negative DER INTEGER."""
+    def der_uint(self, what: str, maximum: int) -> int:
+        """A DER INTEGER in ``0..maximum`` (the range of its GBCS field).
+
+        The size of the content is checked before it is converted: a frame may announce
+        an INTEGER of any length, and turning kilobytes of it into a Python int (or
+        printing one in an error) costs time and raises ValueError past 4,300 digits.
+        """
         r = self.der(TAG_INTEGER, what)
-        if r.remaining() == 0:
-            raise BadPayload(f"{what}: empty INTEGER", offset=r.pos)
-        raw = r.take(r.remaining(), what)
-        value = int.from_bytes(raw, "big", signed=True)
-        if value < 0:
-            raise BadPayload(f"{what}: negative value {value}", offset=r.pos - len(raw))
+        at = r.pos
+        size = r.remaining()
+        if size == 0:
+            raise BadPayload(f"{what}: empty INTEGER", offset=at)
+        raw = r.take(size, what)
+        if raw[0] & 0x80:  # two's complement: the sign is the top bit of the first octet
+            raise BadPayload(f"{what}: negative INTEGER {clipped_hex(raw)}", offset=at)
+        # A non-negative value needs one octet more than its bits when the top one is set.
+        octets = maximum.bit_length() // 8 + 1
+        if size > octets:
+            raise BadPayload(
+                f"{what}: INTEGER of {size} octets {clipped_hex(raw)}, at most {octets}",
+                offset=at,
+            )
+        value = int.from_bytes(raw, "big")
+        if value > maximum:
+            raise BadPayload(f"{what}: {value} is above {maximum}", offset=at)
         return value
 
     def der_null(self, what: str) -> None:
@@ -120,6 +136,16 @@ class Reader:
     def der_generalized_time(self, what: str) -> bytes:
         r = self.der(TAG_GENERALIZED_TIME, what)
         return r.take(r.remaining(), what)
+
+
+def clipped_hex(raw: bytes, limit: int = 16) -> str:
+    """``raw`` as upper-case hex for an error message, clipped to ``limit`` bytes.
+
+    Error messages quote bytes from the wire; a frame may carry kilobytes of them.
+    """
+    if len(raw) <= limit:
+        return raw.hex().upper()
+    return f"{raw[:limit].hex().upper()}... ({len(raw)} bytes)"
 
 
 # -- encoding ---------------------------------------------------------------------
@@ -139,9 +165,9 @@ def enc_tlv(tag: int, value: bytes) -> bytes:
     return bytes((tag,)) + enc_length(len(value)) + value
 
 
-def enc_uint(value: int) -> bytes:
-    """Minimal two's-complement DER INTEGER for a non-negative value."""
-    if value < 0:
-        raise ValueError("negative INTEGER")
+def enc_uint(value: int, maximum: int) -> bytes:
+    """Minimal two's-complement DER INTEGER for a value in ``0..maximum``."""
+    if not 0 <= value <= maximum:
+        raise ValueError(f"INTEGER outside 0..{maximum}")
     body = value.to_bytes(value.bit_length() // 8 + 1, "big")
     return enc_tlv(TAG_INTEGER, body)

@@ -25,6 +25,15 @@ from .times import (
 )
 
 IMAGE_HASH_SIZE = 32  # SHA-256 of the manufacturer image (GBCS 11.2, CS06)
+# The ranges of the DER INTEGERs, checked before a value is converted (see
+# _der.Reader.der_uint). An originator counter is the 8-octet counter of the
+# transaction-id, repeated in the payload. An alert code is 2 octets (GBCS Table 16.2; the RTDS
+# alerts encode 0x8F66 as 02 03 00 8F 66). GBCS defines response codes 0..3 only; one
+# octet is accepted, so that a code a later GBCS version adds is reported as undefined
+# (ExecutionOutcome.response None) rather than failing the whole alert.
+MAX_ORIGINATOR_COUNTER = (1 << 64) - 1
+MAX_ALERT_CODE = 0xFFFF
+MAX_RESPONSE_CODE = 0xFF
 
 
 class ExecutionOutcome(msgspec.Struct, frozen=True):
@@ -149,7 +158,7 @@ def decode_payload_at(
 
 def _decode_outcome(r: _der.Reader) -> ExecutionOutcome:
     s = r.der(_der.TAG_SEQUENCE, "ExecutionOutcome")
-    code = s.der_uint("ExecutionOutcome.responseCode")
+    code = s.der_uint("ExecutionOutcome.responseCode", MAX_RESPONSE_CODE)
     version = s.der_octets("ExecutionOutcome.firmwareVersion")
     if not s.at_end():
         raise TrailingBytes("extra fields in ExecutionOutcome", offset=s.pos)
@@ -162,7 +171,7 @@ def _decode_cs06_command(r: _der.Reader) -> ActivateFirmwareCommand:
     image_hash = s.der_octets("ActivateFirmware.manufacturerImageHash")
     if len(image_hash) != IMAGE_HASH_SIZE:
         raise BadPayload(f"image hash must be 32 bytes, got {len(image_hash)}", offset=at)
-    counter = s.der_uint("ActivateFirmware.originatorCounter")
+    counter = s.der_uint("ActivateFirmware.originatorCounter", MAX_ORIGINATOR_COUNTER)
     execution_time = None
     if not s.at_end():
         at = s.pos
@@ -183,12 +192,12 @@ def _decode_cs06_response(r: _der.Reader) -> ActivateFirmwareResponse:
 
 def _decode_cs06_alert(r: _der.Reader) -> FutureDatedActivationAlert:
     s = r.der(_der.TAG_SEQUENCE, "ActivateFirmwareAlert")
-    code = s.der_uint("ActivateFirmwareAlert.alertCode")
+    code = s.der_uint("ActivateFirmwareAlert.alertCode", MAX_ALERT_CODE)
     at = s.pos
     when = parse_generalized_time(
         s.der_generalized_time("ActivateFirmwareAlert.executionDateTime"), at
     )
-    counter = s.der_uint("ActivateFirmwareAlert.originatorCounter")
+    counter = s.der_uint("ActivateFirmwareAlert.originatorCounter", MAX_ORIGINATOR_COUNTER)
     outcome = _decode_outcome(s)
     if not s.at_end():
         raise TrailingBytes("extra fields in ActivateFirmwareAlert", offset=s.pos)
@@ -232,7 +241,7 @@ def _decode_ecs80(r: _der.Reader) -> PowerRestorationAlert:
 def _enc_outcome(outcome: ExecutionOutcome) -> bytes:
     return _der.enc_tlv(
         _der.TAG_SEQUENCE,
-        _der.enc_uint(outcome.response_code)
+        _der.enc_uint(outcome.response_code, MAX_RESPONSE_CODE)
         + _der.enc_tlv(_der.TAG_OCTET_STRING, outcome.firmware_version),
     )
 
@@ -256,7 +265,7 @@ def _encode_payload(payload: Payload) -> bytes:
         if len(payload.image_hash) != IMAGE_HASH_SIZE:
             raise EncodeError("image hash must be 32 bytes")
         body = _der.enc_tlv(_der.TAG_OCTET_STRING, payload.image_hash) + _der.enc_uint(
-            payload.originator_counter
+            payload.originator_counter, MAX_ORIGINATOR_COUNTER
         )
         if payload.execution_time is not None:
             body += _der.enc_tlv(
@@ -269,11 +278,11 @@ def _encode_payload(payload: Payload) -> bytes:
         return _enc_outcome(payload.outcome)
     if isinstance(payload, FutureDatedActivationAlert):
         body = (
-            _der.enc_uint(payload.alert_code)
+            _der.enc_uint(payload.alert_code, MAX_ALERT_CODE)
             + _der.enc_tlv(
                 _der.TAG_GENERALIZED_TIME, format_generalized_time(payload.execution_time)
             )
-            + _der.enc_uint(payload.originator_counter)
+            + _der.enc_uint(payload.originator_counter, MAX_ORIGINATOR_COUNTER)
             + _enc_outcome(payload.outcome)
         )
         return _der.enc_tlv(_der.TAG_SEQUENCE, body)

@@ -30,7 +30,9 @@ def is_cancellation_time(when: dt.datetime) -> bool:
 def parse_generalized_time(raw: bytes, offset: int | None = None) -> dt.datetime:
     """DER GeneralizedTime ``YYYYMMDDHHMMSSZ`` (GBCS uses exactly this form)."""
     if len(raw) != 15 or raw[14:] != b"Z" or not raw[:14].isdigit():
-        raise BadTime(f"GeneralizedTime must be YYYYMMDDHHMMSSZ, got {raw!r}", offset=offset)
+        raise BadTime(
+            f"GeneralizedTime must be YYYYMMDDHHMMSSZ, got {_clipped(raw)}", offset=offset
+        )
     text = raw[:14].decode("ascii")
     try:
         return dt.datetime(
@@ -44,6 +46,12 @@ def parse_generalized_time(raw: bytes, offset: int | None = None) -> dt.datetime
         )
     except ValueError as exc:
         raise BadTime(f"GeneralizedTime {text}Z: {exc}", offset=offset) from exc
+
+
+def _clipped(raw: bytes, limit: int = 20) -> str:
+    # The field's length comes from the frame: quote a bounded part of it.
+    shown = repr(raw[:limit])
+    return shown if len(raw) <= limit else f"{shown}... ({len(raw)} bytes)"
 
 
 def format_generalized_time(when: dt.datetime) -> bytes:
@@ -135,7 +143,8 @@ class DlmsDateTime(msgspec.Struct, frozen=True):
         )
 
     def to_datetime(self) -> dt.datetime | None:
-        """The UTC instant, or None when a date or time field is "not specified".
+        """The UTC instant, or None when a date or time field is "not specified" or the
+        instant is not a real one (a 30 February, or a UTC instant past 9999-12-31).
 
         An unspecified deviation is read as UTC: GB smart meters keep UTC (GBCS 4.5).
         A specified deviation follows the Blue Book: local time = UTC - deviation.
@@ -159,4 +168,7 @@ class DlmsDateTime(msgspec.Struct, frozen=True):
             return None
         if self.deviation == self.DEVIATION_UNSPECIFIED:
             return local
-        return local + dt.timedelta(minutes=self.deviation)
+        try:
+            return local + dt.timedelta(minutes=self.deviation)
+        except OverflowError:  # e.g. 9999-12-31T23:30 local, with its UTC instant in 10000
+            return None

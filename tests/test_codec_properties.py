@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -112,8 +113,10 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 eui64s = st.binary(min_size=8, max_size=8)
-# DER INTEGERs in the payloads are unbounded; reach past 64 bits too.
-der_uints = st.one_of(u8, u64, st.integers(0, 2**200))
+# The DER INTEGERs of the payloads, over each field's whole range (docs/codec.md).
+counters = u64
+alert_codes = u16
+response_codes = u8
 
 dlms_date_times = st.builds(
     DlmsDateTime,
@@ -139,14 +142,14 @@ whole_second_times = st.one_of(
 
 outcomes = st.builds(
     ExecutionOutcome,
-    response_code=st.one_of(st.sampled_from(ActivationResponseCode).map(int), der_uints),
+    response_code=st.one_of(st.sampled_from(ActivationResponseCode).map(int), response_codes),
     firmware_version=st.binary(max_size=40),
 )
 
 cs06_commands = st.builds(
     ActivateFirmwareCommand,
     image_hash=st.binary(min_size=32, max_size=32),
-    originator_counter=der_uints,
+    originator_counter=counters,
     execution_time=st.none() | whole_second_times,
 )
 
@@ -154,9 +157,9 @@ cs06_responses = st.builds(ActivateFirmwareResponse, outcome=st.none() | outcome
 
 cs06_alerts = st.builds(
     FutureDatedActivationAlert,
-    alert_code=st.one_of(st.sampled_from(AlertCode).map(int), der_uints),
+    alert_code=st.one_of(st.sampled_from(AlertCode).map(int), alert_codes),
     execution_time=whole_second_times,
-    originator_counter=der_uints,
+    originator_counter=counters,
     outcome=outcomes,
 )
 
@@ -380,6 +383,195 @@ def test_mutated_vectors_decode_or_raise_gbcs_error_and_reencode_stably(data: by
     # decodes to the same fields (the wire bytes may differ: lengths are read leniently).
     again = gbcs.decode_frame(_reencode(frame))
     _assert_same_fields(again, frame)
+
+
+# -- integers bounded by their GBCS size --------------------------------------------
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes((tag,)) + _der_length(len(body)) + body
+
+
+def _integer(octets: int, first: int) -> bytes:
+    """A DER INTEGER of ``octets`` content octets starting with ``first``."""
+    return _tlv(0x02, bytes((first,)) + b"\x55" * (octets - 1))
+
+
+GT = _tlv(0x18, b"20300115090000Z")
+VERSION = _tlv(0x04, bytes.fromhex("0123ABCF"))
+SMALL = _tlv(0x02, b"\x01")
+
+
+def _signed_frame(cra: CraFlag, code: int, payload: bytes) -> bytes:
+    header = GroupingHeader(
+        cra_flag=cra,
+        originator_counter=1,
+        originator=bytes(8),
+        recipient=bytes(8),
+        message_code=code,
+    )
+    return gbcs.encode_frame(header, payload, signer=KEY)
+
+
+class IntegerField(NamedTuple):
+    """A payload INTEGER: its name, the frame that carries it, and its size bound."""
+
+    name: str
+    cra: CraFlag
+    code: int
+    payload: Callable[[bytes], bytes]  # the payload with this INTEGER TLV in place
+    octets: int  # the most content octets its range needs (00 first if the top bit is set)
+    read: Callable[[Payload], int]
+
+
+def _counter(p: Payload) -> int:
+    assert isinstance(p, ActivateFirmwareCommand | FutureDatedActivationAlert)
+    return p.originator_counter
+
+
+def _alert_code(p: Payload) -> int:
+    assert isinstance(p, FutureDatedActivationAlert)
+    return p.alert_code
+
+
+def _response_code(p: Payload) -> int:
+    assert isinstance(p, ActivateFirmwareResponse | FutureDatedActivationAlert)
+    assert p.outcome is not None
+    return p.outcome.response_code
+
+
+INTEGER_FIELDS = [
+    IntegerField(
+        "ActivateFirmware.originatorCounter",
+        CraFlag.COMMAND,
+        CS06,
+        lambda n: _tlv(0x30, _tlv(0x04, bytes(32)) + n),
+        9,
+        _counter,
+    ),
+    IntegerField(
+        "ExecutionOutcome.responseCode",
+        CraFlag.RESPONSE,
+        CS06,
+        lambda n: _tlv(0x30, n + VERSION),
+        2,
+        _response_code,
+    ),
+    IntegerField(
+        "ActivateFirmwareAlert.alertCode",
+        CraFlag.ALERT,
+        CS06_ALERT,
+        lambda n: _tlv(0x30, n + GT + SMALL + _tlv(0x30, SMALL + VERSION)),
+        3,
+        _alert_code,
+    ),
+    IntegerField(
+        "ActivateFirmwareAlert.originatorCounter",
+        CraFlag.ALERT,
+        CS06_ALERT,
+        lambda n: _tlv(0x30, SMALL + GT + n + _tlv(0x30, SMALL + VERSION)),
+        9,
+        _counter,
+    ),
+    IntegerField(
+        "ExecutionOutcome.responseCode",
+        CraFlag.ALERT,
+        CS06_ALERT,
+        lambda n: _tlv(0x30, SMALL + GT + SMALL + _tlv(0x30, n + VERSION)),
+        2,
+        _response_code,
+    ),
+]
+FIELD_IDS = [f"{f.name}-{f.cra.name.lower()}" for f in INTEGER_FIELDS]
+
+
+@pytest.mark.parametrize("field", INTEGER_FIELDS, ids=FIELD_IDS)
+@pytest.mark.parametrize("first", [0x01, 0x80], ids=["positive", "negative"])
+@pytest.mark.parametrize("octets", [0, 1786, 2000], ids=["one-too-many", "1786", "2000"])
+def test_integer_longer_than_its_field_is_bad_payload_with_a_short_message(
+    field: IntegerField, first: int, octets: int
+) -> None:
+    # Crash class: a negative INTEGER of 1,786 bytes or more was formatted into the
+    # error message, and int -> str raises ValueError past 4,300 digits.
+    frame = _signed_frame(
+        field.cra, field.code, field.payload(_integer(octets or field.octets + 1, first))
+    )
+    with pytest.raises(gbcs.BadPayload) as caught:
+        gbcs.decode_frame(frame)
+    message = str(caught.value)
+    assert field.name in message
+    assert len(message) < 200
+
+
+def test_the_reported_negative_counter_of_1786_bytes_is_refused() -> None:
+    # The frame of the report (poa-gateway decode printed a traceback on it).
+    data = bytes.fromhex(
+        "DF09" + "01" + "00" * 8 + "08" + "00" * 8 + "08" + "00" * 8 + "00" + "02" + "0012"
+        "820724" + "30820720" + "0420" + "00" * 32 + "028206FA" + "80" + "00" * 1785
+    )
+    with pytest.raises(gbcs.BadPayload) as caught:
+        gbcs.decode_frame(data)
+    assert str(caught.value) == (
+        "bad-payload at byte 78: ActivateFirmware.originatorCounter: negative INTEGER "
+        "80000000000000000000000000000000... (1786 bytes)"
+    )
+
+
+@pytest.mark.parametrize("field", INTEGER_FIELDS, ids=FIELD_IDS)
+def test_largest_value_of_each_integer_field_decodes(field: IntegerField) -> None:
+    largest = b"\x00" + b"\xff" * (field.octets - 1)  # 2**64 - 1, 0xFFFF, 0xFF
+    frame = gbcs.decode_frame(
+        _signed_frame(field.cra, field.code, field.payload(_tlv(0x02, largest)))
+    )
+    assert field.read(frame.payload) == int.from_bytes(largest, "big")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ActivateFirmwareCommand(bytes(32), 2**64),
+        FutureDatedActivationAlert(0x10000, CANCELLATION_TIME, 1, ExecutionOutcome(0, b"")),
+        FutureDatedActivationAlert(0x8F66, CANCELLATION_TIME, 2**64, ExecutionOutcome(0, b"")),
+        ActivateFirmwareResponse(ExecutionOutcome(256, b"")),
+        ActivateFirmwareResponse(ExecutionOutcome(-1, b"")),
+    ],
+    ids=["counter", "alert-code", "alert-counter", "response-code", "negative"],
+)
+def test_encoder_refuses_an_integer_its_field_cannot_carry(payload: Payload) -> None:
+    with pytest.raises(gbcs.EncodeError):
+        gbcs.encode_payload(payload)
+
+
+def test_signed_alert_with_a_2000_byte_response_code_is_refused() -> None:
+    # Crash class: such an alert decoded, and the daemon's log line of it raised.
+    payload = _tlv(0x30, SMALL + GT + SMALL + _tlv(0x30, _integer(2000, 0x01) + VERSION))
+    frame = _signed_frame(CraFlag.ALERT, CS06_ALERT, payload)
+    with pytest.raises(gbcs.BadPayload) as caught:
+        gbcs.decode_frame(frame)
+    assert "ExecutionOutcome.responseCode" in str(caught.value)
+
+
+@given(value=dlms_date_times)
+def test_any_dlms_date_time_has_an_instant_or_none(value: DlmsDateTime) -> None:
+    when = value.to_datetime()
+    assert when is None or when.tzinfo is not None
+
+
+def test_dlms_date_time_whose_utc_instant_is_past_9999_has_no_instant() -> None:
+    # Crash class: local 9999-12-31T23:59 plus a deviation overflowed datetime, and
+    # poa-gateway decode printed a traceback.
+    late = DlmsDateTime(9999, 12, 31, 5, 23, 59, 0, 0, 720, 0)
+    assert late.to_datetime() is None
+    early = DlmsDateTime(1, 1, 1, 1, 0, 0, 0, 0, -720, 0)
+    assert early.to_datetime() is None
+
+
+def test_bad_generalized_time_is_quoted_clipped() -> None:
+    payload = _tlv(0x30, _tlv(0x04, bytes(32)) + SMALL + _tlv(0x18, b"9" * 2000))
+    with pytest.raises(gbcs.BadTime) as caught:
+        gbcs.decode_frame(_signed_frame(CraFlag.COMMAND, CS06, payload))
+    assert "(2000 bytes)" in str(caught.value)
+    assert len(str(caught.value)) < 200
 
 
 # -- strict prefixes ---------------------------------------------------------------
