@@ -10,6 +10,12 @@ other bytes are written as hex. Secrets are never written: a field whose name co
 
 Records of the standard :mod:`logging` module (gmqtt uses it) are routed into the same
 stream by :func:`route_stdlib_logging`, as events named ``lib.<logger name>``.
+
+Writing a record never raises because of a field's value: fields often carry what came
+off the wire. Integers beyond 64 bits are written as text (``str()`` of one past 4,300
+digits raises), a field that cannot be turned into JSON at all is written
+``"<unloggable TYPE>"``, and containers nested deeper than six levels are written as
+their (clipped) text.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ _LEADING: Final = ("reason", "alert_id", "device_id", "chf_id", "request_id", "t
 _SECRET_WORDS: Final = ("password", "secret", "token")
 _REDACTED: Final = "***"
 _MAX_DEPTH: Final = 6  # nested containers below this are written with str()
+_MAX_TEXT: Final = 1000  # characters of such a str(), and of a value's text fallback
+_INT_LIMIT: Final = 1 << 64  # larger integers are written as text
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 _URGENT: Final = frozenset({"warning", "error"})  # flushed at once, even on the loop
 
@@ -55,9 +63,14 @@ def _is_secret_name(name: str) -> bool:
 
 
 def _clean(value: object, depth: int = 0) -> object:
-    """``value`` made JSON-friendly with bytes formatted and secrets scrubbed."""
-    kind = type(value)
-    if kind in _PLAIN:
+    """``value`` made JSON-friendly with bytes formatted and secrets scrubbed.
+
+    May raise for a hostile object (a ``__str__`` that raises ...): :meth:`JsonLog._write`
+    catches that per field.
+    """
+    if type(value) is int:
+        return _int(value)
+    if type(value) in _PLAIN:
         return value
     if isinstance(value, Secret):
         return _REDACTED
@@ -65,7 +78,7 @@ def _clean(value: object, depth: int = 0) -> object:
         raw = bytes(value)
         return format_eui64(raw) if len(raw) == EUI64_LENGTH else raw.hex()
     if depth >= _MAX_DEPTH:
-        return str(value)
+        return _text(value)
     if isinstance(value, msgspec.Struct):
         return _clean_mapping(msgspec.structs.asdict(value), depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -76,18 +89,52 @@ def _clean(value: object, depth: int = 0) -> object:
     if isinstance(value, list | tuple | set | frozenset):
         return [_clean(item, depth + 1) for item in value]
     if isinstance(value, enum.Enum):
-        return value.value if type(value.value) in _PLAIN else str(value.value)
+        member = value.value
+        return _clean(member) if type(member) in _PLAIN else _text(member)
     # int/float/str subclasses (e.g. config Durations) as their plain values.
     for plain in (bool, int, float, str):
         if isinstance(value, plain):
-            return plain(value)
+            return _clean(plain(value))
     return value  # left to the encoder, which falls back to str()
+
+
+def _int(value: int) -> int | str:
+    # Up to 64 bits (counters are u64) a JSON number; beyond, text: decimal while short,
+    # else the leading hex digits and the size, computed without a decimal conversion.
+    if -_INT_LIMIT < value < _INT_LIMIT:
+        return value
+    bits = value.bit_length()
+    if bits <= 128:
+        return str(value)
+    top = abs(value) >> (4 * ((bits + 3) // 4 - 16))  # its first 16 hex digits
+    return f"{'-' if value < 0 else ''}0x{top:X}... ({bits} bits)"
+
+
+def _text(value: object) -> str:
+    """``str(value)``, clipped; never raises."""
+    if type(value) is int:
+        return str(_int(value))
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a log line must never fail because of a field
+        return _unloggable(value)
+    if type(text) is not str:  # a __str__ returning a str subclass
+        return _unloggable(value)
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+
+def _unloggable(value: object) -> str:
+    try:
+        name = type(value).__name__
+    except Exception:  # noqa: BLE001 - a metaclass can make even this raise
+        name = "object"
+    return f"<unloggable {name}>"
 
 
 def _clean_mapping(mapping: Mapping[Any, object], depth: int) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, item in mapping.items():
-        name = str(key)
+        name = key if type(key) is str else _text(key)
         out[name] = _REDACTED if _is_secret_name(name) else _clean(item, depth + 1)
     return out
 
@@ -111,10 +158,8 @@ def _layout(names: tuple[str, ...]) -> tuple[tuple[str, str, bool], ...]:
 
 
 def _fallback(value: object) -> str:
-    try:
-        return str(value)
-    except Exception:  # noqa: BLE001 - a log line must never fail because of a field
-        return f"<unprintable {type(value).__name__}>"
+    # The encoder's hook for a value _clean left alone (a Path, an exception ...).
+    return _text(value)
 
 
 class JsonLog:
@@ -221,11 +266,17 @@ class JsonLog:
             "event": event,
         }
         for out_key, key, secret in _layout(tuple(fields)):
-            record[out_key] = _REDACTED if secret else _clean(fields[key])
+            if secret:
+                record[out_key] = _REDACTED
+                continue
+            try:
+                record[out_key] = _clean(fields[key])
+            except Exception:  # noqa: BLE001 - a log line must never fail because of a field
+                record[out_key] = _unloggable(fields[key])
         try:
             line = self._encoder.encode(record).decode("utf-8")
-        except (TypeError, ValueError, OverflowError):
-            line = json.dumps({k: v if type(v) in _PLAIN else str(v) for k, v in record.items()})
+        except Exception:  # noqa: BLE001 - e.g. a lone surrogate, which UTF-8 cannot hold
+            line = _escaped(record)
         self._emit(line + "\n", record, urgent=level in _URGENT)
 
     def _emit(self, line: str, record: Mapping[str, object], *, urgent: bool = False) -> None:
@@ -234,7 +285,7 @@ class JsonLog:
                 try:
                     self._stream.write(line)
                 except UnicodeEncodeError:  # a stream that cannot take UTF-8: escape it
-                    self._stream.write(json.dumps(record, default=_fallback) + "\n")
+                    self._stream.write(_escaped(record) + "\n")
                 loop = self._loop
                 if (
                     not urgent
@@ -249,6 +300,18 @@ class JsonLog:
                     self._stream.flush()  # one line at a time reaches journald
             except (OSError, ValueError):
                 self.dropped += 1
+
+
+def _escaped(record: Mapping[str, object]) -> str:
+    # ASCII JSON (non-ASCII characters and lone surrogates escaped), from a record whose
+    # values _clean has made plain; a field json cannot take is replaced, not raised.
+    try:
+        return json.dumps(record, default=_fallback)
+    except Exception:  # noqa: BLE001 - a log line must never fail because of a field
+        return json.dumps(
+            {k: v if type(v) in _PLAIN else _unloggable(v) for k, v in record.items()},
+            default=_fallback,
+        )
 
 
 def buffered_stdout() -> TextIO:

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.config import Secret, load_config
 from gateway.logs import JsonLog, route_stdlib_logging
@@ -156,6 +158,115 @@ def test_a_field_named_like_a_header_key_does_not_replace_it() -> None:
     record = lines(stream)[0]
     assert (record["level"], record["_level"], record["_ts"]) == ("info", "custom", 1)
     assert record["event"] == "x"
+
+
+# -- values from the wire: a record is always written -----------------------------------
+
+
+def test_a_huge_response_code_is_written_as_bounded_text() -> None:
+    # Crash class: a signed 0x00CA alert with a 2,000-byte responseCode was logged, and
+    # the writer raised (int -> str past 4,300 digits).
+    log, stream = make_log()
+    code = int.from_bytes(b"\x01" + b"\x55" * 1999, "big")
+    log.info("alert.read", response_code=code, negative=-code, nested={"codes": [code]})
+    record = lines(stream)[0]
+    assert record["response_code"] == "0x1555555555555555... (15993 bits)"
+    assert record["negative"] == "-0x1555555555555555... (15993 bits)"
+    assert record["nested"] == {"codes": ["0x1555555555555555... (15993 bits)"]}
+
+
+def test_integers_keep_their_json_number_up_to_64_bits_and_their_digits_to_128() -> None:
+    log, stream = make_log()
+    log.info("x", u64=2**64 - 1, i64=-(2**63), wide=2**100, bool_=True)
+    record = lines(stream)[0]
+    assert (record["u64"], record["i64"], record["bool_"]) == (2**64 - 1, -(2**63), True)
+    assert record["wide"] == str(2**100)
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    __repr__ = __str__
+
+
+class HugeIntEnum(enum.IntEnum):
+    BIG = 2**20_000
+
+
+class BadIntSubclass(int):
+    def __int__(self) -> int:
+        raise RuntimeError("no int")
+
+
+def test_a_field_that_cannot_be_printed_is_written_as_unloggable() -> None:
+    log, stream = make_log()
+    log.info("x", a=Unprintable(), b=[Unprintable()], c=BadIntSubclass(3), keep="kept")
+    record = lines(stream)[0]
+    assert record["a"] == "<unloggable Unprintable>"
+    assert record["b"] == ["<unloggable Unprintable>"]
+    assert record["c"] == "<unloggable BadIntSubclass>"
+    assert record["keep"] == "kept"
+
+
+def test_keys_that_are_not_text_are_written_as_text() -> None:
+    log, stream = make_log()
+    log.info("x", m={1: "a", (1, 2): "b", 2**20_000: "c", Unprintable(): "d", b"k": "e"})
+    assert lines(stream)[0]["m"] == {
+        "1": "a",
+        "(1, 2)": "b",
+        "0x1000000000000000... (20001 bits)": "c",
+        "<unloggable Unprintable>": "d",
+        "b'k'": "e",
+    }
+
+
+def test_self_containing_and_very_deep_values_are_cut_at_the_depth_bound() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    deep: list[object] = []
+    for _ in range(100_000):  # str() of it exceeds the recursion limit
+        deep = [deep]
+    log, stream = make_log()
+    log.info("x", looped=looped, deep=deep, enum=HugeIntEnum.BIG)
+    record = lines(stream)[0]
+    assert record["looped"] == [[[[[["[[...]]"]]]]]]
+    assert record["deep"] == [[[[[["<unloggable list>"]]]]]]
+    assert record["enum"] == "0x1000000000000000... (20001 bits)"
+
+
+def test_text_that_utf8_cannot_hold_is_escaped() -> None:
+    log, stream = make_log()
+    log.info("x", lone="\udc80", fine="é")
+    assert lines(stream)[0]["lone"] == "\udc80"
+    assert lines(stream)[0]["fine"] == "é"
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**64, max_value=2**20_000)
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.builds(Unprintable),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.integers() | st.text() | st.binary(), children, max_size=3)
+        | st.tuples(children, children)
+    ),
+    max_leaves=10,
+)
+
+
+@given(fields=st.dictionaries(st.text(min_size=1), json_values, max_size=5))
+def test_any_value_is_written_as_one_json_line(fields: dict[str, object]) -> None:
+    log, stream = make_log()
+    log.info("x", **fields)
+    text = stream.getvalue()
+    assert text.count("\n") == 1  # (journald splits on newlines only; not on U+0085)
+    assert json.loads(text)["event"] == "x"
 
 
 def test_records_below_the_level_are_not_written() -> None:
