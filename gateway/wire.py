@@ -10,18 +10,21 @@ are 8-byte byte strings.
 Bytes from the broker become a Struct in exactly one place, :func:`_decode`, behind one
 public function per envelope (:func:`decode_gbcs` ...). It works in three steps:
 
-1. **CBOR.** cbor2 reads one data item with the defences a decoder facing the network
+1. **CBOR.** A payload larger than ``max_payload`` bytes is refused before any of it is
+   read. Then cbor2 reads one data item with the defences a decoder facing the network
    needs: duplicate map keys are refused (two readers could disagree on which
    ``device_id`` counts), indefinite-length items are refused (the contract never uses
    them), nesting is bounded by :data:`MAX_DEPTH` (the envelopes are flat maps), map keys
    must be text or byte strings (no hash-collision games) and nothing may follow the map
    (``cbor2.loads`` would silently ignore trailing bytes, so the decoder is driven by
-   hand and its position checked).
+   hand and its position checked). Semantic tags are refused as soon as their head is
+   read, before the tagged item is: cbor2 evaluates bignums, decimal fractions and
+   bigfloats natively, and a tag-4 value with a 100 KB mantissa took seconds of the event
+   loop. The contract needs no tag; the self-describe tag 55799 (RFC 8949 section 3.4.6),
+   which adds no meaning, is accepted as the payload's first three bytes only.
 2. **Header.** The top level must be a map with text keys. ``v`` is checked first, since
    a future version may change every other field; then ``kind``, so that an envelope on
-   the wrong topic is reported as such rather than as a pile of unknown fields; then no
-   integer may exceed 64 bits (only a bignum tag can make one, and the contract's
-   ``uint`` cannot hold it).
+   the wrong topic is reported as such rather than as a pile of unknown fields.
 3. **Fields.** ``msgspec.convert(strict=True)`` builds the Struct: no coercion between
    types (a text string is never taken for a byte string), unknown keys refused, and the
    constraints on each field (``ge=0`` times, 8-byte identifiers...) checked.
@@ -42,7 +45,7 @@ import io
 import re
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias, TypeVar
 
 import cbor2
 import msgspec
@@ -51,6 +54,7 @@ from .devices import DeviceStatus, DeviceType
 from .eui import EUI64_LENGTH
 
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD",
     "MAX_DEPTH",
     "ActivationKind",
     "AlertId",
@@ -86,15 +90,20 @@ Every envelope is a flat map, so 2 would do; the slack lets a value of the wrong
 while still bounding the decoder's recursion.
 """
 
-_UINT64_MAX = (1 << 64) - 1
-_INT_MIN = -(1 << 64)
+DEFAULT_MAX_PAYLOAD = 64 * 1024
+"""Largest payload a decode function reads by default, in bytes (``[broker] max_payload``).
+
+The largest envelopes of the contract are ``gbcs`` ones, whose frames are GBCS APDUs (the
+RTDS 4.5.0 frames are 55 to 1,894 bytes); 64 KiB leaves ample room for them while
+bounding the work a hostile payload can cause.
+"""
 
 Uint: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
 """A CBOR ``uint``: 0 .. 2**64 - 1.
 
 msgspec cannot express an upper bound beyond int64 (an 8-byte GBCS originator counter
-needs the full range), so the 64-bit limit is enforced for every integer on the wire by
-:func:`_decode`, before conversion.
+needs the full range); none is needed: a CBOR integer has at most 64 bits, and the
+bignum tags that could carry more are refused by :func:`_decode`.
 """
 
 EpochMillis: TypeAlias = Uint
@@ -250,7 +259,9 @@ Envelope: TypeAlias = (
 """Any envelope of the contract."""
 
 WireReason: TypeAlias = Literal[
+    "too-large",
     "bad-cbor",
+    "tag-refused",
     "duplicate-key",
     "too-deep",
     "not-a-map",
@@ -269,7 +280,9 @@ class WireError(Exception):
     Attributes:
         reason: stable, machine-readable code:
 
+            - ``too-large``: the payload is longer than ``max_payload`` bytes (not read);
             - ``bad-cbor``: not well-formed CBOR, truncated, or bytes after the map;
+            - ``tag-refused``: a CBOR semantic tag (only a leading 55799 is accepted);
             - ``duplicate-key``: a map has the same key twice;
             - ``too-deep``: nested deeper than :data:`MAX_DEPTH`;
             - ``not-a-map``: the top level is not a map with text keys;
@@ -290,29 +303,33 @@ class WireError(Exception):
         super().__init__(f"{reason}: {detail}")
 
 
-def decode_gbcs(data: bytes) -> GbcsEnvelope:
-    """Decode a ``gbcs`` envelope. Raises :class:`WireError`."""
-    return _decode(data, GbcsEnvelope, "gbcs")
+def decode_gbcs(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> GbcsEnvelope:
+    """Decode a ``gbcs`` envelope of at most ``max_payload`` bytes. Raises :class:`WireError`."""
+    return _decode(data, GbcsEnvelope, "gbcs", max_payload)
 
 
-def decode_dcc_alert(data: bytes) -> DccAlertEnvelope:
-    """Decode a ``dcc-alert`` envelope. Raises :class:`WireError`."""
-    return _decode(data, DccAlertEnvelope, "dcc-alert")
+def decode_dcc_alert(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> DccAlertEnvelope:
+    """Decode a ``dcc-alert`` envelope of at most ``max_payload`` bytes. Raises
+    :class:`WireError`."""
+    return _decode(data, DccAlertEnvelope, "dcc-alert", max_payload)
 
 
-def decode_inventory(data: bytes) -> InventoryEnvelope:
-    """Decode an ``inventory`` envelope. Raises :class:`WireError`."""
-    return _decode(data, InventoryEnvelope, "inventory")
+def decode_inventory(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> InventoryEnvelope:
+    """Decode an ``inventory`` envelope of at most ``max_payload`` bytes. Raises
+    :class:`WireError`."""
+    return _decode(data, InventoryEnvelope, "inventory", max_payload)
 
 
-def decode_suppression_record(data: bytes) -> SuppressionRecord:
+def decode_suppression_record(
+    data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> SuppressionRecord:
     """Decode a ``suppression`` record (``gateway/suppressed``). Raises :class:`WireError`."""
-    return _decode(data, SuppressionRecord, "suppression")
+    return _decode(data, SuppressionRecord, "suppression", max_payload)
 
 
-def decode_report_notice(data: bytes) -> ReportNotice:
+def decode_report_notice(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> ReportNotice:
     """Decode a ``report`` notice (``gateway/reports``). Raises :class:`WireError`."""
-    return _decode(data, ReportNotice, "report")
+    return _decode(data, ReportNotice, "report", max_payload)
 
 
 def decode_quarantine_notice(data: bytes) -> QuarantineNotice:
@@ -334,8 +351,48 @@ def encode(envelope: Envelope) -> bytes:
 _E = TypeVar("_E", bound=msgspec.Struct)
 
 
-def _decode(data: bytes, envelope_type: type[_E], kind: str) -> _E:
+# Tag 55799 as RFC 8949 section 3.4.6 writes it: the head d9 d9 f7 in front of the item.
+_SELF_DESCRIBED: Final = b"\xd9\xd9\xf7"
+
+
+class _TagRefused(Exception):
+    def __init__(self, tag: int) -> None:
+        super().__init__(tag)
+        self.tag = tag
+
+
+def _tag_refused(tag: int) -> WireError:
+    return WireError(
+        "tag-refused",
+        f"CBOR tag {tag}: the contract uses no semantic tags "
+        "(a leading self-describe tag 55799 excepted)",
+    )
+
+
+class _RefuseEveryTag(dict[int, cbor2.SemanticDecoderCallback]):
+    # cbor2 looks the tag number up in ``semantic_decoders`` as soon as it has read a
+    # tag's head, before it reads the tagged item, and falls back to its own decoders
+    # only on a LookupError. This empty mapping answers every lookup by raising, so no
+    # tag is ever evaluated, and records which tag it refused (cbor2 reports the refusal
+    # as a CBORDecodeError whose text is its own). One per decode: it holds that state.
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: int | None = None
+
+    def __missing__(self, tag: int) -> NoReturn:
+        self.refused = tag
+        raise _TagRefused(tag)
+
+
+def _decode(
+    data: bytes, envelope_type: type[_E], kind: str, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> _E:
+    if len(data) > max_payload:
+        raise WireError("too-large", f"payload of {len(data)} bytes, at most {max_payload}")
+    if data[:3] == _SELF_DESCRIBED:
+        data = data[3:]
     stream = io.BytesIO(data)
+    tags = _RefuseEveryTag()
     # CBORDecoder rather than cbor2.loads: loads ignores bytes after the first item.
     decoder = cbor2.CBORDecoder(
         stream,
@@ -343,16 +400,19 @@ def _decode(data: bytes, envelope_type: type[_E], kind: str) -> _E:
         allow_duplicate_keys=False,
         allow_indefinite=False,
         strict_hashable_types=True,
+        semantic_decoders=tags,
     )
     try:
         obj = decoder.decode()
+    except _TagRefused as exc:  # (cbor2 6 wraps it in a CBORDecodeError)
+        raise _tag_refused(exc.tag) from exc
     except cbor2.CBORDecodeError as exc:
+        if tags.refused is not None:
+            raise _tag_refused(tags.refused) from exc
         raise _cbor_error(exc, envelope_type) from exc
     trailing = len(data) - stream.tell()
     if trailing:
         raise WireError("bad-cbor", f"{trailing} byte(s) after the end of the map")
-    # A Mapping, not only a dict: under the self-described CBOR tag (55799, RFC 8949
-    # section 3.4.6), which adds no meaning, cbor2 returns its immutable frozendict.
     if not isinstance(obj, Mapping):
         raise WireError("not-a-map", f"top level must be a CBOR map, got {_show(obj)}")
     fields = dict(obj)
@@ -364,29 +424,15 @@ def _decode(data: bytes, envelope_type: type[_E], kind: str) -> _E:
 
 
 def _check_header(obj: dict[Any, Any], kind: str) -> None:
-    # One pass over the map (this runs for every message): keys must be text, and the
-    # first integer out of range is reported after the version and kind checks.
-    out_of_range: str | None = None
-    for key, value in obj.items():
+    for key in obj:
         if type(key) is not str:
             raise WireError("not-a-map", f"map keys must be text strings, got {_show(key)}")
-        # CBOR integers are at most 64 bits; bigger ones come only from bignum tags,
-        # which the contract never uses (and msgspec cannot even print them).
-        # (type() is int: bool is not an integer here; cbor2 returns no int subclasses.)
-        if out_of_range is None and type(value) is int and not _INT_MIN <= value <= _UINT64_MAX:
-            out_of_range = key
     version = obj.get("v")
     if _is_int(version) and version != 1:
         raise WireError("bad-version", f"v: expected 1, got {_show(version)}", field="v")
     found = obj.get("kind")
     if isinstance(found, str) and found != kind:
         raise WireError("wrong-kind", f"kind: expected {kind!r}, got {_show(found)}", field="kind")
-    if out_of_range is not None:
-        raise WireError(
-            "bad-field",
-            f"{out_of_range}: integer out of range, got {_show(obj[out_of_range])}",
-            field=out_of_range,
-        )
 
 
 # cbor2 6 reports these faults only through the message text (pinned <7 in
