@@ -40,6 +40,7 @@ from typing import Any, Final, Literal, get_args
 import msgspec
 
 from .engine import EngineConfig
+from .wire import DEFAULT_MAX_PAYLOAD
 
 __all__ = [
     "LOG_LEVELS",
@@ -208,6 +209,11 @@ _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _FILE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 _MQTT_MAX_KEEPALIVE_S: Final = 65_535  # MQTT 3.1.1 section 3.1.2.10: a 16-bit count of seconds
 _MQTT_MAX_INFLIGHT: Final = 65_535  # packet identifiers are 16 bits
+# broker.max_payload: below 4 KiB a gbcs envelope carrying the largest RTDS frame (1,894
+# bytes) would be refused; above 1 MiB (16 times the default, and hundreds of times any
+# envelope) the bound would no longer bound the time one message can take.
+_MIN_PAYLOAD_LIMIT: Final = 4 * 1024
+_MAX_PAYLOAD_LIMIT: Final = 1024 * 1024
 
 
 def _check_port(key: str, port: int) -> None:
@@ -243,6 +249,9 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # broker as our Receive Maximum and enforced by the gateway itself (it stops
     # reading), since mosquitto before 2.0.13 does not.
     receive_maximum: int = 4000
+    # The largest inbound payload decoded, in bytes: a larger one is refused unread
+    # (reason too-large), so that no message can hold the event loop for long.
+    max_payload: int = DEFAULT_MAX_PAYLOAD
     # 5 = MQTT 5 (required for acknowledgement after the effect is durable);
     # 4 = MQTT 3.1.1, only for brokers that speak nothing newer (the embedded demo broker):
     # the client library then acknowledges on receipt.
@@ -285,6 +294,12 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise _fail(
                 "broker.receive_maximum",
                 f"{self.receive_maximum} is outside 1..{_MQTT_MAX_INFLIGHT}",
+                "out-of-range",
+            )
+        if not _MIN_PAYLOAD_LIMIT <= self.max_payload <= _MAX_PAYLOAD_LIMIT:
+            raise _fail(
+                "broker.max_payload",
+                f"{self.max_payload} is outside {_MIN_PAYLOAD_LIMIT}..{_MAX_PAYLOAD_LIMIT}",
                 "out-of-range",
             )
         if self.protocol not in (4, 5):

@@ -42,6 +42,7 @@ keepalive = "1m"
 reconnect_min = "500ms"
 reconnect_max = "2m"
 inflight = 250
+max_payload = 131072
 
 [topics]
 prefix = "site-a/"
@@ -116,6 +117,7 @@ def test_no_file_gives_the_documented_defaults(
     assert (config.broker.keepalive, config.broker.reconnect_min) == (30_000, 1_000)
     assert (config.broker.reconnect_max, config.broker.inflight) == (30_000, 1000)
     assert config.broker.receive_maximum == 4000
+    assert config.broker.max_payload == 65_536
     assert config.topics.prefix == ""
     assert config.topic("dcc_alert") == "csp/dcc/alert"
     assert config.suppression.manufacturers == ("Landis+Gyr",)
@@ -147,6 +149,7 @@ def test_a_full_example_loads_every_key(tmp_path: Path) -> None:
     assert config.source == (tmp_path / "gateway.toml").resolve()
     assert config.broker.host == "broker.example.net"
     assert (config.broker.port, config.broker.tls, config.broker.inflight) == (8883, True, 250)
+    assert config.broker.max_payload == 131_072
     assert config.broker.ca_file == str(tmp_path.resolve() / "ca.pem")
     assert config.broker.cert_file == "/etc/poa/client.pem"
     assert config.broker.keepalive == 60_000
@@ -362,6 +365,24 @@ def test_any_text_is_a_duration_or_a_value_error(text: str) -> None:
             "broker.receive_maximum",
             "out-of-range",
             "broker.receive_maximum: 70000 is outside",
+        ),
+        (
+            "[broker]\nmax_payload = 4095\n",
+            "broker.max_payload",
+            "out-of-range",
+            "broker.max_payload: 4095 is outside 4096..1048576",
+        ),
+        (
+            "[broker]\nmax_payload = 1048577\n",
+            "broker.max_payload",
+            "out-of-range",
+            "broker.max_payload: 1048577 is outside 4096..1048576",
+        ),
+        (
+            "[broker]\nmax_payload = '64KiB'\n",
+            "broker.max_payload",
+            "wrong-type",
+            "broker.max_payload: expected an integer, got a string",
         ),
         (
             "[broker]\nreconnect_min = '1m'\nreconnect_max = '1s'\n",
