@@ -48,7 +48,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     if args.trust is not None:
         try:
             store = gbcs.TrustStore.from_directory(args.trust)
-        except gbcs.GbcsError as exc:
+        except (gbcs.GbcsError, OSError) as exc:
             print(f"poa-gateway decode: trust store: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     status = EXIT_OK

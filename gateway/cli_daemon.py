@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from .store import Store, StoreError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+_MAX_DETAIL = 300  # characters of an error's text quoted on stderr
 
 
 def _config(args: argparse.Namespace, command: str) -> Config | None:
@@ -34,9 +36,34 @@ def _open_state(config: Config, command: str) -> Store | None:
         return None
     try:
         return Store.open(path)
-    except StoreError as exc:
-        print(f"poa-gateway {command}: {path}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - see _unreadable_state
+        _unreadable_state(command, path, exc)
         return None
+
+
+def _unreadable_state(command: str, path: Path, exc: Exception) -> int:
+    """Report a state database that cannot be opened or read in one line; EXIT_ERROR.
+
+    The file is outside input: a damaged page can hold any bytes, and the rows read
+    from it any values, so whatever opening, reading or rendering it raises (StoreError,
+    sqlite3's errors, or a decoding error of a mangled row) means "unreadable state",
+    never a traceback.
+    """
+    try:
+        detail = " ".join(str(exc).split())  # SQLite quotes schema text over many lines
+    except Exception:  # noqa: BLE001 - an error built from a mangled row may not print
+        detail = ""
+    if not isinstance(exc, StoreError | sqlite3.Error):
+        detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[: _MAX_DETAIL - 3] + "..."
+    where = "" if detail.startswith(str(path)) else f"{path}: "
+    print(
+        f"poa-gateway {command}: {where}{detail} (unreadable state database: if it is "
+        "damaged, restore it from a backup, docs/operations.md)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
 
 
 def _time(ms: int) -> str:
@@ -92,6 +119,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if args.windows:
             out["active"] = [_activation(a) for a in active]
             out["pending"] = [_activation(a) for a in pending]
+    except Exception as exc:  # noqa: BLE001 - see _unreadable_state
+        return _unreadable_state("status", config.paths.state, exc)
     finally:
         store.close()
     print(json.dumps(out, indent=2))
@@ -120,12 +149,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     try:
         out = _explain(store, args.subject)
+        text = None if out is None else json.dumps(out, indent=2)
+    except Exception as exc:  # noqa: BLE001 - see _unreadable_state
+        return _unreadable_state("explain", config.paths.state, exc)
     finally:
         store.close()
-    if out is None:
+    if text is None:
         print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
         return EXIT_ERROR
-    print(json.dumps(out, indent=2))
+    print(text)
     return EXIT_OK
 
 
