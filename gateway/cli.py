@@ -15,7 +15,16 @@ from pathlib import Path
 
 import gbcs
 
-from . import __version__, cli_daemon, cli_guids, cli_inventory, cli_report, cli_simulate, config
+from . import (
+    __version__,
+    cli_daemon,
+    cli_guids,
+    cli_inventory,
+    cli_quarantine,
+    cli_report,
+    cli_simulate,
+    config,
+)
 from .render import render_frame
 
 EXIT_OK = 0
@@ -97,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_guids.add_parser(sub)
     cli_inventory.add_parser(sub)
     cli_report.add_parser(sub)
+    cli_quarantine.add_parser(sub)
     cli_simulate.add_parser(sub)
     return parser
 

@@ -8,13 +8,14 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
 from .eui import format_eui64, parse_eui64
 from .render import iso_utc
-from .store import Store, StoreError
+from .store import MARKER_SUFFIX, Store, StoreError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -31,7 +32,9 @@ def _config(args: argparse.Namespace, command: str) -> Config | None:
 
 def _open_state(config: Config, command: str) -> Store | None:
     path = config.paths.state
-    if not path.exists():
+    # A missing state file with its marker still beside it is a lost store: Store.open
+    # says so (state-lost). Without the marker there is simply no state yet.
+    if not path.exists() and not path.with_name(path.name + MARKER_SUFFIX).exists():
         print(f"poa-gateway {command}: no state database at {path}", file=sys.stderr)
         return None
     try:
@@ -95,36 +98,96 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    config = _config(args, "status")
+def with_state(args: argparse.Namespace, command: str, read: Callable[[Config, Store], int]) -> int:
+    """Load ``--config``, open its state store, and return ``read(config, store)`` (which
+    prints and returns the exit status); whatever fails is one line on stderr and
+    EXIT_ERROR, never a traceback (see :func:`_unreadable_state`)."""
+    config = _config(args, command)
     if config is None:
         return EXIT_ERROR
-    store = _open_state(config, "status")
+    store = _open_state(config, command)
     if store is None:
         return EXIT_ERROR
     try:
-        now = int(time.time() * 1000)
-        lead = config.engine_config().lead_ms
-        activations = store.load_activations()
-        active = [a for a in activations if a.start_ms - lead <= now < a.end_ms]
-        pending = [a for a in activations if a.start_ms - lead > now]
-        out: dict[str, Any] = {
-            "state": str(config.paths.state),
-            "now": _time(now),
-            "feature_enabled": config.suppression.enabled,
-            "windows_active": len(active),
-            "windows_pending": len(pending),
-            "counts": store.counts(),
-        }
-        if args.windows:
-            out["active"] = [_activation(a) for a in active]
-            out["pending"] = [_activation(a) for a in pending]
+        return read(config, store)
     except Exception as exc:  # noqa: BLE001 - see _unreadable_state
-        return _unreadable_state("status", config.paths.state, exc)
+        return _unreadable_state(command, config.paths.state, exc)
     finally:
         store.close()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    return with_state(args, "status", lambda config, store: _status(args, config, store))
+
+
+def _status(args: argparse.Namespace, config: Config, store: Store) -> int:
+    now = int(time.time() * 1000)
+    lead = config.engine_config().lead_ms
+    activations = store.load_activations()
+    active = [a for a in activations if a.start_ms - lead <= now < a.end_ms]
+    pending = [a for a in activations if a.start_ms - lead > now]
+    out: dict[str, Any] = {
+        "state": str(config.paths.state),
+        "now": _time(now),
+        "feature_enabled": config.suppression.enabled,
+        "windows_active": len(active),
+        "windows_pending": len(pending),
+        "counts": store.counts(),
+        "daemon": daemon_status(config.paths.state),
+    }
+    if args.windows:
+        out["active"] = [_activation(a) for a in active]
+        out["pending"] = [_activation(a) for a in pending]
     print(json.dumps(out, indent=2))
     return EXIT_OK
+
+
+def daemon_status(state: Path) -> dict[str, Any]:
+    """The running daemon's own view (``daemon-status.json`` beside the state file,
+    written on every change of broker connection or store health): whether it runs,
+    whether it is connected to the broker, whether its store commits."""
+    path = state.with_name("daemon-status.json")
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"running": False, "detail": "never started with this state"}
+    except (OSError, ValueError) as exc:
+        return {"running": None, "detail": f"{path}: unreadable: {exc}"}
+    if not isinstance(raw, dict):
+        return {"running": None, "detail": f"{path}: not a status object"}
+    pid = raw.get("pid")
+    running = bool(raw.get("running")) and isinstance(pid, int) and _alive(pid)
+    broker = raw.get("broker")
+    broker = broker if isinstance(broker, dict) else {}
+    store = raw.get("store")
+    store = store if isinstance(store, dict) else {}
+    out: dict[str, Any] = {
+        "running": running,
+        "pid": pid if running else None,
+        "version": raw.get("version"),
+        "broker_connected": bool(broker.get("connected")) if running else False,
+        "broker": f"{broker.get('host')}:{broker.get('port')}",
+        "store_ok": bool(store.get("ok")) if running else None,
+    }
+    for key in ("started_at", "updated_at"):
+        value = raw.get(key)
+        if isinstance(value, int) and 0 <= value < 253402300800000:  # before year 10000
+            out[key] = _time(value)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's (status run as an operator, not the daemon)
+    except (OSError, OverflowError):
+        return False  # OverflowError: a pid no process can have (a mangled file)
+    return True
 
 
 def _activation(a: Any) -> dict[str, Any]:
@@ -141,24 +204,15 @@ def _activation(a: Any) -> dict[str, Any]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    config = _config(args, "explain")
-    if config is None:
-        return EXIT_ERROR
-    store = _open_state(config, "explain")
-    if store is None:
-        return EXIT_ERROR
-    try:
+    def read(_config: Config, store: Store) -> int:
         out = _explain(store, args.subject)
-        text = None if out is None else json.dumps(out, indent=2)
-    except Exception as exc:  # noqa: BLE001 - see _unreadable_state
-        return _unreadable_state("explain", config.paths.state, exc)
-    finally:
-        store.close()
-    if text is None:
-        print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
-        return EXIT_ERROR
-    print(text)
-    return EXIT_OK
+        if out is None:
+            print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
+            return EXIT_ERROR
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+
+    return with_state(args, "explain", read)
 
 
 def _explain(store: Store, subject: str) -> dict[str, Any] | None:

@@ -309,7 +309,14 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 TopicName = Literal[
-    "gbcs_command", "gbcs_inbound", "dcc_alert", "inventory", "dno_alert", "suppressed", "reports"
+    "gbcs_command",
+    "gbcs_inbound",
+    "dcc_alert",
+    "inventory",
+    "dno_alert",
+    "suppressed",
+    "reports",
+    "quarantine",
 ]
 TOPIC_NAMES: Final[tuple[TopicName, ...]] = get_args(TopicName)
 """The topic keys of ``[topics]`` (everything but ``prefix``)."""
@@ -338,6 +345,7 @@ class TopicsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dno_alert: str = "dno/dcc/alert"
     suppressed: str = "gateway/suppressed"
     reports: str = "gateway/reports"
+    quarantine: str = "gateway/quarantine"
 
     def __post_init__(self) -> None:
         _check_topic("topics.prefix", self.prefix, allow_empty=True)

@@ -18,6 +18,11 @@ Suggested alerts (the docstrings of each metric say more):
   acknowledge; publishes are backing up.
 * ``poa_inbound_in_progress`` at ``broker.receive_maximum`` for minutes: the gateway has
   stopped reading because its commits or publishes do not complete.
+* ``poa_store_ok == 0``: the state store cannot commit (full disk?); intake is held.
+* ``increase(poa_quarantined_total[1h]) > 0``: a message made the gateway fail; look at it
+  with ``poa-gateway quarantine list``.
+* ``increase(poa_housekeeping_failures_total[15m]) > 0``: window expiry or report rotation
+  failed (the error is in the log).
 """
 
 from __future__ import annotations
@@ -184,6 +189,40 @@ class Metrics:
             "Alert when 0 (or absent) for more than 2 minutes: AD1 alerts are not flowing.",
             registry=reg,
         )
+        self.quarantined = Counter(
+            "poa_quarantined_total",
+            "Messages whose handling raised on every attempt, kept with their bytes "
+            "(poa-gateway quarantine list) and acknowledged, by topic and reason (the "
+            "exception's class). A DCC alert among them was still forwarded. Alert on any: "
+            "each one is a bug or an input nobody planned for.",
+            ["topic", "reason"],
+            registry=reg,
+        )
+        self.frames_ignored = Counter(
+            "poa_frames_ignored_total",
+            "GBCS frames read and not acted on, by topic, message code (0xNNNN, or 'other' "
+            "for codes GBCS does not define) and reason (not-cs06, not-a-command, "
+            "command-on-inbound, not-handled). A CS06 counted here went to the wrong topic.",
+            ["topic", "message_code", "reason"],
+            registry=reg,
+        )
+        self.store_ok = Gauge(
+            "poa_store_ok",
+            "1 while the state store commits, 0 while its commits fail (a full disk, an I/O "
+            "error). While 0, intake is held and nothing is acknowledged: alert at once.",
+            registry=reg,
+        )
+        self.store_commit_failures = Counter(
+            "poa_store_commit_failures_total",
+            "Group commits of the state store that failed (each retried until one succeeds).",
+            registry=reg,
+        )
+        self.housekeeping_failures = Counter(
+            "poa_housekeeping_failures_total",
+            "Passes of housekeeping (window expiry, report rotation, gauges) that failed; "
+            "the next pass runs all the same. Alert on any.",
+            registry=reg,
+        )
         self.ack_latency = Histogram(
             "poa_ack_latency_seconds",
             "Time from receiving a message to acknowledging it. Alert when the 99th "
@@ -192,6 +231,7 @@ class Metrics:
             registry=reg,
         )
 
+        self.store_ok.set(1)
         # Series known in advance start at zero.
         for reason in ("no-window", "not-ad1", "feature-off"):
             self.alerts.labels("forwarded", reason)

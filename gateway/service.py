@@ -40,13 +40,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
+
+import msgspec
 
 import gbcs
 from gbcs import (
@@ -60,7 +63,7 @@ from gbcs import (
 )
 
 from . import __version__
-from .config import Config
+from .config import TOPIC_NAMES, Config
 from .devices import DeviceRecord
 from .engine import (
     ActivationCancelled,
@@ -81,12 +84,20 @@ from .guids import GuidList, GuidListError
 from .inventory import Inventory, InventoryError, from_envelope
 from .logs import JsonLog
 from .metrics import Metrics
-from .mqtt import Delivery, MqttAdapter, MqttSettings, install_exception_filter
+from .mqtt import (
+    Delivery,
+    MqttAdapter,
+    MqttSettings,
+    NotConnected,
+    PublishRefused,
+    install_exception_filter,
+)
 from .reports import Rotation, write_report
 from .sdnotify import Notifier
-from .store import Store
+from .store import QuarantineEntry, Store, StoreError, quarantine_id
 from .wire import (
     DccAlertEnvelope,
+    QuarantineNotice,
     SuppressionRecord,
     WireError,
     decode_dcc_alert,
@@ -107,6 +118,60 @@ GC_THRESHOLDS: tuple[int, int, int] = (50_000, 20, 100)
 
 _BatchedAlert: TypeAlias = tuple[DccAlertEnvelope, bytes, int, Delivery]
 
+# How often a message's handling is tried before the message is quarantined. A bug that
+# raises on one message must not hold back the ones behind it (docs/decisions.md D24).
+HANDLER_ATTEMPTS: Final = 3
+
+# Failures of the gateway's surroundings, not of one message: the message is left with
+# the broker (not acknowledged) rather than quarantined, and comes back.
+_NOT_THE_MESSAGE: Final = (StoreError, PublishRefused, NotConnected)
+
+# While the state store cannot commit, it is retried with this backoff (seconds).
+STORE_RETRY_MIN_S: Final = 0.5
+STORE_RETRY_MAX_S: Final = 5.0
+
+_ERROR_TEXT_LIMIT: Final = 500
+
+_T = TypeVar("_T")
+
+
+class Poisoned(Exception):
+    """Handling one message raised on every attempt: the message is quarantined."""
+
+    def __init__(self, cause: BaseException, attempts: int) -> None:
+        super().__init__(f"{type(cause).__name__} after {attempts} attempt(s): {cause}")
+        self.cause = cause
+        self.attempts = attempts
+
+
+def describe(exc: BaseException) -> str:
+    """The text of an unexpected exception, clipped, for a log line or a quarantine entry;
+    never raises (``str()`` itself can: an int past the digit limit in its args)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - whatever its __str__ does
+        text = f"<{type(exc).__name__}: its text cannot be shown>"
+    if len(text) > _ERROR_TEXT_LIMIT:
+        text = text[:_ERROR_TEXT_LIMIT] + "..."
+    return text
+
+
+def attempt(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, tried up to :data:`HANDLER_ATTEMPTS` times; raises :class:`Poisoned`
+    with the last error when every try raised. A failure of the surroundings (the
+    store, the broker) and a typed refusal of the input (``WireError``, ``GbcsError``)
+    are raised as they are."""
+    error: BaseException | None = None
+    for _ in range(HANDLER_ATTEMPTS):
+        try:
+            return fn(*args)
+        except (*_NOT_THE_MESSAGE, WireError, GbcsError):
+            raise  # the surroundings, or a typed refusal of the input: no bug to retry
+        except Exception as exc:  # noqa: BLE001 - any bug on one message: try again
+            error = exc
+    assert error is not None
+    raise Poisoned(error, HANDLER_ATTEMPTS) from error
+
 
 class _AlertBatch:
     """DCC alerts handed over in one pass of the event loop, decided together."""
@@ -116,6 +181,29 @@ class _AlertBatch:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.alerts: list[_BatchedAlert] = []
         self.done: asyncio.Future[None] = loop.create_future()
+
+
+def mqtt_settings(config: Config, **overrides: Any) -> MqttSettings:
+    """The broker connection settings of ``config`` (``overrides`` replace fields)."""
+    b = config.broker
+    settings = MqttSettings(
+        host=b.host,
+        port=b.port,
+        client_id=b.client_id,
+        username=b.username or None,
+        password=config.broker_password(),
+        tls=b.tls,
+        ca_file=b.ca_file or None,
+        cert_file=b.cert_file or None,
+        key_file=b.key_file or None,
+        keepalive_s=max(1, b.keepalive // 1000),
+        reconnect_min_s=b.reconnect_min / 1000,
+        reconnect_max_s=b.reconnect_max / 1000,
+        inflight=b.inflight,
+        receive_maximum=b.receive_maximum,
+        protocol=b.protocol,
+    )
+    return msgspec.structs.replace(settings, **overrides) if overrides else settings
 
 
 def wall_ms() -> int:
@@ -138,24 +226,18 @@ class Gateway:
         self.log = log
         self.metrics = metrics
         self.clock = clock
-        self.topics = {
-            name: config.topic(name)
-            for name in (
-                "gbcs_command",
-                "gbcs_inbound",
-                "dcc_alert",
-                "inventory",
-                "dno_alert",
-                "suppressed",
-                "reports",
-            )
-        }
+        self.topics: dict[str, str] = {name: config.topic(name) for name in TOPIC_NAMES}
         self._handlers = {
             self.topics["gbcs_command"]: self._on_gbcs_command,
             self.topics["gbcs_inbound"]: self._on_gbcs_inbound,
             self.topics["inventory"]: self._on_inventory,
         }
         self._alert_topic = self.topics["dcc_alert"]
+        # Payloads above [broker] max_payload are refused before any decoding.
+        limit = config.broker.max_payload
+        self._decode_alert = partial(decode_dcc_alert, max_payload=limit)
+        self._decode_gbcs = partial(decode_gbcs, max_payload=limit)
+        self._decode_inventory = partial(decode_inventory, max_payload=limit)
         self._inflight_alerts: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: _AlertBatch | None = None
@@ -173,6 +255,15 @@ class Gateway:
         self._unreported = 0
         self._rotating: asyncio.Task[None] | None = None
         self._alert_counters: dict[tuple[str, str], Any] = {}
+        # The store's health: set while commits succeed. While it is clear, intake is
+        # held and every flush waits for the store to recover (docs/decisions.md D25).
+        self._store_ok = asyncio.Event()
+        self._store_ok.set()
+        self._store_failed_at: float | None = None
+        self._store_probe: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._started_at = clock()
+        self._status_path = Path(config.paths.state).with_name("daemon-status.json")
 
     # -- start-up and shut-down -----------------------------------------------------
 
@@ -220,24 +311,9 @@ class Gateway:
         self.load()
         install_exception_filter(asyncio.get_running_loop(), self._lib_event)
         b = self.config.broker
-        settings = MqttSettings(
-            host=b.host,
-            port=b.port,
-            client_id=b.client_id,
-            username=b.username or None,
-            password=self.config.broker_password(),
-            tls=b.tls,
-            ca_file=b.ca_file or None,
-            cert_file=b.cert_file or None,
-            key_file=b.key_file or None,
-            keepalive_s=max(1, b.keepalive // 1000),
-            reconnect_min_s=b.reconnect_min / 1000,
-            reconnect_max_s=b.reconnect_max / 1000,
-            inflight=b.inflight,
-            receive_maximum=b.receive_maximum,
-            protocol=b.protocol,
+        self.mqtt = MqttAdapter(
+            mqtt_settings(self.config), on_delivery=self._on_delivery, on_event=self._mqtt_event
         )
-        self.mqtt = MqttAdapter(settings, on_delivery=self._on_delivery, on_event=self._mqtt_event)
         if b.protocol != 5:
             self.log.warning(
                 "mqtt.protocol",
@@ -246,7 +322,7 @@ class Gateway:
             )
         await self.mqtt.connect()
         await self.mqtt.subscribe([self.topics[t] for t in self._subscribed_topics()])
-        self.metrics.up.set(1)
+        self._connection_changed()
         self.notifier.ready(f"suppressing; {self.engine.tracked_count} activations tracked")
         self.log.info("gateway.ready", version=__version__, topics=self._subscribed_topics())
 
@@ -255,19 +331,31 @@ class Gateway:
         return ["gbcs_command", "gbcs_inbound", "dcc_alert", "inventory"]
 
     async def run_forever(self) -> None:
-        """Housekeeping, report rotation and the watchdog until asked to stop."""
+        """Housekeeping, report rotation and the watchdog until asked to stop.
+
+        Raises the broker's permanent refusal (bad credentials, not authorised) when it
+        comes while running, after stopping: the process must exit non-zero.
+        """
         tasks = [
             asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
+        failed = asyncio.ensure_future(self.mqtt.wait_failed())
         try:
-            await self._stopping.wait()
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if failed.done() and not failed.cancelled():
+                self._failure = failed.result()
         finally:
+            failed.cancel()
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         """Ask the gateway to stop (signal handler)."""
@@ -284,6 +372,8 @@ class Gateway:
         """
         self.notifier.stopping("stopping")
         self.metrics.up.set(0)
+        if self._store_probe is not None:
+            self._store_probe.cancel()
         if self._rotating is not None and not self._rotating.done():
             with contextlib.suppress(Exception):
                 await self._rotating
@@ -305,6 +395,7 @@ class Gateway:
             self.inventory.close()
         if self.guids is not None:
             self.guids.close()
+        self._write_status(running=False)
         self.log.info("gateway.stopped")
 
     # -- dispatch ---------------------------------------------------------------------
@@ -319,7 +410,7 @@ class Gateway:
             self.log.warning("message.unexpected_topic", topic=topic)
             delivery.ack()
             return
-        self._spawn(self._handle(handler, payload, received, delivery))
+        self._spawn(self._handle(handler, topic, payload, received, delivery))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
         # The loop keeps only weak references to tasks: hold them until they finish.
@@ -330,16 +421,155 @@ class Gateway:
     async def _handle(
         self,
         handler: Callable[[bytes, int], Awaitable[None]],
+        topic: str,
         payload: bytes,
         received: int,
         delivery: Delivery,
     ) -> None:
+        # Acknowledged only once everything the handler queued is committed, refusals
+        # included: a CS06 refused as a replay of a command whose commit is still
+        # pending must not be acknowledged before that commit (it could fail).
+        error: BaseException | None = None
+        for _ in range(HANDLER_ATTEMPTS):
+            try:
+                await handler(payload, received)
+                await self._durable()
+            except _NOT_THE_MESSAGE as exc:
+                delivery.fail(exc)  # not acknowledged; the adapter says why
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug on this message: try again
+                error = exc
+            else:
+                self._acknowledge(delivery)
+                return
+        assert error is not None
         try:
-            await handler(payload, received)
-        except Exception as exc:  # noqa: BLE001 - not acknowledged; the adapter says why
+            await self._quarantine(topic, payload, received, error, forward=False)
+        except _NOT_THE_MESSAGE as exc:
             delivery.fail(exc)
-        else:
-            self._acknowledge(delivery)
+            return
+        self._acknowledge(delivery)
+
+    # -- quarantine -------------------------------------------------------------------
+
+    def _quarantine_entry(
+        self, topic: str, payload: bytes, received: int, error: BaseException, *, forward: bool
+    ) -> QuarantineEntry:
+        cause = error.cause if isinstance(error, Poisoned) else error
+        attempts = error.attempts if isinstance(error, Poisoned) else HANDLER_ATTEMPTS
+        text = describe(cause)
+        return QuarantineEntry(
+            id=quarantine_id(topic, payload),
+            topic=topic,
+            payload=payload,
+            reason=type(cause).__name__,
+            error=text,
+            attempts=attempts,
+            received_at=received,
+            quarantined_at=self.clock(),
+            forwarded=forward,
+        )
+
+    def _quarantine_notice(self, entry: QuarantineEntry) -> tuple[str, bytes]:
+        notice = QuarantineNotice(
+            v=1,
+            kind="quarantine",
+            id=entry.id,
+            topic=entry.topic,
+            payload=entry.payload,
+            reason=entry.reason,
+            error=entry.error,
+            attempts=entry.attempts,
+            received_at=entry.received_at,
+            quarantined_at=entry.quarantined_at,
+            forwarded=entry.forwarded,
+        )
+        return self.topics["quarantine"], encode(notice)
+
+    async def _quarantine(
+        self, topic: str, payload: bytes, received: int, error: BaseException, *, forward: bool
+    ) -> None:
+        """Keep a message whose handling raised on every attempt, tell the operators, and
+        (a DCC alert: the safety direction) forward it unread. The caller acknowledges."""
+        entry = self._quarantine_entry(topic, payload, received, error, forward=forward)
+        publishes = [self._quarantine_notice(entry)]
+        if forward:
+            publishes.insert(0, (self.topics["dno_alert"], payload))
+        await self.mqtt.publish_many(publishes)
+        self.store.put_quarantine(entry)
+        await self._durable()
+        self._quarantined(entry)
+
+    def _quarantined(self, entry: QuarantineEntry) -> None:
+        self.metrics.quarantined.labels(topic=entry.topic, reason=entry.reason).inc()
+        if entry.forwarded:
+            self._count_alert("forwarded", "quarantined")
+        self.log.error(
+            "message.quarantined",
+            id=entry.id,
+            topic=entry.topic,
+            reason=entry.reason,
+            detail=entry.error,
+            attempts=entry.attempts,
+            forwarded=entry.forwarded,
+            bytes=len(entry.payload),
+        )
+
+    # -- the state store's health -----------------------------------------------------
+
+    async def _durable(self) -> None:
+        """Return once everything queued in the store is committed.
+
+        A failed commit is not the message's fault: the store keeps the failed writes
+        and retries them, intake is held, and this waits until a commit succeeds, so
+        the message is acknowledged late rather than redelivered (which would repeat
+        its outputs on every attempt). Nothing is acknowledged while the store fails.
+        """
+        while True:
+            if not self._store_ok.is_set():
+                await self._store_ok.wait()
+            try:
+                await self.store.flush()
+            except StoreError as exc:
+                if exc.reason != "commit-failed":
+                    raise
+                self._store_failed(exc)
+            else:
+                return
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.metrics.store_commit_failures.inc()
+        if not self._store_ok.is_set():
+            return
+        self._store_ok.clear()
+        self._store_failed_at = time.monotonic()
+        self.metrics.store_ok.set(0)
+        self.log.error("store.failed", reason=exc.reason, detail=exc.detail, path=exc.path)
+        if hasattr(self, "mqtt"):
+            self.mqtt.hold_intake()
+        self._store_probe = asyncio.create_task(self._recover_store(), name="store-probe")
+        self._write_status()
+
+    async def _recover_store(self) -> None:
+        delay = STORE_RETRY_MIN_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.flush()
+            except StoreError as exc:
+                if exc.reason != "commit-failed":
+                    self.log.error("store.failed", reason=exc.reason, detail=exc.detail)
+                self.metrics.store_commit_failures.inc()
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            break
+        failed_for = time.monotonic() - (self._store_failed_at or time.monotonic())
+        self._store_ok.set()
+        self.metrics.store_ok.set(1)
+        self.log.warning("store.recovered", failed_for_s=round(failed_for, 3))
+        if hasattr(self, "mqtt"):
+            self.mqtt.release_intake()
+        self._write_status()
 
     def _acknowledge(self, delivery: Delivery) -> None:
         self.metrics.ack_latency.observe(time.monotonic() - delivery.started)
@@ -349,10 +579,13 @@ class Gateway:
 
     def _take_alert(self, payload: bytes, received: int, delivery: Delivery) -> None:
         try:
-            alert = decode_dcc_alert(payload)
+            alert = attempt(self._decode_alert, payload)
         except WireError as exc:
             # Cannot read it, so cannot decide: forward it unread.
             self._spawn(self._forward_unread(payload, exc, delivery))
+            return
+        except Poisoned as exc:
+            self._spawn(self._quarantine_alert(payload, received, exc, delivery))
             return
         first = self._inflight_alerts.get(alert.alert_id)
         if first is not None:
@@ -380,6 +613,16 @@ class Gateway:
         self._count_duplicate(alert_id)
         self._acknowledge(delivery)
 
+    async def _quarantine_alert(
+        self, payload: bytes, received: int, error: Poisoned, delivery: Delivery
+    ) -> None:
+        try:
+            await self._quarantine(self._alert_topic, payload, received, error, forward=True)
+        except _NOT_THE_MESSAGE as failed:
+            delivery.fail(failed)
+            return
+        self._acknowledge(delivery)
+
     async def _forward_unread(self, payload: bytes, exc: WireError, delivery: Delivery) -> None:
         topic = self._alert_topic
         try:
@@ -404,13 +647,25 @@ class Gateway:
         except asyncio.CancelledError:
             batch.done.cancel()  # shutting down: nothing is acknowledged
             raise
-        except Exception as exc:  # noqa: BLE001 - handed to every alert's delivery
+        except _NOT_THE_MESSAGE as exc:
             # Every alert of the batch stays unacknowledged; on redelivery those whose
             # effect was recorded are recognised and not repeated.
             batch.done.set_exception(exc)
             batch.done.exception()  # retrieved here; duplicates waiting on it see it too
             for _, _, _, delivery in batch.alerts:
                 delivery.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug outside the per-alert guard
+            # Redelivering the batch would meet the same bug for ever, and one alert
+            # must not hold back the others: each is taken alone, and one that still
+            # fails is forwarded unjudged and quarantined.
+            self.log.error(
+                "alerts.batch_failed",
+                reason=type(exc).__name__,
+                detail=describe(exc),
+                alerts=len(batch.alerts),
+            )
+            await self._one_by_one(batch.alerts)
+            batch.done.set_result(None)
         else:
             batch.done.set_result(None)
             for alert, _, _, delivery in batch.alerts:
@@ -421,17 +676,61 @@ class Gateway:
                 if self._inflight_alerts.get(alert.alert_id) is batch.done:
                     del self._inflight_alerts[alert.alert_id]
 
+    async def _one_by_one(self, alerts: list[_BatchedAlert]) -> None:
+        for item in alerts:
+            alert, payload, received, delivery = item
+            try:
+                try:
+                    await self._decide([item])
+                except _NOT_THE_MESSAGE:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this alert alone fails
+                    poisoned = Poisoned(exc, 1)
+                    await self._quarantine(
+                        self._alert_topic, payload, received, poisoned, forward=True
+                    )
+            except Exception as failed:  # noqa: BLE001 - not acknowledged; the adapter says why
+                delivery.fail(failed)
+            else:
+                self._maybe_fault(alert.alert_id)
+                self._acknowledge(delivery)
+
+    def _judge(
+        self, alert: DccAlertEnvelope, received: int
+    ) -> tuple[AlertDecision, SuppressionRecord | None, bytes | None] | None:
+        """The engine's decision on one alert, and its record when suppressed; None for
+        a redelivered alert whose effect is on record."""
+        decision = self.engine.on_dcc_alert(alert, received)
+        if decision.duplicate and self._effect_on_record(alert.alert_id):
+            return None
+        if not decision.suppressed:
+            return decision, None, None
+        record = self._record(alert.alert_id, alert.raised_at, decision, received)
+        return decision, record, encode(record)
+
     async def _decide(self, alerts: list[_BatchedAlert]) -> None:
         publishes: list[tuple[str, bytes]] = []
         suppressed: list[tuple[AlertDecision, SuppressionRecord, bytes]] = []
         forwarded: list[AlertDecision] = []
+        poisoned: list[QuarantineEntry] = []
         for alert, payload, received, _ in alerts:
-            decision = self.engine.on_dcc_alert(alert, received)
-            if decision.duplicate and self._effect_on_record(alert.alert_id):
+            try:
+                judged = attempt(self._judge, alert, received)
+            except Poisoned as exc:
+                # This alert alone: forwarded unjudged (the safety direction) and
+                # quarantined; the rest of the batch goes on.
+                entry = self._quarantine_entry(
+                    self._alert_topic, payload, received, exc, forward=True
+                )
+                poisoned.append(entry)
+                publishes.append((self.topics["dno_alert"], payload))
+                publishes.append(self._quarantine_notice(entry))
+                continue
+            if judged is None:
                 self._count_duplicate(alert.alert_id)
-            elif decision.suppressed:
-                record = self._record(alert.alert_id, alert.raised_at, decision, received)
-                encoded = encode(record)
+                continue
+            decision, record, encoded = judged
+            if record is not None and encoded is not None:
                 publishes.append((self.topics["suppressed"], encoded))
                 suppressed.append((decision, record, encoded))
             else:
@@ -446,11 +745,15 @@ class Gateway:
             self.store.put_decision(decision, effect_done=True)
         for decision in forwarded:
             self.store.put_decision(decision, effect_done=True)
-        await self.store.flush()
+        for entry in poisoned:
+            self.store.put_quarantine(entry)
+        await self._durable()
         for decision, record, _ in suppressed:
             self._suppressed(decision, record)
         for decision in forwarded:
             self._forwarded(decision)
+        for entry in poisoned:
+            self._quarantined(entry)
 
     def _effect_on_record(self, alert_id: str) -> bool:
         stored = self.store.decision(alert_id)
@@ -530,13 +833,29 @@ class Gateway:
 
     def _read_frame(self, payload: bytes, topic: str) -> tuple[gbcs.Frame, int, str | None] | None:
         try:
-            env = decode_gbcs(payload)
+            env = self._decode_gbcs(payload)
             frame = gbcs.decode_frame(env.frame)
         except (WireError, GbcsError) as exc:
             self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
             self.log.warning("gbcs.rejected", reason=exc.reason, detail=str(exc), topic=topic)
             return None
         return frame, env.sent_at, env.request_id
+
+    def _not_acted_on(self, topic: str, frame: gbcs.Frame, why: str) -> None:
+        code = frame.header.message_code
+        try:
+            label = f"0x{MessageCode(code).value:04X}"
+        except ValueError:
+            label = "other"  # a label per unknown code would let a sender grow the series
+        self.metrics.frames_ignored.labels(topic=topic, message_code=label, reason=why).inc()
+        self.log.debug(
+            "gbcs.ignored",
+            topic=topic,
+            message_code=f"0x{code:04X}",
+            cra_flag=int(frame.header.cra_flag),
+            reason=why,
+            device_id=frame.header.recipient,
+        )
 
     async def _on_gbcs_command(self, payload: bytes, received: int) -> None:
         topic = self.topics["gbcs_command"]
@@ -546,9 +865,11 @@ class Gateway:
         frame, sent_at, request_id = read
         header = frame.header
         if header.message_code != MessageCode.CS06_ACTIVATE_FIRMWARE:
-            return  # other commands pass by; the gateway only watches CS06
+            # Other commands pass by: the gateway only watches CS06.
+            self._not_acted_on(topic, frame, "not-cs06")
+            return
         if header.cra_flag is not CraFlag.COMMAND:
-            self.log.warning("command.ignored", reason="not-a-command", topic=topic)
+            self._not_acted_on(topic, frame, "not-a-command")
             return
         verification = gbcs.verify_frame(frame, self.trust)
         signer = verification.signer
@@ -581,7 +902,7 @@ class Gateway:
             if result.replaced is not None:
                 self.store.delete_activation(result.replaced)
             self.store.set_counter(a.originator, a.esme, a.counter)
-            await self.store.flush()
+            await self._durable()
             kind = "replaced" if result.replaced is not None else "tracked"
             self.metrics.commands.labels(result=kind, reason=a.kind).inc()
             self.log.info(
@@ -597,7 +918,7 @@ class Gateway:
             if result.cancelled is not None:
                 self.store.delete_activation(result.cancelled)
             self.store.set_counter(result.originator, result.esme, result.counter)
-            await self.store.flush()
+            await self._durable()
             self.metrics.commands.labels(result="cancelled", reason="cancellation").inc()
             self.log.info(
                 "activation.cancelled",
@@ -612,6 +933,11 @@ class Gateway:
         if read is None:
             return
         frame, sent_at, _ = read
+        if frame.header.cra_flag is CraFlag.COMMAND:
+            # A command on the northbound topic (a CS06 sent to the wrong topic?): it
+            # opens no window here; commands are read from the command topic only.
+            self._not_acted_on(topic, frame, "command-on-inbound")
+            return
         device = self.inventory.get(frame.header.originator)
         if isinstance(frame.payload, PowerRestorationAlert):
             observed = self.engine.on_restoration(frame, device, received)
@@ -625,6 +951,7 @@ class Gateway:
             )
             return
         if not isinstance(frame.payload, ActivateFirmwareResponse | FutureDatedActivationAlert):
+            self._not_acted_on(topic, frame, "not-handled")
             return
         verification = gbcs.verify_frame(frame, self.trust)
         before = (
@@ -643,7 +970,7 @@ class Gateway:
                 self.store.put_activation(a)
             elif a.counter in before:
                 self.store.delete_activation(before[a.counter])
-            await self.store.flush()
+            await self._durable()
         self.log.info(
             "device.outcome",
             kind=outcome.kind.value,
@@ -659,7 +986,7 @@ class Gateway:
     async def _on_inventory(self, payload: bytes, received: int) -> None:
         topic = self.topics["inventory"]
         try:
-            record: DeviceRecord = from_envelope(decode_inventory(payload))
+            record: DeviceRecord = from_envelope(self._decode_inventory(payload))
         except (WireError, InventoryError) as exc:
             reason = exc.reason
             self.metrics.decode_errors.labels(topic=topic, reason=reason).inc()
@@ -679,11 +1006,19 @@ class Gateway:
     async def _housekeeping_loop(self) -> None:
         while True:
             now = self.clock()
-            self._apply_housekeeping(self.engine.advance(now))
-            await self.store.flush()
-            if self._rotation.due(now, self._report_opened_at, self._unreported):
-                self._start_rotation()
-            self._update_gauges()
+            try:
+                self._apply_housekeeping(self.engine.advance(now))
+                await self._durable()
+                if self._rotation.due(now, self._report_opened_at, self._unreported):
+                    self._start_rotation()
+                self._update_gauges()
+            except Exception as exc:  # noqa: BLE001 - housekeeping must outlive any one failure
+                # Logged at once; the next pass tries again (a store error resolves
+                # itself through _durable, which waits for the store to recover).
+                self.metrics.housekeeping_failures.inc()
+                self.log.error(
+                    "housekeeping.failed", reason=type(exc).__name__, detail=describe(exc)
+                )
             deadline = self.engine.next_deadline()
             wake = now + 1000 if deadline is None else min(deadline, now + 1000)
             await asyncio.sleep(max(0, wake - self.clock()) / 1000)
@@ -737,7 +1072,7 @@ class Gateway:
         )
         if seqs:
             self.store.mark_reported_range(seqs[0], seqs[-1], report_id)
-            await self.store.flush()
+            await self._durable()
         self._unreported = self.store.unreported_count()
         self._report_opened_at = now
         self.mqtt.publish_soon(self.topics["reports"], encode(report.notice()))
@@ -768,9 +1103,53 @@ class Gateway:
     def _mqtt_event(self, event: str, fields: dict[str, Any]) -> None:
         if event == "mqtt.connected" and fields.get("reconnect"):
             self.metrics.mqtt_reconnects.inc()
-        warn = ("mqtt.disconnected", "mqtt.resync", "mqtt.ack_withheld", "mqtt.internals")
+        b = self.config.broker
+        if event in ("mqtt.disconnected", "mqtt.connect_failed", "mqtt.refused"):
+            fields = {"host": b.host, "port": b.port, **fields}
+        warn = (
+            "mqtt.disconnected",
+            "mqtt.connect_failed",
+            "mqtt.resync",
+            "mqtt.ack_withheld",
+            "mqtt.internals",
+        )
         level = self.log.warning if event in warn else self.log.info
+        if event == "mqtt.refused":
+            level = self.log.error
         level(event, **fields)
+        if event in ("mqtt.connected", "mqtt.disconnected", "mqtt.refused"):
+            self._connection_changed()
+
+    def _connection_changed(self) -> None:
+        # poa_up and `poa-gateway status` follow the broker connection, not the process.
+        connected = hasattr(self, "mqtt") and self.mqtt.connected
+        self.metrics.up.set(1 if connected else 0)
+        self._write_status()
+
+    def _write_status(self, *, running: bool = True) -> None:
+        """The daemon's own view for ``poa-gateway status`` (which reads the state file,
+        not the daemon): written atomically on every change of connection or store."""
+        b = self.config.broker
+        status = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "running": running,
+            "started_at": self._started_at,
+            "updated_at": self.clock(),
+            "broker": {
+                "host": b.host,
+                "port": b.port,
+                "connected": running and hasattr(self, "mqtt") and self.mqtt.connected,
+            },
+            "store": {"ok": self._store_ok.is_set()},
+        }
+        tmp = self._status_path.with_name(self._status_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(status) + "\n")
+            os.replace(tmp, self._status_path)
+        except OSError as exc:
+            # A full disk must not stop the daemon; status then shows the last view.
+            self.log.debug("status.unwritten", reason=type(exc).__name__, detail=str(exc))
 
     def _lib_event(self, event: str, fields: dict[str, Any]) -> None:
         self.log.error(event, **fields)

@@ -1,0 +1,189 @@
+"""``poa-gateway quarantine list|show|replay``: messages the daemon could not handle.
+
+A message whose handling raised on every attempt is kept in the state store with its
+topic and exact bytes, announced on ``gateway/quarantine`` and acknowledged, so that it
+cannot hold back the messages behind it (docs/decisions.md D24). These commands let an
+operator look at it and, once the cause is fixed (a new version, a corrected
+inventory), publish it again to its topic, where the daemon handles it like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli_daemon import EXIT_ERROR, EXIT_OK, _config, _time, with_state
+from .config import Config
+from .store import QuarantineEntry, Store
+
+_PREVIEW_BYTES = 64
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``quarantine`` and its subcommands."""
+    config_help = "configuration file (TOML); defaults for a local broker when omitted"
+    q = sub.add_parser(
+        "quarantine",
+        help="messages the daemon could not handle: list, show, replay",
+        description=(
+            "Messages whose handling raised on every attempt are kept with their topic and "
+            "exact bytes in the state store (and announced on gateway/quarantine). A DCC "
+            "alert among them was forwarded to the DNOs all the same."
+        ),
+    )
+    qsub = q.add_subparsers(dest="quarantine_command", metavar="COMMAND", required=True)
+
+    listing = qsub.add_parser("list", help="the quarantined messages, newest first")
+    listing.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(handler=_cmd_list)
+
+    show = qsub.add_parser("show", help="one quarantined message, with its bytes")
+    show.add_argument("id", metavar="ID", help="the entry id (q-...)")
+    show.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    show.add_argument(
+        "--raw", action="store_true", help="write the message's bytes to stdout, nothing else"
+    )
+    show.set_defaults(handler=_cmd_show)
+
+    replay = qsub.add_parser(
+        "replay",
+        help="publish a quarantined message again to its topic",
+        description=(
+            "Publish the message's exact bytes to its original topic (QoS 1, waiting for "
+            "the broker's acknowledgement) with a client id of its own, and mark the entry "
+            "replayed. The daemon handles it like any other message; should it fail again, "
+            "it is quarantined afresh."
+        ),
+    )
+    replay.add_argument("id", metavar="ID", help="the entry id (q-...)")
+    replay.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    replay.set_defaults(handler=_cmd_replay)
+
+
+def entry_json(entry: QuarantineEntry, *, payload: bool) -> dict[str, Any]:
+    """An entry as JSON: times in RFC 3339, the bytes in base64 (and a hex preview)."""
+    out: dict[str, Any] = {
+        "id": entry.id,
+        "topic": entry.topic,
+        "reason": entry.reason,
+        "error": entry.error,
+        "attempts": entry.attempts,
+        "received_at": _time(entry.received_at),
+        "quarantined_at": _time(entry.quarantined_at),
+        "forwarded": entry.forwarded,
+        "replayed_at": None if entry.replayed_at is None else _time(entry.replayed_at),
+        "bytes": len(entry.payload),
+        "preview_hex": entry.payload[:_PREVIEW_BYTES].hex(),
+    }
+    if payload:
+        out["payload_base64"] = base64.b64encode(entry.payload).decode("ascii")
+    return out
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    def read(_config: Config, store: Store) -> int:
+        entries = store.quarantined(max(1, args.limit))
+        if args.json:
+            print(json.dumps([entry_json(e, payload=False) for e in entries], indent=2))
+            return EXIT_OK
+        if not entries:
+            print("no quarantined messages")
+        for e in entries:
+            replayed = f"  replayed {_time(e.replayed_at)}" if e.replayed_at is not None else ""
+            forwarded = "  forwarded" if e.forwarded else ""
+            print(
+                f"{e.id}  {_time(e.quarantined_at)}  {e.topic}  {e.reason}  "
+                f"{len(e.payload)} bytes{forwarded}{replayed}"
+            )
+        return EXIT_OK
+
+    return with_state(args, "quarantine list", read)
+
+
+def _entry(args: argparse.Namespace, command: str) -> QuarantineEntry | None:
+    found: list[QuarantineEntry] = []
+
+    def read(_config: Config, store: Store) -> int:
+        entry = store.quarantine_entry(args.id)
+        if entry is None:
+            print(f"poa-gateway {command}: no quarantined message {args.id!r}", file=sys.stderr)
+            return EXIT_ERROR
+        found.append(entry)
+        return EXIT_OK
+
+    with_state(args, command, read)
+    return found[0] if found else None
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    entry = _entry(args, "quarantine show")
+    if entry is None:
+        return EXIT_ERROR
+    if args.raw:
+        sys.stdout.buffer.write(entry.payload)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    print(json.dumps(entry_json(entry, payload=True), indent=2))
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    entry = _entry(args, "quarantine replay")
+    if entry is None:
+        return EXIT_ERROR
+    config = _config(args, "quarantine replay")
+    assert config is not None  # _entry loaded it already
+    from . import service  # noqa: PLC0415 - the MQTT client is only needed here
+    from .mqtt import ConnectionRefusedPermanently, MqttAdapter  # noqa: PLC0415
+
+    # A client id of its own (the daemon's would take over its session) and a session
+    # that ends with the connection.
+    settings = service.mqtt_settings(
+        config,
+        client_id=f"{config.broker.client_id}-replay-{os.getpid()}",
+        session_expiry_s=0,
+        reconnect_max_s=2.0,
+    )
+
+    async def noop(_topic: str, _payload: bytes) -> None:
+        return None
+
+    async def publish() -> None:
+        adapter = MqttAdapter(settings, noop)
+        try:
+            await asyncio.wait_for(adapter.connect(), timeout=30)
+            await asyncio.wait_for(adapter.publish(entry.topic, entry.payload), timeout=30)
+        finally:
+            await adapter.close()
+
+    try:
+        asyncio.run(publish())
+    except (TimeoutError, OSError, ConnectionRefusedPermanently) as exc:
+        b = config.broker
+        print(
+            f"poa-gateway quarantine replay: cannot publish to {b.host}:{b.port}: {exc!r}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+    def mark(_config: Config, store: Store) -> int:
+        async def flush() -> None:
+            store.mark_replayed(entry.id, service.wall_ms())
+            await store.flush()
+
+        asyncio.run(flush())
+        return EXIT_OK
+
+    if with_state(args, "quarantine replay", mark) != EXIT_OK:
+        print("poa-gateway quarantine replay: published, but not marked replayed", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"replayed {entry.id} to {entry.topic} ({len(entry.payload)} bytes)")
+    return EXIT_OK
