@@ -246,21 +246,21 @@ class Figures:
     def show(self) -> None:
         print(f"\n== {self.title} ==")
         if self.skipped:
-            print(f"skipped: {self.skipped}\n", flush=True)
+            print(f"skipped: {self.skipped}", flush=True)
             return
         wf = max(len(r[0]) for r in self.rows)
         wv = max(len(r[1]) for r in self.rows)
         for figure, value, note in self.rows:
             print(f"{figure.ljust(wf)}  {value.rjust(wv)}  {note}".rstrip())
-        print(flush=True)
+        sys.stdout.flush()
 
 
-def daemon_log_summary(events: list[dict[str, Any]]) -> str:
-    """The daemon's warning and error events, with their counts."""
+def log_summary(events: list[dict[str, Any]]) -> tuple[int, str]:
+    """How many warning and error lines the gateway logged, and which, with counts."""
     seen = Counter(
         str(e.get("event")) for e in events if e.get("level") in ("warning", "error", "critical")
     )
-    return ", ".join(f"{name} x{n}" for name, n in seen.most_common()) or "none"
+    return seen.total(), ", ".join(f"{name} x{n}" for name, n in seen.most_common())
 
 
 # -- part 1: a poison alert ------------------------------------------------------------------
@@ -334,7 +334,7 @@ async def part_poison(run: Run, args: argparse.Namespace) -> Figures:
     out.add("tries of the poison alert", tries[poison], f"HANDLER_ATTEMPTS = {HANDLER_ATTEMPTS}")
     last_output = max(client.last_output_at - published.done, 0.0)
     out.add("seconds from last publish to last output", round(last_output, 3))
-    out.add("gateway warnings/errors", daemon_log_summary(events))
+    out.add("gateway warning/error lines", *log_summary(events))
     return out
 
 
@@ -533,7 +533,9 @@ async def part_full_disk(
     failed_recovered = f"{decisions.events['store.failed']} / {decisions.events['store.recovered']}"
     out.add("store.failed / store.recovered lines", failed_recovered)
     if failures:  # "<path>: commit of N write(s) failed: database or disk is full"
-        out.add("first failed commit", str(failures[0].get("detail")).rsplit(": ", 2)[-2])
+        detail = str(failures[0].get("detail")).rsplit(": ", 2)
+        writes = detail[-2].removeprefix("commit of ").split(" ")[0]
+        out.add("writes in the first failed commit", writes, detail[-1])
     out.add("disk full (bench), s", round(when.freed - when.filled, 2))
     if recovered:
         out.add("store failing (failed_for_s), s", recovered[0].get("failed_for_s"))
@@ -545,7 +547,7 @@ async def part_full_disk(
     last_output = max(client.last_output_at - published.done, 0.0)
     out.add("seconds from last publish to last output", round(last_output, 2))
     out.add("daemon exit codes (stop, check run)", f"{stopped} / {stopped_again}")
-    out.add("daemon warnings/errors", daemon_log_summary(events))
+    out.add("daemon warning/error lines", *log_summary(events))
     return out
 
 
@@ -644,7 +646,7 @@ def main() -> int:
             shutil.rmtree(root, ignore_errors=True)
     lost = sum(f.lost for f in results)
     verdict = "FAIL" if lost or failed else "PASS"
-    print(f"{verdict}: {lost:,} lost (alerts and windows) over {len(results)} part(s)")
+    print(f"\n{verdict}: {lost:,} lost (alerts and windows) over {len(results)} part(s)")
     return 1 if lost or failed else 0
 
 
