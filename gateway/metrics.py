@@ -5,28 +5,18 @@ several instances in one process do not collide. Label values that are known in
 advance are created at zero, so that ``rate()`` and ``increase()`` see a series from the
 first scrape rather than only after the first event.
 
-Suggested alerts (the docstrings of each metric say more):
+The alerts on these metrics are ``systemd/poa-gateway.rules.yml`` and the dashboard is
+``systemd/poa-gateway-dashboard.json`` (docs/operations.md, "Metrics and alerts");
+``tests/test_observability.py`` checks that every metric they query is served here. Each
+metric's help text says what to watch for.
 
-* ``up{job="poa-gateway"} == 0`` or ``poa_up == 0`` for 2 minutes: the gateway is down or
-  not connected to the broker; AD1 alerts are then not reaching the DNOs at all.
-* ``increase(poa_alerts_total{outcome="rejected"}[15m]) > 0`` or a rising
-  ``rate(poa_decode_errors_total[15m])``: a peer is sending what we cannot read.
-* ``histogram_quantile(0.99, rate(poa_ack_latency_seconds_bucket[5m])) > 1``: the
-  gateway is falling behind.
-* ``rate(poa_mqtt_reconnects_total[15m]) > 0.01``: a flapping broker connection.
-* ``poa_inflight_publishes`` at ``broker.inflight`` for minutes: the broker does not
-  acknowledge; publishes are backing up.
-* ``poa_inbound_in_progress`` at ``broker.receive_maximum`` for minutes: the gateway has
-  stopped reading because its commits or publishes do not complete.
-* ``poa_store_ok == 0``: the state store cannot commit (full disk?); intake is held.
-* ``increase(poa_quarantined_total[1h]) > 0``: a message made the gateway fail; look at it
-  with ``poa-gateway quarantine list``.
-* ``increase(poa_housekeeping_failures_total[15m]) > 0``: window expiry or report rotation
-  failed (the error is in the log).
+Timestamps follow Prometheus's convention (``*_timestamp_seconds``, Unix seconds, 0 for
+"never"), so that an age is ``time() - metric`` and "never" is told apart by ``== 0``.
 """
 
 from __future__ import annotations
 
+import platform
 from typing import Final, Literal
 
 from prometheus_client import (
@@ -34,10 +24,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     start_http_server,
 )
 
+from . import __version__
 from .engine import OutcomeKind, RefusalReason
 
 __all__ = ["ACK_LATENCY_BUCKETS", "AlertOutcome", "CommandResultLabel", "Metrics", "MetricsServer"]
@@ -97,6 +89,12 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        # No ``*_created`` series: prometheus_client adds one per counter and histogram
+        # child (its creation time), which Prometheus stores as a series of its own that
+        # no rule or panel uses, doubling the series count. The switch is process-global
+        # (prometheus_client has none per registry), so it is flipped where our registry
+        # is made; the daemon serves no other registry for it to affect.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in 0.26
         self.registry = CollectorRegistry()
         reg = self.registry
 
@@ -223,6 +221,27 @@ class Metrics:
             "the next pass runs all the same. Alert on any.",
             registry=reg,
         )
+        self.build_info = Gauge(
+            "poa_build_info",
+            "Always 1; its labels are the gateway's version and the Python it runs on. "
+            "Join on it to see which version produced a series.",
+            ["version", "python"],
+            registry=reg,
+        )
+        self.guid_list_imported = Gauge(
+            "poa_guid_list_imported_timestamp_seconds",
+            "When the GUID list in use was imported (poa-gateway guids import), in Unix "
+            "seconds; 0 while the gateway runs without one (nothing is suppressed). The list "
+            "is read at start: a newer import counts after a restart.",
+            registry=reg,
+        )
+        self.report_last_written = Gauge(
+            "poa_report_last_written_timestamp_seconds",
+            "When this process last wrote a suppression report file, in Unix seconds; 0 "
+            "until its first. One is due every reports.period: alert when "
+            "time() - this exceeds two periods.",
+            registry=reg,
+        )
         self.ack_latency = Histogram(
             "poa_ack_latency_seconds",
             "Time from receiving a message to acknowledging it. Alert when the 99th "
@@ -232,6 +251,7 @@ class Metrics:
         )
 
         self.store_ok.set(1)
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         # Series known in advance start at zero.
         for reason in ("no-window", "not-ad1", "feature-off"):
             self.alerts.labels("forwarded", reason)

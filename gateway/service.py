@@ -281,6 +281,8 @@ class Gateway:
             # direction. Said loudly, because it defeats the gateway's purpose.
             self.guids = None
             self.log.error("guids.unavailable", reason=exc.reason, detail=str(exc))
+        else:
+            self.metrics.guid_list_imported.set(self.guids.imported_at_ms / 1000)
         self.inventory = Inventory.open(paths.inventory)
         self.store = Store.open(paths.state)
         now = self.clock()
@@ -1077,6 +1079,7 @@ class Gateway:
         self._report_opened_at = now
         self.mqtt.publish_soon(self.topics["reports"], encode(report.notice()))
         self.metrics.reports.inc()
+        self.metrics.report_last_written.set(self.clock() / 1000)
         self.log.info(
             "report.written", file=str(report.path), records=report.records, sha256=report.sha256
         )

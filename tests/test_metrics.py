@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import platform
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from gateway.engine import OutcomeKind
 from gateway.metrics import Metrics
 
@@ -74,6 +76,39 @@ def test_gauges_and_the_latency_histogram_are_exposed() -> None:
     assert got[("poa_ack_latency_seconds_bucket", (("le", "0.25"),))] == 2
     assert got[("poa_ack_latency_seconds_bucket", (("le", "5.0"),))] == 2
     assert got[("poa_ack_latency_seconds_count", ())] == 2
+
+
+def test_build_info_is_one_with_the_version_and_python_as_labels() -> None:
+    got = samples(Metrics())
+    labels = (("python", platform.python_version()), ("version", __version__))
+    assert got[("poa_build_info", labels)] == 1
+    assert [key for key in got if key[0] == "poa_build_info"] == [("poa_build_info", labels)]
+
+
+def test_import_and_report_timestamps_are_zero_until_set() -> None:
+    metrics = Metrics()
+    got = samples(metrics)
+    assert got[("poa_guid_list_imported_timestamp_seconds", ())] == 0
+    assert got[("poa_report_last_written_timestamp_seconds", ())] == 0
+    metrics.guid_list_imported.set(1_900_000_000.123)
+    metrics.report_last_written.set(1_900_003_600.5)
+    got = samples(metrics)
+    assert got[("poa_guid_list_imported_timestamp_seconds", ())] == 1_900_000_000.123
+    assert got[("poa_report_last_written_timestamp_seconds", ())] == 1_900_003_600.5
+
+
+def test_no_created_series_anywhere_in_the_exposition() -> None:
+    metrics = Metrics()
+    metrics.count_alert("rejected", "bad-cbor")
+    metrics.count_decode_error("csp/dcc/alert", "bad-cbor")
+    metrics.quarantined.labels(topic="csp/dcc/alert", reason="KeyError").inc()
+    metrics.mqtt_reconnects.inc()
+    metrics.ack_latency.observe(0.01)
+    text = metrics.render().decode()
+    assert "poa_alerts_total" in text
+    assert "_created" not in text
+    names = {name for name, _ in samples(metrics)}
+    assert not {name for name in names if name.endswith("_created")}
 
 
 def test_label_values_outside_the_fixed_sets_are_refused() -> None:
