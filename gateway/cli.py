@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import binascii
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,23 +18,20 @@ import gbcs
 
 from . import (
     __version__,
+    cli_config,
     cli_daemon,
     cli_guids,
     cli_inventory,
     cli_quarantine,
     cli_report,
     cli_simulate,
-    config,
 )
+from .exits import Exit
 from .render import render_frame
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 1
-EXIT_USAGE = 2
 
 
 class CliError(Exception):
-    """A user-facing error: printed as one line, exit status EXIT_BAD_INPUT."""
+    """A user-facing error: printed as one line, exit status ``Exit.USAGE``."""
 
 
 def _read_input(source: str, raw: bool) -> bytes:
@@ -59,20 +57,20 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             store = gbcs.TrustStore.from_directory(args.trust)
         except (gbcs.GbcsError, OSError) as exc:
             print(f"poa-gateway decode: trust store: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    status = EXIT_OK
-    many = len(args.files) > 1
+            return Exit.USAGE
+    status = Exit.OK
+    one_line = args.json or len(args.files) > 1
     for source in args.files:
         name = "<stdin>" if source == "-" else source
         try:
             frame = gbcs.decode_frame(_read_input(source, args.raw))
         except (CliError, gbcs.GbcsError) as exc:
             print(f"poa-gateway decode: {name}: {exc}", file=sys.stderr)
-            status = EXIT_BAD_INPUT
+            status = Exit.USAGE
             continue
         verification = gbcs.verify_frame(frame, store) if store is not None else None
         out = {"file": name, **render_frame(frame, verification)}
-        print(json.dumps(out) if many else json.dumps(out, indent=2))
+        print(json.dumps(out) if one_line else json.dumps(out, indent=2))
     return status
 
 
@@ -92,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Decode GBCS frames (hex text, or bytes with --raw) and print each as JSON: "
             "header fields, message code and name, payload fields, and the signature "
             "(checked against --trust DIR, else reported as not checked). One file "
-            "prints indented JSON; several print one JSON object per line."
+            "prints indented JSON for a person; several, or --json, print one JSON object "
+            "per line. Exit 2 if a frame cannot be decoded."
         ),
+    )
+    decode.add_argument(
+        "--json", action="store_true", help="one JSON object per line, also for one file"
     )
     decode.add_argument("files", nargs="+", metavar="FILE", help="a frame file, or - for stdin")
     decode.add_argument("--raw", action="store_true", help="input is binary, not hex")
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decode.set_defaults(handler=_cmd_decode)
     cli_daemon.add_parser(sub)
-    config.add_parser(sub)
+    cli_config.add_parser(sub)
     cli_guids.add_parser(sub)
     cli_inventory.add_parser(sub)
     cli_report.add_parser(sub)
@@ -123,7 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``poa-gateway`` console script."""
     args = build_parser().parse_args(argv)
     handler = args.handler
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`poa-gateway report show X | head`): end quietly. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return Exit.OK
     return result
 
 

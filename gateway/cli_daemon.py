@@ -12,22 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, load_config
+from .cli_support import (
+    add_config_option,
+    add_json_option,
+    load_cli_config,
+    print_result,
+    when,
+)
+from .config import Config
 from .eui import format_eui64, parse_eui64
-from .render import iso_utc
+from .exits import Exit
 from .store import MARKER_SUFFIX, Store, StoreError
 
-EXIT_OK = 0
-EXIT_ERROR = 1
 _MAX_DETAIL = 300  # characters of an error's text quoted on stderr
-
-
-def _config(args: argparse.Namespace, command: str) -> Config | None:
-    try:
-        return load_config(args.config, env=os.environ)
-    except ConfigError as exc:
-        print(f"poa-gateway {command}: {args.config}: {exc}", file=sys.stderr)
-        return None
 
 
 def _open_state(config: Config, command: str) -> Store | None:
@@ -45,7 +42,7 @@ def _open_state(config: Config, command: str) -> Store | None:
 
 
 def _unreadable_state(command: str, path: Path, exc: Exception) -> int:
-    """Report a state database that cannot be opened or read in one line; EXIT_ERROR.
+    """Report a state database that cannot be opened or read in one line; Exit.FAILED.
 
     The file is outside input: a damaged page can hold any bytes, and the rows read
     from it any values, so whatever opening, reading or rendering it raises (StoreError,
@@ -66,19 +63,13 @@ def _unreadable_state(command: str, path: Path, exc: Exception) -> int:
         "damaged, restore it from a backup, docs/operations.md)",
         file=sys.stderr,
     )
-    return EXIT_ERROR
-
-
-def _time(ms: int) -> str:
-    import datetime as dt  # noqa: PLC0415
-
-    return iso_utc(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+    return Exit.FAILED
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args, "run")
+    config = load_cli_config(args, "run")
     if config is None:
-        return EXIT_ERROR
+        return Exit.CONFIG
     from . import service  # noqa: PLC0415 - the daemon's imports are only needed here
     from .logs import JsonLog, buffered_stdout, route_stdlib_logging  # noqa: PLC0415
 
@@ -87,27 +78,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         service.run(config, log)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled; this is belt and braces
-        return EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - the process boundary: report, exit 1
-        # A start-up failure (unreadable trust store, state database ...) is one JSON
-        # line and a non-zero exit, so systemd restarts it and journald shows why.
-        log.error("gateway.failed", reason=type(exc).__name__, detail=str(exc))
-        return EXIT_ERROR
+        return Exit.OK
+    except service.StartupError:
+        return Exit.CONFIG  # logged as gateway.failed; restarting cannot help
+    except Exception:  # noqa: BLE001 - the process boundary: logged as gateway.failed
+        # A failure (an unreadable state database, a broker that refuses the
+        # credentials ...) is one JSON line and a non-zero exit, so systemd restarts
+        # it and journald shows why.
+        return Exit.FAILED
     finally:
         log.flush()  # the log's stream is buffered (see buffered_stdout)
-    return EXIT_OK
+    return Exit.OK
 
 
 def with_state(args: argparse.Namespace, command: str, read: Callable[[Config, Store], int]) -> int:
     """Load ``--config``, open its state store, and return ``read(config, store)`` (which
     prints and returns the exit status); whatever fails is one line on stderr and
-    EXIT_ERROR, never a traceback (see :func:`_unreadable_state`)."""
-    config = _config(args, command)
+    Exit.FAILED, never a traceback (see :func:`_unreadable_state`)."""
+    config = load_cli_config(args, command)
     if config is None:
-        return EXIT_ERROR
+        return Exit.CONFIG
     store = _open_state(config, command)
     if store is None:
-        return EXIT_ERROR
+        return Exit.FAILED
     try:
         return read(config, store)
     except Exception as exc:  # noqa: BLE001 - see _unreadable_state
@@ -128,7 +121,7 @@ def _status(args: argparse.Namespace, config: Config, store: Store) -> int:
     pending = [a for a in activations if a.start_ms - lead > now]
     out: dict[str, Any] = {
         "state": str(config.paths.state),
-        "now": _time(now),
+        "now": when(now),
         "feature_enabled": config.suppression.enabled,
         "windows_active": len(active),
         "windows_pending": len(pending),
@@ -138,8 +131,8 @@ def _status(args: argparse.Namespace, config: Config, store: Store) -> int:
     if args.windows:
         out["active"] = [_activation(a) for a in active]
         out["pending"] = [_activation(a) for a in pending]
-    print(json.dumps(out, indent=2))
-    return EXIT_OK
+    print_result(args, out)
+    return Exit.OK
 
 
 def daemon_status(state: Path) -> dict[str, Any]:
@@ -172,7 +165,7 @@ def daemon_status(state: Path) -> dict[str, Any]:
     for key in ("started_at", "updated_at"):
         value = raw.get(key)
         if isinstance(value, int) and 0 <= value < 253402300800000:  # before year 10000
-            out[key] = _time(value)
+            out[key] = when(value)
     return out
 
 
@@ -196,8 +189,8 @@ def _activation(a: Any) -> dict[str, Any]:
         "esme": format_eui64(a.esme),
         "chf": format_eui64(a.chf),
         "activation": a.kind,
-        "window_start": _time(a.start_ms),
-        "window_end": _time(a.end_ms),
+        "window_start": when(a.start_ms),
+        "window_end": when(a.end_ms),
         "closed_early": a.closed_early,
         "succeeded": a.succeeded,
     }
@@ -208,9 +201,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         out = _explain(store, args.subject)
         if out is None:
             print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
-            return EXIT_ERROR
-        print(json.dumps(out, indent=2))
-        return EXIT_OK
+            return Exit.FAILED
+        print_result(args, out)
+        return Exit.OK
 
     return with_state(args, "explain", read)
 
@@ -224,8 +217,8 @@ def _explain(store: Store, subject: str) -> dict[str, Any] | None:
             "chf": format_eui64(decision.chf),
             "decision": "suppressed" if decision.suppressed else "forwarded",
             "reason": decision.reason,
-            "judged_at": _time(decision.judged_at),
-            "decided_at": _time(decision.decided_at),
+            "judged_at": when(decision.judged_at),
+            "decided_at": when(decision.decided_at),
             "effect_done": effect_done,
         }
         if decision.activation is not None:
@@ -246,7 +239,6 @@ def _explain(store: Store, subject: str) -> dict[str, Any] | None:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``run``, ``status`` and ``explain``."""
-    config_help = "configuration file (TOML); defaults for a local broker when omitted"
     run = sub.add_parser(
         "run",
         help="run the gateway daemon",
@@ -255,7 +247,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "decide on every alert until SIGTERM. Logs are JSON lines on stdout."
         ),
     )
-    run.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_config_option(run)
     run.set_defaults(handler=_cmd_run)
 
     status = sub.add_parser(
@@ -263,7 +255,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="active and pending windows and counts, from the state database",
         description="Read the state database (safe while the daemon runs) and print a summary.",
     )
-    status.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_config_option(status)
+    add_json_option(status)
     status.add_argument("--windows", action="store_true", help="also list every window")
     status.set_defaults(handler=_cmd_status)
 
@@ -276,5 +269,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     explain.add_argument("subject", metavar="ALERT_ID|EUI64")
-    explain.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_config_option(explain)
+    add_json_option(explain)
     explain.set_defaults(handler=_cmd_explain)

@@ -8,26 +8,35 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from .cli_support import (
+    add_config_option,
+    add_json_option,
+    load_cli_config,
+    print_result,
+    when,
+)
 from .eui import format_eui64, parse_eui64
+from .exits import Exit
 from .guids import PROGRESS_EVERY, GuidList, GuidListError, ImportReport, import_guid_list
 
-__all__ = ["DEFAULT_LIST", "add_parser"]
-
-DEFAULT_LIST = Path("var/guid-list.bin")
-"""Where ``guids import`` writes and ``check``/``info`` read, relative to the working folder."""
+__all__ = ["add_parser"]
 
 _LARGE_FILE = 5 * 1024 * 1024  # above this, say what is happening while the sheet is read
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def _error(command: str, message: object) -> None:
     print(f"poa-gateway guids {command}: {message}", file=sys.stderr)
+
+
+def _list_path(args: argparse.Namespace, given: Path | None, command: str) -> Path | Exit:
+    """The compiled list: the option's path, else ``paths.guid_list`` of the configuration
+    (the file the daemon maps), else the exit status after saying why there is none."""
+    if given is not None:
+        return given
+    config = load_cli_config(args, f"guids {command}")
+    return Exit.CONFIG if config is None else config.paths.guid_list
 
 
 def _progress(done: int, total: int | None) -> None:
@@ -63,7 +72,9 @@ def _print_report(report: ImportReport, *, listing: bool) -> None:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     source = Path(args.file)
-    output = Path(args.output)
+    output = _list_path(args, args.output, "import")
+    if isinstance(output, Exit):
+        return output
     quiet: bool = args.quiet
     try:
         if not quiet and source.stat().st_size > _LARGE_FILE:
@@ -85,15 +96,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
             # With no valid GUID at all (the wrong column?) the listing would be every row.
             _print_report(exc.report, listing=not quiet and exc.reason != "no-guids")
         _error("import", exc)
-        return EXIT_FAILED
+        return Exit.USAGE  # the sheet cannot be used (the sheet, row and cell are named)
     except OSError as exc:
         _error("import", f"{output}: cannot write: {exc.strerror or exc}")
-        return EXIT_FAILED
+        return Exit.FAILED
     _print_report(report, listing=not quiet)
     size = output.stat().st_size
     per_guid = size / report.unique_count
     print(f"output:      {output} ({size:,} bytes, {per_guid:.2f} bytes per GUID)")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -101,33 +112,47 @@ def _cmd_check(args: argparse.Namespace) -> int:
         eui = parse_eui64(args.eui)
     except ValueError as exc:
         _error("check", exc)
-        return EXIT_USAGE
+        return Exit.USAGE
+    path = _list_path(args, args.list, "check")
+    if isinstance(path, Exit):
+        return path
     try:
-        with GuidList.open(args.list) as guids:
+        with GuidList.open(path) as guids:
             found = eui in guids
     except GuidListError as exc:
         _error("check", exc)
-        return EXIT_USAGE
-    print("yes" if found else "no")
-    return EXIT_OK if found else EXIT_FAILED
+        return Exit.USAGE
+    if args.json:
+        print_result(args, {"eui": format_eui64(eui), "listed": found, "list": str(path)})
+    else:
+        print("yes" if found else "no")
+    return Exit.OK if found else Exit.FAILED
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    path = _list_path(args, args.list, "info")
+    if isinstance(path, Exit):
+        return path
     try:
-        with GuidList.open(args.list) as guids:
+        with GuidList.open(path) as guids:
             count, digest, imported = len(guids), guids.sha256, guids.imported_at_ms
             first = format_eui64(guids[0].to_bytes(8, "big")) if count else "-"
             last = format_eui64(guids[-1].to_bytes(8, "big")) if count else "-"
     except GuidListError as exc:
         _error("info", exc)
-        return EXIT_FAILED
-    when = datetime.fromtimestamp(imported / 1000, tz=UTC).isoformat(timespec="milliseconds")
-    print(f"list:        {args.list}")
-    print(f"count:       {count:,}")
-    print(f"range:       {first} .. {last}")
-    print(f"sha256:      {digest} (of the source sheet)")
-    print(f"imported:    {when}")
-    return EXIT_OK
+        return Exit.FAILED
+    print_result(
+        args,
+        {
+            "list": str(path),
+            "count": count,
+            "first": first,
+            "last": last,
+            "sha256": digest,  # of the source sheet
+            "imported": when(imported),
+        },
+    )
+    return Exit.OK
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -149,8 +174,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description=(
             "Read the GUID column of FILE (found by its header: GUID, ESME GUID, EUI-64, "
             "EUI, Device ID; or --column), report every invalid row and duplicate, and "
-            "write the sorted GUIDs to --output atomically. Invalid rows are skipped "
-            "unless --strict. Exit 0 when the list was written, 1 otherwise."
+            "write the sorted GUIDs atomically to --output, or else to paths.guid_list of "
+            "the configuration (the file the daemon maps). Invalid rows are skipped unless "
+            "--strict. Exit 0 when the list was written, 2 for a sheet that cannot be used, "
+            "1 when the list cannot be written."
         ),
     )
     imp.add_argument("file", metavar="FILE", help="the GUID list: .xlsx or .csv")
@@ -167,10 +194,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     imp.add_argument(
         "--output",
         type=Path,
-        default=DEFAULT_LIST,
         metavar="PATH",
-        help=f"compiled list to write (default: {DEFAULT_LIST})",
+        help="compiled list to write (default: paths.guid_list of the configuration)",
     )
+    add_config_option(imp)
     imp.add_argument(
         "--strict", action="store_true", help="write nothing if any row is invalid (exit 1)"
     )
@@ -192,13 +219,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     check.add_argument(
         "eui", metavar="EUI", help="00-DB-12-34-56-78-90-A0, 00DB1234567890A0 or 00:db:..."
     )
-    check.add_argument(
-        "--list",
-        type=Path,
-        default=DEFAULT_LIST,
-        metavar="PATH",
-        help=f"compiled list (default: {DEFAULT_LIST})",
-    )
+    _add_list_options(check)
     check.set_defaults(handler=_cmd_check)
 
     info = commands.add_parser(
@@ -206,11 +227,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="describe the compiled list: count, source SHA-256, import time",
         description="Print the number of GUIDs, the source sheet's SHA-256 and the import time.",
     )
-    info.add_argument(
+    _add_list_options(info)
+    info.set_defaults(handler=_cmd_info)
+
+
+def _add_list_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--list",
         type=Path,
-        default=DEFAULT_LIST,
         metavar="PATH",
-        help=f"compiled list (default: {DEFAULT_LIST})",
+        help="compiled list (default: paths.guid_list of the configuration)",
     )
-    info.set_defaults(handler=_cmd_info)
+    add_config_option(parser)
+    add_json_option(parser)

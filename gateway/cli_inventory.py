@@ -7,21 +7,16 @@ the inventory code: :mod:`gateway.inventory` itself takes times as arguments).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from .cli_support import add_config_option, add_json_option, load_cli_config, print_result
 from .eui import format_eui64, parse_eui64
+from .exits import Exit
 from .inventory import ImportIssue, Inventory, InventoryError
 
-__all__ = ["DEFAULT_DB", "add_parser"]
-
-DEFAULT_DB = Path("var/inventory.sqlite")
-"""Where the inventory lives unless ``--db`` says otherwise (relative to the cwd)."""
-
-_EXIT_OK = 0
-_EXIT_BAD_INPUT = 1
+__all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,11 +48,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     show = commands.add_parser(
         "show",
-        help="print one device as JSON",
-        description="Print the inventory record of one device as JSON; exit 1 if unknown.",
+        help="print one device's inventory record",
+        description=(
+            "Print the inventory record of one device (--json: as JSON); exit 1 if it is "
+            "not in the inventory, 2 if EUI is not an EUI-64."
+        ),
     )
     show.add_argument("eui", metavar="EUI", help="device EUI-64, e.g. 00-DB-12-34-56-78-90-A0")
     _add_db(show)
+    add_json_option(show)
     show.set_defaults(handler=_cmd_show)
 
 
@@ -65,23 +64,34 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         type=Path,
-        default=DEFAULT_DB,
         metavar="PATH",
-        help=f"the inventory SQLite file (default: {DEFAULT_DB})",
+        help="the inventory SQLite file (default: paths.inventory of the configuration)",
     )
+    add_config_option(parser)
 
 
-def _fail(command: str, message: str) -> int:
+def _db(args: argparse.Namespace, command: str) -> Path | Exit:
+    """``--db``, else ``paths.inventory`` of the configuration (the daemon's inventory)."""
+    if args.db is not None:
+        return Path(args.db)
+    config = load_cli_config(args, f"inventory {command}")
+    return Exit.CONFIG if config is None else config.paths.inventory
+
+
+def _fail(command: str, message: str, status: Exit = Exit.USAGE) -> int:
     print(f"poa-gateway inventory {command}: {message}", file=sys.stderr)
-    return _EXIT_BAD_INPUT
+    return status
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    db: Path = args.db
+    db = _db(args, "import")
+    if isinstance(db, Exit):
+        return db
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return _fail("import", f"{db.parent}: cannot create folder: {exc.strerror or exc}")
+        message = f"{db.parent}: cannot create folder: {exc.strerror or exc}"
+        return _fail("import", message, Exit.FAILED)
     now_ms = time.time_ns() // 1_000_000
     started = time.monotonic()
     try:
@@ -98,7 +108,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     )
     for issue in report.issues:
         print(_describe(report.path, issue))
-    return _EXIT_OK
+    return Exit.OK
 
 
 def _describe(path: str, issue: ImportIssue) -> str:
@@ -113,13 +123,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
         device_id = parse_eui64(args.eui)
     except ValueError as exc:
         return _fail("show", str(exc))
+    db = _db(args, "show")
+    if isinstance(db, Exit):
+        return db
     try:
-        with Inventory.open(args.db, create=False) as inventory:
+        with Inventory.open(db, create=False) as inventory:
             record = inventory.get(device_id)
     except InventoryError as exc:
-        return _fail("show", str(exc))
+        return _fail("show", str(exc), Exit.FAILED)
     if record is None:
-        return _fail("show", f"{format_eui64(device_id)} is not in the inventory {args.db}")
+        message = f"{format_eui64(device_id)} is not in the inventory {db}"
+        return _fail("show", message, Exit.FAILED)
     out = {
         "device_id": format_eui64(record.device_id),
         "device_type": record.device_type.value,
@@ -130,5 +144,5 @@ def _cmd_show(args: argparse.Namespace) -> int:
         "status": record.status.value,
         "supplier_id": None if record.supplier_id is None else format_eui64(record.supplier_id),
     }
-    print(json.dumps(out, indent=2))
-    return _EXIT_OK
+    print_result(args, out)
+    return Exit.OK

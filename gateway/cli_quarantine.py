@@ -15,11 +15,18 @@ import base64
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from .cli_daemon import EXIT_ERROR, EXIT_OK, _config, _time, with_state
+from .cli_daemon import with_state
+from .cli_support import (
+    add_config_option,
+    add_json_option,
+    load_cli_config,
+    print_result,
+    when,
+)
 from .config import Config
+from .exits import Exit
 from .store import QuarantineEntry, Store
 
 _PREVIEW_BYTES = 64
@@ -27,7 +34,6 @@ _PREVIEW_BYTES = 64
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``quarantine`` and its subcommands."""
-    config_help = "configuration file (TOML); defaults for a local broker when omitted"
     q = sub.add_parser(
         "quarantine",
         help="messages the daemon could not handle: list, show, replay",
@@ -40,14 +46,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     qsub = q.add_subparsers(dest="quarantine_command", metavar="COMMAND", required=True)
 
     listing = qsub.add_parser("list", help="the quarantined messages, newest first")
-    listing.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_config_option(listing)
+    add_json_option(listing)
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     listing.set_defaults(handler=_cmd_list)
 
     show = qsub.add_parser("show", help="one quarantined message, with its bytes")
     show.add_argument("id", metavar="ID", help="the entry id (q-...)")
-    show.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_config_option(show)
+    add_json_option(show)
     show.add_argument(
         "--raw", action="store_true", help="write the message's bytes to stdout, nothing else"
     )
@@ -64,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     replay.add_argument("id", metavar="ID", help="the entry id (q-...)")
-    replay.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_config_option(replay)
     replay.set_defaults(handler=_cmd_replay)
 
 
@@ -76,10 +83,10 @@ def entry_json(entry: QuarantineEntry, *, payload: bool) -> dict[str, Any]:
         "reason": entry.reason,
         "error": entry.error,
         "attempts": entry.attempts,
-        "received_at": _time(entry.received_at),
-        "quarantined_at": _time(entry.quarantined_at),
+        "received_at": when(entry.received_at),
+        "quarantined_at": when(entry.quarantined_at),
         "forwarded": entry.forwarded,
-        "replayed_at": None if entry.replayed_at is None else _time(entry.replayed_at),
+        "replayed_at": None if entry.replayed_at is None else when(entry.replayed_at),
         "bytes": len(entry.payload),
         "preview_hex": entry.payload[:_PREVIEW_BYTES].hex(),
     }
@@ -93,54 +100,56 @@ def _cmd_list(args: argparse.Namespace) -> int:
         entries = store.quarantined(max(1, args.limit))
         if args.json:
             print(json.dumps([entry_json(e, payload=False) for e in entries], indent=2))
-            return EXIT_OK
+            return Exit.OK
         if not entries:
             print("no quarantined messages")
         for e in entries:
-            replayed = f"  replayed {_time(e.replayed_at)}" if e.replayed_at is not None else ""
+            replayed = f"  replayed {when(e.replayed_at)}" if e.replayed_at is not None else ""
             forwarded = "  forwarded" if e.forwarded else ""
             print(
-                f"{e.id}  {_time(e.quarantined_at)}  {e.topic}  {e.reason}  "
+                f"{e.id}  {when(e.quarantined_at)}  {e.topic}  {e.reason}  "
                 f"{len(e.payload)} bytes{forwarded}{replayed}"
             )
-        return EXIT_OK
+        return Exit.OK
 
     return with_state(args, "quarantine list", read)
 
 
-def _entry(args: argparse.Namespace, command: str) -> QuarantineEntry | None:
+def _entry(args: argparse.Namespace, command: str) -> QuarantineEntry | int:
+    """The entry ``args.id``, or the exit status after saying why there is none."""
     found: list[QuarantineEntry] = []
 
     def read(_config: Config, store: Store) -> int:
         entry = store.quarantine_entry(args.id)
         if entry is None:
             print(f"poa-gateway {command}: no quarantined message {args.id!r}", file=sys.stderr)
-            return EXIT_ERROR
+            return Exit.FAILED
         found.append(entry)
-        return EXIT_OK
+        return Exit.OK
 
-    with_state(args, command, read)
-    return found[0] if found else None
+    status = with_state(args, command, read)
+    return found[0] if found else status
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
     entry = _entry(args, "quarantine show")
-    if entry is None:
-        return EXIT_ERROR
+    if isinstance(entry, int):
+        return entry
     if args.raw:
         sys.stdout.buffer.write(entry.payload)
         sys.stdout.buffer.flush()
-        return EXIT_OK
-    print(json.dumps(entry_json(entry, payload=True), indent=2))
-    return EXIT_OK
+        return Exit.OK
+    print_result(args, entry_json(entry, payload=args.json))
+    return Exit.OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     entry = _entry(args, "quarantine replay")
-    if entry is None:
-        return EXIT_ERROR
-    config = _config(args, "quarantine replay")
-    assert config is not None  # _entry loaded it already
+    if isinstance(entry, int):
+        return entry
+    config = load_cli_config(args, "quarantine replay")
+    if config is None:
+        return Exit.CONFIG
     from . import service  # noqa: PLC0415 - the MQTT client is only needed here
     from .mqtt import ConnectionRefusedPermanently, MqttAdapter  # noqa: PLC0415
 
@@ -172,7 +181,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"poa-gateway quarantine replay: cannot publish to {b.host}:{b.port}: {exc!r}",
             file=sys.stderr,
         )
-        return EXIT_ERROR
+        return Exit.FAILED
 
     def mark(_config: Config, store: Store) -> int:
         async def flush() -> None:
@@ -180,10 +189,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             await store.flush()
 
         asyncio.run(flush())
-        return EXIT_OK
+        return Exit.OK
 
-    if with_state(args, "quarantine replay", mark) != EXIT_OK:
+    if with_state(args, "quarantine replay", mark) != Exit.OK:
         print("poa-gateway quarantine replay: published, but not marked replayed", file=sys.stderr)
-        return EXIT_ERROR
+        return Exit.FAILED
     print(f"replayed {entry.id} to {entry.topic} ({len(entry.payload)} bytes)")
-    return EXIT_OK
+    return Exit.OK

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_support import add_json_option
 from .eui import format_eui64
+from .exits import Exit
 from .reports import ReportError, format_time, read_report, verify_report
 from .wire import SuppressionRecord
 
 __all__ = ["add_parser", "record_json"]
-
-_EXIT_OK = 0
-_EXIT_FAILED = 1
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,25 +36,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "Check each report: the HEADER record, the column names, every data record "
             "(11 columns, EUI-64s, ISO 8601 UTC times), and the TRAILER's record count and "
             "SHA-256 of the data records. Prints 'FILE: ok, N records, sha256 HEX' or one "
-            "line per problem naming its line number. Exit status 0 only if every file is "
-            "ok."
+            "line per problem naming its line number (--json: one object per file). Exit "
+            "status 0 only if every file is ok, 1 if one is not, 2 if one cannot be read."
         ),
     )
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE", help="a report .csv file")
+    add_json_option(verify)
     verify.set_defaults(handler=_cmd_verify)
 
     show = commands.add_parser(
         "show",
-        help="print a report's records as JSON lines",
+        help="print a report's records",
         description=(
-            "Verify a report, then print each suppressed AD1 as one JSON object per line, "
-            "keyed by the CSV column names: EUI-64s as 00-DB-12-34-56-78-90-A0, times as "
-            "ISO 8601 UTC, originator_counter as a number, an empty request_id as null. A "
-            "report that fails verification prints its problems on stderr and nothing on "
-            "stdout (exit status 1)."
+            "Verify a report, then print each suppressed AD1, one per line; with --json as "
+            "one JSON object per line keyed by the CSV column names: EUI-64s as "
+            "00-DB-12-34-56-78-90-A0, times as RFC 3339 UTC with milliseconds, "
+            "originator_counter as a number, an empty request_id as null. A report that "
+            "fails verification prints its problems on stderr and nothing on stdout "
+            "(exit status 1)."
         ),
     )
     show.add_argument("file", type=Path, metavar="FILE", help="a report .csv file")
+    add_json_option(show)
     show.set_defaults(handler=_cmd_show)
 
 
@@ -83,18 +85,22 @@ def _cannot_read(command: str, path: Path, exc: OSError) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    status = _EXIT_OK
+    status = Exit.OK
     for path in args.files:
         try:
             check = verify_report(path)
         except OSError as exc:
             _cannot_read("verify", path, exc)
-            status = _EXIT_FAILED
+            status = max(status, Exit.USAGE)
             continue
-        if check.ok:
+        if not check.ok:
+            status = max(status, Exit.FAILED)
+        if args.json:
+            out = {"file": str(path), "ok": check.ok, "records": check.records}
+            print(json.dumps(out | {"sha256": check.sha256, "problems": list(check.problems)}))
+        elif check.ok:
             print(f"{path}: ok, {check.records} records, sha256 {check.sha256}")
         else:
-            status = _EXIT_FAILED
             for problem in check.problems:
                 print(f"{path}: {problem}")
     return status
@@ -106,11 +112,19 @@ def _cmd_show(args: argparse.Namespace) -> int:
         contents = read_report(path)
     except OSError as exc:
         _cannot_read("show", path, exc)
-        return _EXIT_FAILED
+        return Exit.USAGE
     except ReportError as exc:
         for problem in exc.problems:
             print(f"poa-gateway report show: {path}: {problem}", file=sys.stderr)
-        return _EXIT_FAILED
+        return Exit.FAILED
     for record in contents.records:
-        print(json.dumps(record_json(record)))
-    return _EXIT_OK
+        r = record_json(record)
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(
+                f"{r['alert_id']}  CHF {r['chf_id']}  raised {r['raised_at']}  "
+                f"window {r['window_start']} .. {r['window_end']}  ESME {r['esme_id']}  "
+                f"{r['activation']}"
+            )
+    return Exit.OK

@@ -19,19 +19,15 @@ from the environment variable that ``broker.password_env`` names. The password i
 in a :class:`Secret`, whose ``repr`` and ``str`` are ``***``: it is never in the file,
 never printed, never logged.
 
-The module also provides ``poa-gateway config check FILE`` and ``config show [FILE]``
-(see :func:`add_parser`).
+``poa-gateway config check`` and ``config show`` live in :mod:`gateway.cli_config`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hmac
 import json
-import os
 import re
-import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,7 +55,6 @@ __all__ = [
     "SuppressionConfig",
     "TopicName",
     "TopicsConfig",
-    "add_parser",
     "format_duration",
     "load_config",
     "parse_duration",
@@ -685,81 +680,3 @@ def render_toml(config: Config) -> str:
         lines.append(f"\n[{section}]")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
     return "\n".join(lines) + "\n"
-
-
-# -- command line ---------------------------------------------------------------------
-
-_EXIT_OK = 0
-_EXIT_BAD_INPUT = 1
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``config check`` and ``config show`` to a subcommand set."""
-    config = sub.add_parser(
-        "config",
-        help="check and show the configuration file",
-        description="Check the TOML configuration file and show the effective configuration.",
-    )
-    commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
-
-    check = commands.add_parser(
-        "check",
-        help="validate a configuration file",
-        description=(
-            "Validate a configuration file: print 'ok' and the effective configuration "
-            "(defaults filled in, paths resolved, the password shown as ***) and exit 0, "
-            "or print one line naming the offending key and exit 1. The password is read "
-            "from the environment variable named by broker.password_env."
-        ),
-    )
-    check.add_argument("file", type=Path, metavar="FILE", help="the TOML configuration file")
-    _add_json(check)
-    check.set_defaults(handler=_cmd_check)
-
-    show = commands.add_parser(
-        "show",
-        help="print the effective configuration",
-        description=(
-            "Print the effective configuration as TOML: FILE with every default filled in "
-            "and paths resolved, or the built-in defaults when no FILE is given (paths "
-            "then relative to the current folder). Secrets are shown as ***."
-        ),
-    )
-    show.add_argument("file", type=Path, nargs="?", metavar="FILE", help="the TOML file")
-    _add_json(show)
-    show.set_defaults(handler=_cmd_show)
-
-
-def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of TOML")
-
-
-def _render(config: Config, as_json: bool) -> str:
-    if as_json:
-        return json.dumps(config.redacted_dict(), indent=2) + "\n"
-    return render_toml(config)
-
-
-def _load_for_cli(command: str, path: Path | None) -> Config | None:
-    try:
-        return load_config(path, env=os.environ)
-    except ConfigError as exc:
-        where = f"{path}: " if path is not None else ""
-        print(f"poa-gateway config {command}: {where}{exc}", file=sys.stderr)
-        return None
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    config = _load_for_cli("check", args.file)
-    if config is None:
-        return _EXIT_BAD_INPUT
-    sys.stdout.write("ok\n" + _render(config, args.json))
-    return _EXIT_OK
-
-
-def _cmd_show(args: argparse.Namespace) -> int:
-    config = _load_for_cli("show", args.file)
-    if config is None:
-        return _EXIT_BAD_INPUT
-    sys.stdout.write(_render(config, args.json))
-    return _EXIT_OK

@@ -16,8 +16,9 @@ from gbcs import DlmsDateTime, Frame, Verification, format_eui64
 
 
 def iso_utc(when: dt.datetime) -> str:
-    """``2030-01-15T09:00:00Z``."""
-    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    """``2030-01-15T09:00:00.000Z``: RFC 3339, UTC, milliseconds, as every command prints
+    times."""
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _value(v: Any) -> Any:

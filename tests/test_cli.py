@@ -15,6 +15,7 @@ import pytest
 
 from gateway import __version__
 from gateway.cli import main, subcommand_names
+from gateway.exits import Exit
 
 from . import fuzz_support
 from .conftest import vector_files, vectors_root
@@ -103,7 +104,7 @@ def test_decode_bad_input_prints_one_line_with_the_reason(
 def test_decode_missing_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["decode", str(tmp_path / "nope.hex")]) == 1
+    assert main(["decode", str(tmp_path / "nope.hex")]) == Exit.USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "cannot read" in err[0]
@@ -137,7 +138,7 @@ def test_console_script_truncated_frame_exits_non_zero(tmp_path: Path) -> None:
         check=False,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == Exit.USAGE
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert "truncated" in done.stderr
@@ -183,7 +184,7 @@ def test_decode_of_an_integer_beyond_its_field_is_one_line(
 ) -> None:
     path = tmp_path / "frame.hex"
     path.write_text(content)
-    assert main(["decode", str(path)]) == 1
+    assert main(["decode", str(path)]) == Exit.USAGE
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.splitlines()) == 1
@@ -212,7 +213,7 @@ def test_decode_with_an_unreadable_trust_store_file_is_one_line(
     (trust / "a-folder.pem").mkdir(parents=True)  # read_bytes() raises IsADirectoryError
     frame = tmp_path / "frame.hex"
     frame.write_text("DF0901")
-    assert main(["decode", "--trust", str(trust), str(frame)]) == 1
+    assert main(["decode", "--trust", str(trust), str(frame)]) == Exit.USAGE
     assert len(capsys.readouterr().err.splitlines()) == 1
 
 
@@ -247,11 +248,11 @@ def test_decode_over_fuzzed_frames_exits_0_or_prints_one_line(
         if status == 0:
             assert json.loads(captured.out)["file"] == str(path)
         else:
-            assert (status, captured.out) == (1, "")
+            assert (status, captured.out) == (Exit.USAGE, "")
             assert len(captured.err.splitlines()) == 1, captured.err
             assert captured.err.startswith(f"poa-gateway decode: {path}: ")
         outcomes[status] += 1
-    assert set(outcomes) == {0, 1}  # both paths were taken
+    assert set(outcomes) == {Exit.OK, Exit.USAGE}  # both paths were taken
 
 
 def test_console_script_over_fuzzed_frames_prints_no_traceback(
@@ -268,7 +269,7 @@ def test_console_script_over_fuzzed_frames_prints_no_traceback(
         [exe, "decode", *files], capture_output=True, text=True, check=False, timeout=120
     )
     assert "Traceback" not in done.stderr
-    assert done.returncode in (0, 1)
+    assert done.returncode in (Exit.OK, Exit.USAGE)
     printed = len(done.stdout.splitlines()) + len(done.stderr.splitlines())
     assert printed == len(files)  # one line per file: a JSON object or an error
 
@@ -294,7 +295,7 @@ def test_status_and_explain_over_damaged_state_exit_0_or_print_one_line(
             ["explain", "00-DB-12-34-56-78-90-07"],
             ["explain", rnd.choice(fuzz_support.EXPLAIN_SUBJECTS)],
         ):
-            status = main([*argv, "--config", str(config)])
+            status = main([*argv, "--json", "--config", str(config)])
             captured = capsys.readouterr()
             assert status in (0, 1)
             if status == 0:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import cli_config
 from gateway import config as config_module
 from gateway.config import (
     BrokerConfig,
@@ -24,6 +25,7 @@ from gateway.config import (
     render_toml,
 )
 from gateway.engine import EngineConfig
+from gateway.exits import Exit
 
 PASSWORD = "pa55-w0rd-never-printed"
 
@@ -573,7 +575,7 @@ def test_redacted_dict_has_every_section_and_readable_durations() -> None:
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="poa-gateway")
     sub = parser.add_subparsers(dest="command", required=True)
-    config_module.add_parser(sub)
+    cli_config.add_parser(sub)
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result
@@ -608,18 +610,18 @@ def test_config_check_names_the_bad_key_on_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(tmp_path, "[suppression]\nwindw = '30m'\n")
-    assert run_cli(["config", "check", str(path)]) == 1
+    assert run_cli(["config", "check", str(path)]) == Exit.CONFIG
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"poa-gateway config check: {path}: unknown key 'suppression.windw'\n"
 
 
-def test_config_show_without_a_file_prints_the_defaults(
+def test_config_show_defaults_prints_the_built_in_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("POA_MQTT_PASSWORD", PASSWORD)
-    assert run_cli(["config", "show"]) == 0
+    assert run_cli(["config", "show", "--defaults"]) == 0
     out = capsys.readouterr().out
     assert PASSWORD not in out
     shown = tomllib.loads(out)
@@ -654,3 +656,23 @@ def test_config_is_a_frozen_struct() -> None:
     assert isinstance(config, Config)
     with pytest.raises(AttributeError):
         config.log = config.log  # type: ignore[misc]
+
+
+def test_the_configuration_file_is_found_from_config_then_the_environment_then_etc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = write(tmp_path, "[suppression]\nwindow = '45m'\n")
+    from_env = tmp_path / "env.toml"
+    from_env.write_text("[suppression]\nwindow = '40m'\n")
+    monkeypatch.setenv("POA_GATEWAY_CONFIG", str(from_env))
+    assert run_cli(["config", "show", "--json", "--config", str(given)]) == 0
+    assert json.loads(capsys.readouterr().out)["suppression"]["window"] == "45m"
+    assert run_cli(["config", "show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["suppression"]["window"] == "40m"
+    monkeypatch.delenv("POA_GATEWAY_CONFIG")
+    if Path("/etc/poa-gateway/poa-gateway.toml").exists():
+        pytest.skip("this machine has an /etc/poa-gateway/poa-gateway.toml")
+    assert run_cli(["config", "check"]) == Exit.CONFIG
+    err = capsys.readouterr().err
+    assert "/etc/poa-gateway/poa-gateway.toml" in err
+    assert "POA_GATEWAY_CONFIG" in err

@@ -255,14 +255,16 @@ async def test_suppression_log_rotates_into_a_verified_report(
 
         # status and explain read the state database while the daemon runs.
         capsys.readouterr()
-        assert main(["status", "--config", str(home.config)]) == 0
+        assert main(["status", "--json", "--config", str(home.config)]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["windows_active"] == 1
-        assert main(["explain", "r-0", "--config", str(home.config)]) == 0
+        assert main(["status", "--config", str(home.config)]) == 0  # for a person
+        assert "windows_active:" in capsys.readouterr().out
+        assert main(["explain", "r-0", "--json", "--config", str(home.config)]) == 0
         explained = json.loads(capsys.readouterr().out)
         assert explained["decision"] == "suppressed"
         assert explained["activation"]["request_id"].endswith(":1000")
-        assert main(["explain", "fwd", "--config", str(home.config)]) == 0
+        assert main(["explain", "fwd", "--json", "--config", str(home.config)]) == 0
         assert json.loads(capsys.readouterr().out)["reason"] == "no-window"
     finally:
         await client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import random
 import struct
 import tempfile
@@ -20,6 +21,7 @@ from openpyxl import Workbook
 from python_calamine import CalamineWorkbook
 
 from gateway.cli_guids import add_parser
+from gateway.exits import Exit
 from gateway.guids import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -529,12 +531,12 @@ def test_cli_import_prints_counts_each_invalid_row_and_duplicates(
     assert output.exists()
 
 
-def test_cli_import_strict_exits_1_and_quiet_lists_no_rows(
+def test_cli_import_strict_refuses_a_sheet_with_invalid_rows_and_quiet_lists_no_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "list.bin"
     argv = ["guids", "import", str(BROKEN), "--output", str(output), "--strict", "--quiet"]
-    assert _run(argv) == 1
+    assert _run(argv) == Exit.USAGE
     captured = capsys.readouterr()
     assert "invalid:     4 rows" in captured.out
     assert "row 17 cell B17:" not in captured.out
@@ -548,7 +550,7 @@ def test_cli_import_of_an_unreadable_file_prints_one_line(
 ) -> None:
     bad = tmp_path / "bad.xlsx"
     bad.write_bytes(b"not a zip at all")
-    assert _run(["guids", "import", str(bad), "--output", str(tmp_path / "o.bin")]) == 1
+    assert _run(["guids", "import", str(bad), "--output", str(tmp_path / "o.bin")]) == Exit.USAGE
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"poa-gateway guids import: {bad}: not a readable Excel")
@@ -569,19 +571,32 @@ def test_cli_check_and_info_read_the_compiled_list(
     assert "cannot read" in capsys.readouterr().err
     assert _run(["guids", "info", "--list", str(compiled)]) == 0
     out = capsys.readouterr().out
-    assert "count:       200" in out
+    assert "count:    200" in out
     assert hashlib.sha256(SAMPLE.read_bytes()).hexdigest() in out
-    assert "imported:    2025-06-15T15:06:40.123+00:00" in out
+    assert "imported: 2025-06-15T15:06:40.123Z" in out
+    assert _run(["guids", "info", "--json", "--list", str(compiled)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["count"], info["imported"]) == (200, "2025-06-15T15:06:40.123Z")
+    assert _run(["guids", "check", member, "--json", "--list", str(compiled)]) == 0
+    assert json.loads(capsys.readouterr().out)["listed"] is True
 
 
-def test_cli_import_uses_var_guid_list_by_default(
+def test_cli_import_writes_the_list_the_configuration_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "etc" / "gateway.toml"
+    config.parent.mkdir()
+    config.write_text('[paths]\nstate_dir = "../state"\nguid_list = "lists/guids.bin"\n')
+    monkeypatch.chdir(tmp_path / "etc")  # relative paths follow the file, not the cwd
+    monkeypatch.setenv("POA_GATEWAY_CONFIG", str(config))
     assert _run(["guids", "import", str(SAMPLE_CSV), "--quiet"]) == 0
-    assert (tmp_path / "var" / "guid-list.bin").stat().st_size == HEADER_SIZE + 8 * 200
-    assert _run(["guids", "info"]) == 0
-    assert "count:       200" in capsys.readouterr().out
+    compiled = tmp_path / "state" / "lists" / "guids.bin"
+    assert compiled.stat().st_size == HEADER_SIZE + 8 * 200
+    assert f"output:      {compiled}" in capsys.readouterr().out
+    monkeypatch.delenv("POA_GATEWAY_CONFIG")
+    assert _run(["guids", "info", "--json", "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 200
+    assert _run(["guids", "info", "--config", str(tmp_path / "missing.toml")]) == Exit.CONFIG
 
 
 @pytest.mark.parametrize(

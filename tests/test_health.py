@@ -27,7 +27,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio, pytest.mark.timeout(120)]
 def status(home: Home) -> dict[str, Any]:
     exe = str(Path(sys.executable).parent / "poa-gateway")
     done = subprocess.run(
-        [exe, "status", "--config", str(home.config)], capture_output=True, text=True, check=False
+        [exe, "status", "--json", "--config", str(home.config)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout)

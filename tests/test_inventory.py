@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from gateway.cli_inventory import add_parser
 from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.eui import format_eui64
+from gateway.exits import Exit
 from gateway.inventory import (
     APPLICATION_ID,
     CSV_COLUMNS,
@@ -668,21 +670,27 @@ def test_cli_import_prints_counts_and_every_invalid_row(
         assert inv.get(CHF_A) == chf(CHF_A)
 
 
-def test_cli_import_uses_var_inventory_by_default(
+def test_cli_import_writes_the_inventory_the_configuration_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    config = tmp_path / "etc" / "gateway.toml"
+    config.parent.mkdir()
+    config.write_text('[paths]\nstate_dir = "../state"\n')
     monkeypatch.chdir(tmp_path)
     write_inventory_csv(tmp_path / "inv.csv", [chf(CHF_A)])
-    assert run_cli("import", "inv.csv") == 0
-    assert (tmp_path / "var" / "inventory.sqlite").is_file()
+    assert run_cli("import", "inv.csv", "--config", str(config)) == 0
+    assert (tmp_path / "state" / "inventory.sqlite").is_file()
     capsys.readouterr()
+    monkeypatch.setenv("POA_GATEWAY_CONFIG", str(config))
+    assert run_cli("show", "--json", format_eui64(CHF_A)) == 0
+    assert json.loads(capsys.readouterr().out)["device_type"] == "CHF"
 
 
 def test_cli_import_of_a_file_without_a_column_fails_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_csv(tmp_path / "inv.csv", "device_id,device_type,smets,manufacturer")
-    assert run_cli("import", str(path), "--db", str(tmp_path / "inv.sqlite")) == 1
+    assert run_cli("import", str(path), "--db", str(tmp_path / "inv.sqlite")) == Exit.USAGE
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
@@ -698,6 +706,10 @@ def test_cli_show_prints_the_record_as_json(
         inv.upsert(esme(ESME_A, CHF_A), T0)
         inv.upsert(esme(ESME_B, CHF_B, supplier_id=SUPPLIER), T0)
     assert run_cli("show", "00db1234567890a1", "--db", str(db_path)) == 0
+    human = capsys.readouterr().out
+    assert "manufacturer: Landis+Gyr" in human
+    assert "supplier_id:  -" in human
+    assert run_cli("show", "--json", "00db1234567890a1", "--db", str(db_path)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "device_id": "00-DB-12-34-56-78-90-A1",
         "device_type": "ESME",
@@ -708,24 +720,35 @@ def test_cli_show_prints_the_record_as_json(
         "status": "commissioned",
         "supplier_id": None,
     }
-    assert run_cli("show", "00-DB-12-34-56-78-90-B1", "--db", str(db_path)) == 0
+    assert run_cli("show", "--json", "00-DB-12-34-56-78-90-B1", "--db", str(db_path)) == 0
     assert json.loads(capsys.readouterr().out)["supplier_id"] == "90-B3-D5-1F-30-01-00-00"
 
 
 @pytest.mark.parametrize(
-    ("eui", "create", "message"),
+    ("eui", "create", "message", "status"),
     [
-        ("00-DB-12-34-56-78-90-B1", True, "00-DB-12-34-56-78-90-B1 is not in the inventory"),
-        ("00-DB-12-34", True, "expected 8 groups"),
-        ("00-DB-12-34-56-78-90-B1", False, "no such inventory file"),
+        (
+            "00-DB-12-34-56-78-90-B1",
+            True,
+            "00-DB-12-34-56-78-90-B1 is not in the inventory",
+            Exit.FAILED,
+        ),
+        ("00-DB-12-34", True, "expected 8 groups", Exit.USAGE),
+        ("00-DB-12-34-56-78-90-B1", False, "no such inventory file", Exit.FAILED),
     ],
 )
 def test_cli_show_fails_with_one_line(
-    db_path: Path, capsys: pytest.CaptureFixture[str], eui: str, create: bool, message: str
+    db_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    eui: str,
+    create: bool,
+    message: str,
+    status: Exit,
 ) -> None:
     if create:
         Inventory(db_path).close()
-    assert run_cli("show", eui, "--db", str(db_path)) == 1
+    assert run_cli("show", eui, "--db", str(db_path)) == status
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("poa-gateway inventory show: ")

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.cli_report import add_parser
+from gateway.exits import Exit
 from gateway.reports import (
     COLUMNS,
     EMPTY_SHA256,
@@ -471,7 +472,7 @@ def test_awkward_values_round_trip_through_report_show(
     path = write(tmp_path, AWKWARD)
     assert verify_report(path).ok
     assert read_report(path).records == AWKWARD
-    assert _cli(["report", "show", str(path)]) == 0
+    assert _cli(["report", "show", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     shown = [json.loads(line) for line in out.splitlines()]
     assert [(s["alert_id"], s["request_id"]) for s in shown] == [
@@ -703,14 +704,22 @@ def test_cli_verify_prints_each_problem_and_fails_if_any_file_fails(
     bad = write(tmp_path, TWO, report_id="bad")
     _tamper(bad, b"TRAILER,2,", b"TRAILER,1,")
     missing = tmp_path / "missing.csv"
-    assert _cli(["report", "verify", str(good), str(bad), str(missing)]) == 1
+    # A file that does not verify fails (1); one that cannot be read is bad input (2).
+    assert _cli(["report", "verify", str(good), str(bad)]) == Exit.FAILED
+    assert _cli(["report", "verify", str(good), str(bad), str(missing)]) == Exit.USAGE
     captured = capsys.readouterr()
     out = captured.out.splitlines()
     assert out[0].startswith(f"{good}: ok, 2 records")
-    assert out[1:] == [f"{bad}: line 5: TRAILER says 1 records, the file has 2"]
+    assert out[1] == f"{bad}: line 5: TRAILER says 1 records, the file has 2"
     assert captured.err == (
         f"poa-gateway report verify: {missing}: cannot read: No such file or directory\n"
     )
+    assert _cli(["report", "verify", "--json", str(good), str(bad)]) == Exit.FAILED
+    checks = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(c["file"], c["ok"], c["records"]) for c in checks] == [
+        (str(good), True, 2),
+        (str(bad), False, 2),
+    ]
 
 
 def test_cli_show_refuses_a_report_that_fails_verification(
