@@ -190,6 +190,26 @@ class RefusalReason(enum.StrEnum):
     COUNTER_MISMATCH = "counter-mismatch"
 
 
+NOTEWORTHY_REFUSALS: Final = frozenset(
+    {
+        RefusalReason.UNSIGNED,
+        RefusalReason.UNTRUSTED_SIGNER,
+        RefusalReason.BAD_SIGNATURE,
+        RefusalReason.REPLAY,
+        RefusalReason.WRONG_ROLE,
+        RefusalReason.NOT_REGISTERED_SUPPLIER,
+        RefusalReason.COUNTER_MISMATCH,
+        RefusalReason.UNKNOWN_DEVICE,
+        RefusalReason.UNKNOWN_CHF,
+    }
+)
+"""Refusals that may be an attack or a misconfiguration (a forged or replayed command,
+the wrong party's key, an inventory behind the estate): logged as warnings. The others
+(``feature-off``, ``not-smets2``, ``manufacturer-not-listed``, ``not-on-guid-list``,
+``not-esme``, ``not-cs06``) are the gateway doing its job on meters it does not cover:
+logged as info, or a campaign would bury the warnings."""
+
+
 class ActivationTracked(msgspec.Struct, frozen=True):
     """A command opened (or scheduled) a window; ``replaced`` is the pending one it replaced."""
 

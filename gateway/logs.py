@@ -27,6 +27,7 @@ import enum
 import functools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ import msgspec
 from .config import LOG_LEVELS, Secret
 from .eui import EUI64_LENGTH, format_eui64
 
-__all__ = ["LEVELS", "JsonLog", "buffered_stdout", "route_stdlib_logging"]
+__all__ = ["LEVELS", "JsonLog", "buffered_stdout", "route_stdlib_logging", "writes_to_journal"]
 
 LEVELS: Final = dict(
     zip(LOG_LEVELS, (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR), strict=True)
@@ -54,6 +55,8 @@ _MAX_TEXT: Final = 1000  # characters of such a str(), and of a value's text fal
 _INT_LIMIT: Final = 1 << 64  # larger integers are written as text
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 _URGENT: Final = frozenset({"warning", "error"})  # flushed at once, even on the loop
+# sd-daemon(3) priority prefixes: journald strips them and files the line at that level.
+_PRIORITY: Final = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>"}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -172,6 +175,11 @@ class JsonLog:
 
     Lines that cannot be written (a closed stream, a broken pipe) are counted in
     :attr:`dropped` rather than raising into the caller.
+
+    When the stream is the journal (systemd's ``JOURNAL_STREAM`` names it), or
+    ``syslog_prefix`` says so, each line starts with its syslog priority (``<3>`` error,
+    ``<4>`` warning, ``<6>`` info, ``<7>`` debug): journald strips it and files the line
+    at that priority, so ``journalctl -p warning`` shows warnings and errors only.
     """
 
     def __init__(
@@ -179,8 +187,13 @@ class JsonLog:
         stream: TextIO | None = None,
         level: str = "info",
         clock: Callable[[], float] = time.time,
+        *,
+        syslog_prefix: bool | None = None,
     ) -> None:
         self._stream = sys.stdout if stream is None else stream
+        self.syslog_prefix = (
+            writes_to_journal(self._stream) if syslog_prefix is None else syslog_prefix
+        )
         self._clock = clock
         self._threshold = LEVELS["info"]
         self.level = level
@@ -277,15 +290,17 @@ class JsonLog:
             line = self._encoder.encode(record).decode("utf-8")
         except Exception:  # noqa: BLE001 - e.g. a lone surrogate, which UTF-8 cannot hold
             line = _escaped(record)
-        self._emit(line + "\n", record, urgent=level in _URGENT)
+        self._emit(line + "\n", record, level)
 
-    def _emit(self, line: str, record: Mapping[str, object], *, urgent: bool = False) -> None:
+    def _emit(self, line: str, record: Mapping[str, object], level: str) -> None:
+        urgent = level in _URGENT
+        prefix = _PRIORITY[level] if self.syslog_prefix else ""
         with self._lock:
             try:
                 try:
-                    self._stream.write(line)
+                    self._stream.write(prefix + line)
                 except UnicodeEncodeError:  # a stream that cannot take UTF-8: escape it
-                    self._stream.write(_escaped(record) + "\n")
+                    self._stream.write(prefix + _escaped(record) + "\n")
                 loop = self._loop
                 if (
                     not urgent
@@ -312,6 +327,20 @@ def _escaped(record: Mapping[str, object]) -> str:
             {k: v if type(v) in _PLAIN else _unloggable(v) for k, v in record.items()},
             default=_fallback,
         )
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is connected to the journal: systemd sets ``JOURNAL_STREAM`` to
+    the ``device:inode`` of the stream it gave the service (systemd.exec(5)); a shell
+    that inherited the variable but redirects elsewhere does not match."""
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):  # no file behind it (StringIO), junk
+        return False
 
 
 def buffered_stdout() -> TextIO:

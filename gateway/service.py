@@ -66,6 +66,7 @@ from . import __version__
 from .config import TOPIC_NAMES, Config
 from .devices import DeviceRecord
 from .engine import (
+    NOTEWORTHY_REFUSALS,
     ActivationCancelled,
     ActivationTracked,
     AlertDecision,
@@ -85,6 +86,7 @@ from .inventory import Inventory, InventoryError, from_envelope
 from .logs import JsonLog
 from .metrics import Metrics
 from .mqtt import (
+    ConnectionRefusedPermanently,
     Delivery,
     MqttAdapter,
     MqttSettings,
@@ -133,6 +135,19 @@ STORE_RETRY_MAX_S: Final = 5.0
 _ERROR_TEXT_LIMIT: Final = 500
 
 _T = TypeVar("_T")
+
+
+class StartupError(Exception):
+    """The gateway cannot start with this configuration (a missing or empty trust store):
+    retrying unchanged can never work, so ``run`` exits ``Exit.CONFIG`` (78).
+
+    Attributes:
+        reason: stable code: ``trust-missing``, ``trust-unreadable``, ``trust-empty``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class Poisoned(Exception):
@@ -262,6 +277,7 @@ class Gateway:
         self._store_failed_at: float | None = None
         self._store_probe: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._closing = False
         self._started_at = clock()
         self._status_path = Path(config.paths.state).with_name("daemon-status.json")
 
@@ -271,9 +287,7 @@ class Gateway:
         """Load every store and rebuild the engine; nothing is subscribed yet."""
         paths = self.config.paths
         started = time.monotonic()
-        self.trust = TrustStore.from_directory(paths.trust_dir)
-        for name, why in self.trust.skipped:
-            self.log.debug("trust.skipped", file=name, reason=why)
+        self.trust = self._load_trust(paths.trust_dir)
         try:
             self.guids = GuidList.open(paths.guid_list)
         except GuidListError as exc:
@@ -307,6 +321,28 @@ class Gateway:
             seconds=round(time.monotonic() - started, 3),
         )
         self._update_gauges()
+
+    def _load_trust(self, folder: Path) -> TrustStore:
+        if not folder.is_dir():
+            raise StartupError(
+                "trust-missing",
+                f"trust folder {folder} does not exist or is not a folder (paths.trust_dir): "
+                "put the Suppliers' certificates (PEM) there",
+            )
+        try:
+            trust = TrustStore.from_directory(folder)
+        except (GbcsError, OSError) as exc:
+            raise StartupError("trust-unreadable", f"trust folder {folder}: {exc}") from exc
+        for name, why in trust.skipped:
+            self.log.debug("trust.skipped", file=name, reason=why)
+        if len(trust) == 0:
+            # No signer: every CS06 would be refused and no window ever open, silently.
+            raise StartupError(
+                "trust-empty",
+                f"trust folder {folder} holds no usable certificate "
+                f"({len(trust.skipped)} file(s) skipped): no command could be verified",
+            )
+        return trust
 
     async def start(self) -> None:
         """Load state, connect, subscribe, and tell systemd we are ready."""
@@ -373,6 +409,7 @@ class Gateway:
         Safe on a gateway that was stopped half-way through start-up.
         """
         self.notifier.stopping("stopping")
+        self._closing = True  # disconnects from here on are ours: not a warning
         self.metrics.up.set(0)
         if self._store_probe is not None:
             self._store_probe.cancel()
@@ -894,8 +931,9 @@ class Gateway:
         }
         if isinstance(result, CommandRefused):
             self.metrics.commands.labels(result="refused", reason=result.reason.value).inc()
-            self.log.warning(
-                "command.refused", reason=result.reason.value, detail=result.detail, **fields
+            level = "warning" if result.reason in NOTEWORTHY_REFUSALS else "info"
+            self.log.log(
+                level, "command.refused", reason=result.reason.value, detail=result.detail, **fields
             )
             return
         if isinstance(result, ActivationTracked):
@@ -1116,7 +1154,7 @@ class Gateway:
             "mqtt.ack_withheld",
             "mqtt.internals",
         )
-        level = self.log.warning if event in warn else self.log.info
+        level = self.log.warning if event in warn and not self._closing else self.log.info
         if event == "mqtt.refused":
             level = self.log.error
         level(event, **fields)
@@ -1163,8 +1201,6 @@ async def serve(config: Config, log: JsonLog) -> None:
     metrics = Metrics()
     log.flush_once_per_pass(asyncio.get_running_loop())
     server = None
-    if config.metrics.enabled:
-        server = metrics.serve(config.metrics.host, config.metrics.port)
     gateway = Gateway(config, log=log, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1174,27 +1210,40 @@ async def serve(config: Config, log: JsonLog) -> None:
         signal.SIGHUP, lambda: log.warning("signal.ignored", reason="reload-not-supported")
     )
     try:
-        # Start-up may wait for the broker indefinitely; SIGTERM must still stop it.
-        starting = asyncio.create_task(gateway.start(), name="start")
-        stopping = asyncio.create_task(gateway.stopped(), name="stop-signal")
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            stopping.cancel()
-            starting.result()  # a start-up failure propagates
-            # The loaded state lives as long as the process: keep it out of the
-            # collector's scans, which otherwise revisit it on every full collection.
-            gc.freeze()
-            await gateway.run_forever()
-        else:
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            log.info("gateway.start_abandoned", reason="stop requested")
+        if config.metrics.enabled:
+            server = metrics.serve(config.metrics.host, config.metrics.port)
+        await _serve(gateway, log)
+    except Exception as exc:
+        # Said before gateway.stopped, so the journal reads in order: why, then stopped.
+        fields: dict[str, Any] = {"reason": getattr(exc, "reason", type(exc).__name__)}
+        if isinstance(exc, ConnectionRefusedPermanently):
+            fields |= {"host": exc.host, "port": exc.port}
+        log.error("gateway.failed", error=type(exc).__name__, detail=describe(exc), **fields)
+        raise
     finally:
         await gateway.close()
         if server is not None:
             await asyncio.to_thread(server.close)
         log.flush()
+
+
+async def _serve(gateway: Gateway, log: JsonLog) -> None:
+    # Start-up may wait for the broker indefinitely; SIGTERM must still stop it.
+    starting = asyncio.create_task(gateway.start(), name="start")
+    stopping = asyncio.create_task(gateway.stopped(), name="stop-signal")
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        stopping.cancel()
+        starting.result()  # a start-up failure propagates
+        # The loaded state lives as long as the process: keep it out of the collector's
+        # scans, which otherwise revisit it on every full collection.
+        gc.freeze()
+        await gateway.run_forever()
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("gateway.start_abandoned", reason="stop requested")
 
 
 def run(config: Config, log: JsonLog) -> None:
