@@ -92,4 +92,3 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return Exit.CONFIG
     sys.stdout.write(_render(config, args.json))
     return Exit.OK
-
