@@ -1,18 +1,25 @@
 """The documentation tells the truth: the example configuration names every key of
-``gateway/config.py`` with its real default, and systemd/README.md describes every file
-beside it."""
+``gateway/config.py`` with its real default, the README's decode example is what the
+command prints, and systemd/README.md describes every file beside it."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import msgspec
+import pytest
 
+from gateway.cli import main
 from gateway.config import ConfigFile, load_config
 
-from .conftest import ROOT
+from .conftest import ROOT, vectors_root
 
 EXAMPLE = ROOT / "systemd" / "poa-gateway.toml"
+README = ROOT / "README.md"
 
 # Keys whose value in the example is deliberately not the default, each with a comment
 # above it that says "Not the default": a production install under systemd.
@@ -71,6 +78,43 @@ def test_example_configuration_holds_the_defaults_except_where_it_says() -> None
     comments = _example_keys()
     unsaid = [key for key in NOT_DEFAULT if "Not the default" not in "".join(comments[key])]
     assert unsaid == [], "say 'Not the default' in the comment above these keys"
+
+
+def test_readme_decode_example_is_what_the_command_prints(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    match = re.search(
+        r"```console\n\$ \.venv/bin/poa-gateway decode (?P<args>.+?)\n(?P<out>\{\n.*?\n\})\n```",
+        README.read_text(),
+        re.DOTALL,
+    )
+    assert match is not None, "the README's decode example is gone"
+    args, out = match["args"].replace("\\\n", " "), match["out"]
+    # The README's paths are those of the default layout (../shared beside the checkout).
+    here = str(vectors_root())
+    args, out = args.replace("../shared/vectors", here), out.replace("../shared/vectors", here)
+    monkeypatch.chdir(ROOT)
+    assert main(["decode", *shlex.split(args)]) == 0
+    assert capsys.readouterr().out == out + "\n"
+
+
+def test_readme_decode_error_example_is_what_the_command_prints() -> None:
+    match = re.search(
+        r"exits (?P<status>[0-9]+):\n\n"
+        r"```console\n\$ echo (?P<hex>[0-9A-F]+) \| \.venv/bin/poa-gateway decode -\n"
+        r"(?P<err>poa-gateway decode: .*)\n```",
+        README.read_text(),
+    )
+    assert match is not None, "the README's decode error example is gone"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "poa-gateway"), "decode", "-"],
+        input=match["hex"] + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (int(match["status"]), match["err"] + "\n")
 
 
 def test_systemd_readme_describes_every_file_beside_it() -> None:
