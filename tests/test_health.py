@@ -42,6 +42,19 @@ def with_username(home: Home, username: str) -> None:
     home.config.write_text(text)
 
 
+def password_home(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch, *, given: str
+) -> Home:
+    """A broker that admits user gw with password "right", and a gateway that logs in as gw
+    with the password ``given``."""
+    broker.require_passwords({"gw": "right"})
+    broker.restart()
+    home = Home(tmp_path / "gw", broker.port)
+    with_username(home, "gw")
+    monkeypatch.setenv("POA_MQTT_PASSWORD", given)
+    return home
+
+
 def errors_naming(events: list[dict[str, Any]], host: str, port: int) -> list[dict[str, Any]]:
     return [
         e
@@ -74,11 +87,7 @@ async def test_poa_up_and_status_follow_the_broker_connection(
 async def test_a_broker_that_refuses_the_credentials_at_start_ends_the_daemon_with_an_error(
     tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker.require_passwords({"gw": "right"})
-    broker.restart()
-    home = Home(tmp_path / "gw", broker.port)
-    with_username(home, "gw")
-    monkeypatch.setenv("POA_MQTT_PASSWORD", "wrong")
+    home = password_home(tmp_path, broker, monkeypatch, given="wrong")
     daemon = Daemon(home)
     daemon.start(wait_ready=False)
     code = await asyncio.to_thread(daemon.wait_exit, 30)
@@ -90,11 +99,7 @@ async def test_a_broker_that_refuses_the_credentials_at_start_ends_the_daemon_wi
 async def test_a_broker_that_refuses_the_credentials_on_reconnect_ends_the_daemon_with_an_error(
     tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker.require_passwords({"gw": "right"})
-    broker.restart()
-    home = Home(tmp_path / "gw", broker.port)
-    with_username(home, "gw")
-    monkeypatch.setenv("POA_MQTT_PASSWORD", "right")
+    home = password_home(tmp_path, broker, monkeypatch, given="right")
     daemon = Daemon(home)
     daemon.start()
     broker.require_passwords({"gw": "changed"})
