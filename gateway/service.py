@@ -82,6 +82,7 @@ from .engine import (
     WindowOpened,
 )
 from .guids import GuidList, GuidListError
+from .interfaces import DeliveryHandler, EventSink, MakeTransport, OpenStore, StateStore, Transport
 from .inventory import Inventory, InventoryError, from_envelope
 from .logs import JsonLog
 from .metrics import Metrics
@@ -107,11 +108,6 @@ from .wire import (
     decode_inventory,
     encode,
 )
-
-# Test-only fault injection: POA_FAULT=kill-before-ack:<alert id> makes the daemon
-# SIGKILL itself after that alert's effect is durable and before its acknowledgement,
-# to prove that the redelivered copy is not acted on twice. Unset in production.
-_FAULT_ENV = "POA_FAULT"
 
 # The collector's thresholds while the daemon runs (see run()); measured in a storm:
 # (700, 10, 10), the default, 174 us per alert; (20000, 10, 10) 165; these 148.
@@ -221,13 +217,22 @@ def mqtt_settings(config: Config, **overrides: Any) -> MqttSettings:
     return msgspec.structs.replace(settings, **overrides) if overrides else settings
 
 
+def _mqtt_transport(config: Config, on_delivery: DeliveryHandler, on_event: EventSink) -> Transport:
+    return MqttAdapter(mqtt_settings(config), on_delivery=on_delivery, on_event=on_event)
+
+
 def wall_ms() -> int:
     """Wall-clock UTC in milliseconds: the domain time (activation windows are calendar times)."""
     return time.time_ns() // 1_000_000
 
 
 class Gateway:
-    """One running gateway: its stores, engine and broker connection."""
+    """One running gateway: its stores, engine and broker connection.
+
+    The state store and the transport are handed in (``open_store``, ``make_transport``;
+    by default the SQLite store and the MQTT adapter of the configuration), so tests can
+    drive the shell with fakes and inject faults by wrapping a real store.
+    """
 
     def __init__(
         self,
@@ -236,8 +241,12 @@ class Gateway:
         log: JsonLog,
         metrics: Metrics,
         clock: Callable[[], int] = wall_ms,
+        open_store: OpenStore = Store.open,
+        make_transport: MakeTransport | None = None,
     ) -> None:
         self.config = config
+        self._open_store = open_store
+        self._make_transport = make_transport or partial(_mqtt_transport, config)
         self.log = log
         self.metrics = metrics
         self.clock = clock
@@ -258,14 +267,13 @@ class Gateway:
         self._batch: _AlertBatch | None = None
         self._stopping = asyncio.Event()
         self._rotation = Rotation(config.reports.period, config.reports.max_records)
-        self._fault = os.environ.get(_FAULT_ENV, "")
         self.notifier = Notifier()
         self.trust: TrustStore
         self.guids: GuidList | None = None
         self.inventory: Inventory
-        self.store: Store
+        self.store: StateStore
         self.engine: Engine
-        self.mqtt: MqttAdapter
+        self.mqtt: Transport
         self._report_opened_at = 0
         self._unreported = 0
         self._rotating: asyncio.Task[None] | None = None
@@ -298,7 +306,7 @@ class Gateway:
         else:
             self.metrics.guid_list_imported.set(self.guids.imported_at_ms / 1000)
         self.inventory = Inventory.open(paths.inventory)
-        self.store = Store.open(paths.state)
+        self.store = self._open_store(paths.state)
         now = self.clock()
         self.engine = Engine(self.config.engine_config(), now)
         due = self.engine.restore(self.store.load_activations(), now)
@@ -349,9 +357,7 @@ class Gateway:
         self.load()
         install_exception_filter(asyncio.get_running_loop(), self._lib_event)
         b = self.config.broker
-        self.mqtt = MqttAdapter(
-            mqtt_settings(self.config), on_delivery=self._on_delivery, on_event=self._mqtt_event
-        )
+        self.mqtt = self._make_transport(self._on_delivery, self._mqtt_event)
         if b.protocol != 5:
             self.log.warning(
                 "mqtt.protocol",
@@ -707,8 +713,7 @@ class Gateway:
             batch.done.set_result(None)
         else:
             batch.done.set_result(None)
-            for alert, _, _, delivery in batch.alerts:
-                self._maybe_fault(alert.alert_id)
+            for _, _, _, delivery in batch.alerts:
                 self._acknowledge(delivery)
         finally:
             for alert, _, _, _ in batch.alerts:
@@ -717,7 +722,7 @@ class Gateway:
 
     async def _one_by_one(self, alerts: list[_BatchedAlert]) -> None:
         for item in alerts:
-            alert, payload, received, delivery = item
+            _, payload, received, delivery = item
             try:
                 try:
                     await self._decide([item])
@@ -731,7 +736,6 @@ class Gateway:
             except Exception as failed:  # noqa: BLE001 - not acknowledged; the adapter says why
                 delivery.fail(failed)
             else:
-                self._maybe_fault(alert.alert_id)
                 self._acknowledge(delivery)
 
     def _judge(
@@ -862,11 +866,6 @@ class Gateway:
                 chf_id=decision.chf,
                 reason=decision.reason,
             )
-
-    def _maybe_fault(self, alert_id: str) -> None:
-        if self._fault and self._fault == f"kill-before-ack:{alert_id}":
-            self.log.warning("fault.injected", alert_id=alert_id, reason="kill-before-ack")
-            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- GBCS -------------------------------------------------------------------------
 
@@ -1196,12 +1195,12 @@ class Gateway:
         self.log.error(event, **fields)
 
 
-async def serve(config: Config, log: JsonLog) -> None:
-    """Run one gateway until SIGTERM or SIGINT."""
+async def serve(config: Config, log: JsonLog, *, open_store: OpenStore = Store.open) -> None:
+    """Run one gateway until SIGTERM or SIGINT (``open_store``: see :class:`Gateway`)."""
     metrics = Metrics()
     log.flush_once_per_pass(asyncio.get_running_loop())
     server = None
-    gateway = Gateway(config, log=log, metrics=metrics)
+    gateway = Gateway(config, log=log, metrics=metrics, open_store=open_store)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)
@@ -1246,7 +1245,7 @@ async def _serve(gateway: Gateway, log: JsonLog) -> None:
         log.info("gateway.start_abandoned", reason="stop requested")
 
 
-def run(config: Config, log: JsonLog) -> None:
+def run(config: Config, log: JsonLog, *, open_store: OpenStore = Store.open) -> None:
     """Entry point of ``poa-gateway run``: uvloop when available."""
     # Thousands of messages in flight are thousands of live tasks and futures, none of
     # them in a reference cycle that needs collecting soon: with the default first
@@ -1255,9 +1254,9 @@ def run(config: Config, log: JsonLog) -> None:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, imported only to run
     except ImportError:  # pragma: no cover
-        asyncio.run(serve(config, log))
+        asyncio.run(serve(config, log, open_store=open_store))
     else:
-        uvloop.run(serve(config, log))
+        uvloop.run(serve(config, log, open_store=open_store))
 
 
 def state_path(config: Config) -> Path:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import getpass
 import json
-import os
 import shutil
 import signal
 import socket
@@ -202,19 +201,22 @@ class Daemon:
         self.home = home
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, fault: str | None = None, wait_ready: bool = True) -> None:
-        env = dict(os.environ)
-        env.pop("POA_FAULT", None)
-        if fault:
-            env["POA_FAULT"] = fault
+    def start(self, *, kill_before_ack: str | None = None, wait_ready: bool = True) -> None:
+        """Start ``poa-gateway run``; with ``kill_before_ack``, the same daemon whose state
+        store SIGKILLs the process once that alert's decision is durable and before it
+        is acknowledged (tests/faulty_daemon.py)."""
         exe = Path(sys.executable).parent / "poa-gateway"
+        command = [str(exe), "run", "--config", str(self.home.config)]
+        if kill_before_ack is not None:
+            command = [sys.executable, "-m", "tests.faulty_daemon"]
+            command += ["--config", str(self.home.config), "--kill-before-ack", kill_before_ack]
         self._offset = self.home.log_path.stat().st_size if self.home.log_path.exists() else 0
         with self.home.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(exe), "run", "--config", str(self.home.config)],
+                command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                cwd=Path(__file__).resolve().parent.parent,  # where `tests` is a package
             )
         if wait_ready:
             self.wait_for("gateway.ready", timeout=30)

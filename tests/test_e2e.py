@@ -187,7 +187,7 @@ async def test_sigkill_between_effect_and_ack_gives_the_output_once(
     await client.command(cs06(home, 1000))
     daemon.wait_for("activation.tracked", counter=1000)
     daemon.stop()
-    daemon.start(fault="kill-before-ack:victim")
+    daemon.start(kill_before_ack="victim")
     await client.alert("victim", chf, now_ms())
     daemon.wait_for("fault.injected")
     assert daemon.wait_exit() != 0  # killed before acknowledging
