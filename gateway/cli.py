@@ -26,11 +26,12 @@ from . import (
     cli_report,
     cli_simulate,
 )
+from .errors import GatewayError
 from .exits import Exit
 from .render import render_frame
 
 
-class CliError(Exception):
+class CliError(GatewayError):
     """A user-facing error: printed as one line, exit status ``Exit.USAGE``."""
 
 

@@ -36,6 +36,7 @@ from typing import Any, Final, Literal, get_args
 import msgspec
 
 from .engine import EngineConfig
+from .errors import GatewayError
 from .wire import DEFAULT_MAX_PAYLOAD
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
 # -- errors ---------------------------------------------------------------------------
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """The configuration cannot be used.
 
     Attributes:

@@ -71,6 +71,7 @@ from typing import Final, NamedTuple, Protocol
 import msgspec
 from python_calamine import CalamineError, CalamineSheet, CalamineWorkbook
 
+from .errors import GatewayError
 from .eui import format_eui64, parse_eui64
 from .fileio import fsync_dir
 
@@ -120,7 +121,7 @@ ProgressCallback = Callable[[int, int | None], None]
 """``progress(rows_done, rows_total_or_None)``, called about every 100,000 rows and at the end."""
 
 
-class GuidListError(Exception):
+class GuidListError(GatewayError):
     """The GUID list (source sheet or compiled file) cannot be used.
 
     ``reason`` is a stable code for logs and tests:

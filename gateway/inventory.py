@@ -54,6 +54,7 @@ from typing import Literal, Protocol, Self, TypeAlias, TypeVar
 import msgspec
 
 from .devices import DeviceRecord, DeviceStatus, DeviceType
+from .errors import GatewayError
 from .eui import EUI64_LENGTH, format_eui64, parse_eui64
 from .sqlite_util import create_schema_once, immediate, schema_marks
 
@@ -124,7 +125,7 @@ InventoryReason: TypeAlias = Literal[
 """The stable reason codes of :class:`InventoryError`."""
 
 
-class InventoryError(Exception):
+class InventoryError(GatewayError):
     """The inventory file or an input to it cannot be used.
 
     ``str(error)`` is one line for an operator, naming the file (and column) concerned.

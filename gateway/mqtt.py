@@ -90,6 +90,8 @@ import msgspec
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
+from .errors import GatewayError
+
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 DeliveryHandler = Callable[[str, bytes, "Delivery"], None]
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -132,11 +134,11 @@ class MqttSettings(msgspec.Struct, frozen=True):
         return f"MqttSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
 
 
-class NotConnected(Exception):
+class NotConnected(GatewayError):
     """A publish was attempted before the first connection."""
 
 
-class PublishRefused(Exception):
+class PublishRefused(GatewayError):
     """The broker answered a publish with a failure reason code (MQTT 5), e.g. 0x87
     "not authorized" from an ACL: the message was not accepted."""
 
@@ -228,7 +230,7 @@ def refusal_name(code: int) -> str:
         return f"unknown-0x{code:02x}"
 
 
-class ConnectionRefusedPermanently(Exception):
+class ConnectionRefusedPermanently(GatewayError):
     """The broker refused to connect us for a reason retrying cannot fix (see
     :data:`PERMANENT_REFUSALS`): bad user name or password, not authorised, a banned or
     invalid client id... The gateway's configuration or the broker's must change.

@@ -101,6 +101,7 @@ from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
+from .errors import GatewayError
 from .eui import EUI64_LENGTH, format_eui64, parse_eui64
 from .fileio import fsync_dir
 from .wire import ActivationKind, ReportNotice, SuppressionRecord
@@ -520,7 +521,7 @@ class ReportContents(msgspec.Struct, frozen=True, kw_only=True):
     """The data records; an empty ``request_id`` reads back as None."""
 
 
-class ReportError(Exception):
+class ReportError(GatewayError):
     """A report file that fails verification; ``problems`` lists why, line by line."""
 
     def __init__(self, path: Path, problems: Sequence[str]) -> None:

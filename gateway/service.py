@@ -81,6 +81,7 @@ from .engine import (
     WindowExpired,
     WindowOpened,
 )
+from .errors import GatewayError
 from .guids import GuidList, GuidListError
 from .interfaces import DeliveryHandler, EventSink, MakeTransport, OpenStore, StateStore, Transport
 from .inventory import Inventory, InventoryError, from_envelope
@@ -133,7 +134,7 @@ _ERROR_TEXT_LIMIT: Final = 500
 _T = TypeVar("_T")
 
 
-class StartupError(Exception):
+class StartupError(GatewayError):
     """The gateway cannot start with this configuration (a missing or empty trust store):
     retrying unchanged can never work, so ``run`` exits ``Exit.CONFIG`` (78).
 
@@ -146,7 +147,7 @@ class StartupError(Exception):
         self.reason = reason
 
 
-class Poisoned(Exception):
+class Poisoned(GatewayError):
     """Handling one message raised on every attempt: the message is quarantined."""
 
     def __init__(self, cause: BaseException, attempts: int) -> None:

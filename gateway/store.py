@@ -133,6 +133,7 @@ from typing import Any, Final, Literal, Self, TypeAlias
 import msgspec
 
 from .engine import Activation, AlertDecision, pack_decision, unpack_decision
+from .errors import GatewayError
 from .eui import EUI64_LENGTH
 from .sqlite_util import create_schema_once, immediate, schema_marks
 from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
@@ -183,7 +184,7 @@ _BUSY_TIMEOUT_S: Final = 10.0
 _WAL_LIMIT_BYTES: Final = 64 * 1024 * 1024  # WAL size kept after a checkpoint
 
 
-class StoreError(Exception):
+class StoreError(GatewayError):
     """The state store cannot be opened, read or written.
 
     Attributes:

@@ -51,6 +51,7 @@ import cbor2
 import msgspec
 
 from .devices import DeviceStatus, DeviceType
+from .errors import GatewayError
 from .eui import EUI64_LENGTH
 
 __all__ = [
@@ -274,7 +275,7 @@ WireReason: TypeAlias = Literal[
 """The stable reason codes of :class:`WireError`."""
 
 
-class WireError(Exception):
+class WireError(GatewayError):
     """A payload from the broker that is not the envelope it should be.
 
     Attributes:
@@ -355,7 +356,7 @@ _E = TypeVar("_E", bound=msgspec.Struct)
 _SELF_DESCRIBED: Final = b"\xd9\xd9\xf7"
 
 
-class _TagRefused(Exception):
+class _TagRefused(GatewayError):
     def __init__(self, tag: int) -> None:
         super().__init__(tag)
         self.tag = tag

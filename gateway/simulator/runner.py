@@ -43,6 +43,7 @@ from typing import Final
 import msgspec
 
 from gateway.config import format_duration
+from gateway.errors import GatewayError
 from gateway.mqtt import MqttAdapter, MqttSettings
 from gateway.wire import (
     DccAlertEnvelope,
@@ -103,7 +104,7 @@ _INVENTORY_BATCH: Final = 1_000
 Progress = Callable[[str], None]
 
 
-class SimulationError(Exception):
+class SimulationError(GatewayError):
     """The run could not be played (no broker, the gateway never came up ...)."""
 
 
