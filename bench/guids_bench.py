@@ -27,7 +27,8 @@ from pathlib import Path
 from openpyxl import Workbook
 from python_calamine import CalamineWorkbook
 
-from gateway.guids import GuidList, import_guid_list
+from gateway.guids import GuidList
+from gateway.guids_import import import_guid_list
 
 OUT = Path(__file__).resolve().parent / "out"
 ROWS = 1_400_000

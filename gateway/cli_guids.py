@@ -1,14 +1,18 @@
 """``poa-gateway guids``: import the GUID list sheet, check a GUID, describe the list.
 
 The only place the GUID list code reads a clock (the import time stored in the file).
+The importer, and with it python-calamine, is loaded by ``import`` only: ``check``,
+``info`` and the daemon started through this command line run without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_support import (
     add_config_option,
@@ -19,7 +23,10 @@ from .cli_support import (
 )
 from .eui import format_eui64, parse_eui64
 from .exits import Exit
-from .guids import PROGRESS_EVERY, GuidList, GuidListError, ImportReport, import_guid_list
+from .guids import GuidList, GuidListError
+
+if TYPE_CHECKING:
+    from .guids_import import ImportReport
 
 __all__ = ["add_parser"]
 
@@ -39,8 +46,8 @@ def _list_path(args: argparse.Namespace, given: Path | None, command: str) -> Pa
     return Exit.CONFIG if config is None else config.paths.guid_list
 
 
-def _progress(done: int, total: int | None) -> None:
-    if done < PROGRESS_EVERY:
+def _progress(done: int, total: int | None, *, every: int) -> None:
+    if done < every:
         return  # a small file: no progress lines
     of = f" of {total:,}" if total else ""
     print(f"guids import: {done:,}{of} rows", file=sys.stderr, flush=True)
@@ -71,6 +78,8 @@ def _print_report(report: ImportReport, *, listing: bool) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from .guids_import import PROGRESS_EVERY, import_guid_list  # noqa: PLC0415 - see the top
+
     source = Path(args.file)
     output = _list_path(args, args.output, "import")
     if isinstance(output, Exit):
@@ -89,7 +98,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             column=args.column,
             sheet=args.sheet,
             strict=args.strict,
-            progress=None if quiet else _progress,
+            progress=None if quiet else functools.partial(_progress, every=PROGRESS_EVERY),
         )
     except GuidListError as exc:
         if exc.report is not None:

@@ -93,18 +93,17 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, Final, NamedTuple
 
 import msgspec
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from .errors import GatewayError
 from .eui import EUI64_LENGTH, format_eui64, parse_eui64
 from .fileio import fsync_dir
 from .wire import ActivationKind, ReportNotice, SuppressionRecord
+
+if TYPE_CHECKING:
+    from openpyxl.cell.cell import Cell
 
 __all__ = [
     "COLUMNS",
@@ -442,6 +441,13 @@ def _csv_bytes(rows: Sequence[Sequence[str]]) -> bytes:
 def _write_xlsx(
     out: BinaryIO, header: list[str], rows: list[list[str]], trailer: list[str]
 ) -> None:
+    # openpyxl is loaded only when a copy is written: most daemons never write one
+    # (reports.xlsx is off by default) and need not import it.
+    from openpyxl import Workbook  # noqa: PLC0415
+    from openpyxl.cell import WriteOnlyCell  # noqa: PLC0415
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # noqa: PLC0415
+    from openpyxl.worksheet._write_only import WriteOnlyWorksheet  # noqa: PLC0415
+
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet(SHEET_TITLE)
     assert isinstance(sheet, WriteOnlyWorksheet)

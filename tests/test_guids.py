@@ -8,6 +8,8 @@ import importlib.util
 import json
 import random
 import struct
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,14 +28,11 @@ from gateway.guids import (
     FORMAT_VERSION,
     HEADER_SIZE,
     MAGIC,
-    DuplicateGuid,
     GuidList,
     GuidListError,
-    InvalidRow,
-    import_guid_list,
-    read_guid_list,
     write_guid_list,
 )
+from gateway.guids_import import DuplicateGuid, InvalidRow, import_guid_list, read_guid_list
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SAMPLE = FIXTURES / "guids-sample.xlsx"
@@ -609,3 +608,15 @@ def test_every_guids_subcommand_has_help(
         _run([*argv, "--help"])
     assert excinfo.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: poa-gateway {' '.join(argv)}")
+
+
+def test_the_daemon_and_the_command_line_load_no_spreadsheet_library() -> None:
+    # In a fresh interpreter: this one has loaded both for the tests above. The daemon
+    # (gateway.service, started through gateway.cli) maps the compiled list only;
+    # python-calamine is for 'guids import', openpyxl for the optional .xlsx report copy.
+    watched = "{'python_calamine', 'openpyxl', 'gateway.guids', 'gateway.guids_import'}"
+    code = f"import sys, gateway.service, gateway.cli\nprint(sorted({watched} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "['gateway.guids']"
