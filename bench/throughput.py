@@ -25,9 +25,9 @@ unique ``alert_id`` and ``raised_at`` = ``sent_at`` = the time it was written (m
 2. **bridge**: the same stream through mosquitto's own C bridge instead of the gateway:
    broker B holds a bridge connection to broker A that subscribes to ``csp/dcc/alert``
    there at QoS 1 and republishes it on B as ``dno/dcc/alert`` (``topic alert in 1
-   dno/dcc/ csp/dcc/``; the relaybench anchors' two-broker arrangement); the publisher
-   writes to A, the sink reads from B. ``--bridge-runs`` runs on fresh brokers (this
-   2-CPU VM is noisy); the median is the reference for the ratio gateway / bridge.
+   dno/dcc/ csp/dcc/``); the publisher writes to A, the sink reads from B.
+   ``--bridge-runs`` runs on fresh brokers (this 2-CPU VM is noisy); the median is the
+   reference for the ratio gateway / bridge.
 3. **latency**: ``--latency-rate`` alerts per second, paced, for ``--latency-seconds``:
    p50/p99/max of sink receipt minus ``sent_at`` (ms field), and of sink receipt minus
    the publisher's exact write time (ns). Through a fresh daemon (the goal figure) and,

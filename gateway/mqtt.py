@@ -21,11 +21,11 @@ together (docs/decisions.md D20).
 
 Why two connections. Inbound messages in progress are bounded by ``receive_maximum``: MQTT 5
 asks the broker to respect the Receive Maximum we send, but mosquitto before 2.0.13
-ignores it once acknowledgements flow (../shared/anchors/relaybench: 49,633 messages
-in flight at once), and a backlog of a million alerts then sits in the gateway's memory.
-So the adapter stops *reading* the receiving socket while that many handlers are
-running and reads again when half of them are done; the broker keeps the rest queued
-(how, without a public gmqtt API: :meth:`_Link.gate_reads`).
+ignores it once acknowledgements flow (eclipse/mosquitto#2306; measured with mosquitto
+2.0.11: 49,633 messages in flight at once), and a backlog of a million alerts then sits
+in the gateway's memory. So the adapter stops *reading* the receiving socket while that
+many handlers are running and reads again when half of them are done; the broker keeps
+the rest queued (how, without a public gmqtt API: :meth:`_Link.gate_reads`).
 The PUBACKs of our own publishes must still be read while inbound reading is paused,
 which is why publishing has a connection of its own (on one connection, pausing would
 deadlock: the handlers wait for PUBACKs that are never read).
@@ -43,7 +43,7 @@ public PUBACK callback, but it hands every QoS 1 message to its ``persistent_sto
 (``push_message`` on send, ``remove_message_by_mid`` on PUBACK), which is a documented
 constructor argument; :class:`_AckStorage` resolves a future there. Unacknowledged
 publishes are bounded by a window, clamped below the broker's Receive Maximum: gmqtt's
-packet-id allocator raises OverflowError beyond it (relaybench pitfall P4). The window
+packet-id allocator raises OverflowError beyond it. The window
 is a counter and a FIFO of waiters rather than an ``asyncio.Semaphore``, whose release
 re-scans its waiters (13 % of the daemon's CPU in a storm). gmqtt re-sends stored
 publishes after a reconnect, so their futures still resolve; if the broker lost the
@@ -65,7 +65,7 @@ none of the failed attempts: a socket that cannot be opened is seen through its 
 Refusals. A broker that refuses a connection says why in its CONNACK (MQTT 5 reason
 code, MQTT 3.1.1 return code). Some refusals the same CONNECT would meet again (bad
 user name or password, not authorised, a banned or invalid client id): gmqtt stops
-reconnecting on those, and the daemon used to idle for ever, running but deaf. The
+reconnecting on those, and the daemon would idle for ever, running but deaf. The
 adapter reads each CONNACK's code before gmqtt does (:meth:`_Link._watch_connacks`).
 A permanent refusal of the first connection makes :meth:`MqttAdapter.connect` raise
 :class:`ConnectionRefusedPermanently`; one on a reconnect is reported (``mqtt.refused``)
@@ -794,7 +794,7 @@ class MqttAdapter:
     def _out_connected(self, _session_present: bool, properties: Any, _first: bool) -> None:
         # Every connection: a broker restarted with another max_inflight_messages
         # changes the limit. gmqtt allocates at most receive_maximum - 1 packet ids and
-        # raises OverflowError beyond (relaybench P4); its allocator is the authority.
+        # raises OverflowError beyond; its allocator is the authority.
         limit = self._out.packet_id_limit() or _property(properties, "receive_maximum")
         size = max(self._settings.inflight, 1)
         if limit is not None:

@@ -110,8 +110,9 @@ from .wire import (
     encode,
 )
 
-# The collector's thresholds while the daemon runs (see run()); measured in a storm:
-# (700, 10, 10), the default, 174 us per alert; (20000, 10, 10) 165; these 148.
+# The collector's thresholds while the daemon runs: far fewer collections than the
+# default, whose young collections the objects of messages in flight would trigger every
+# few messages to no purpose (see run(); docs/decisions.md D26).
 GC_THRESHOLDS: tuple[int, int, int] = (50_000, 20, 100)
 
 

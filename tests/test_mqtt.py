@@ -252,7 +252,7 @@ async def test_the_publish_window_is_the_brokers_receive_maximum_less_one(broker
         return None
 
     # The test broker says max_inflight_messages 100: gmqtt then allocates 99 packet
-    # ids, and a window of 1000 would overflow them (relaybench pitfall P4).
+    # ids, and a window of 1000 would overflow them (OverflowError in gmqtt).
     adapter = MqttAdapter(settings(broker, "wide", inflight=1000), ignore)
     await adapter.connect()
     try:
