@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.engine import Activation, AlertDecision
+from gateway.engine import Activation, AlertDecision, AlertReason
 from gateway.store import Store, Synchronous
 from gateway.wire import SuppressionRecord
 
@@ -63,7 +63,7 @@ def _alert(
         alert_id=alert_id,
         chf=_CHF,
         suppressed=True,
-        reason="inside-window",
+        reason=AlertReason.INSIDE_WINDOW,
         judged_at=received_at - 250,
         decided_at=received_at,
         activation=activation,

@@ -20,6 +20,7 @@ from .cli_support import (
     when,
 )
 from .config import Config
+from .engine import AlertOutcome, AlertReason
 from .eui import format_eui64, parse_eui64
 from .exits import Exit
 from .store import MARKER_SUFFIX, Store, StoreError
@@ -215,7 +216,7 @@ def _explain(store: Store, subject: str) -> dict[str, Any] | None:
         out: dict[str, Any] = {
             "alert_id": decision.alert_id,
             "chf": format_eui64(decision.chf),
-            "decision": "suppressed" if decision.suppressed else "forwarded",
+            "decision": AlertOutcome.SUPPRESSED if decision.suppressed else AlertOutcome.FORWARDED,
             "reason": decision.reason,
             "judged_at": when(decision.judged_at),
             "decided_at": when(decision.decided_at),
@@ -224,7 +225,7 @@ def _explain(store: Store, subject: str) -> dict[str, Any] | None:
         if decision.activation is not None:
             out["why"] = f"raised inside the window of activation {decision.activation.request_id}"
             out["activation"] = _activation(decision.activation)
-        elif decision.reason == "no-window":
+        elif decision.reason is AlertReason.NO_WINDOW:
             out["why"] = "no tracked activation window of this CHF covered the instant judged"
         return out
     try:

@@ -227,6 +227,27 @@ class ActivationCancelled(msgspec.Struct, frozen=True):
     cancelled: Activation | None = None
 
 
+class CommandOutcome(enum.StrEnum):
+    """What became of a CS06 command (the ``result`` label of ``poa_commands_total``; its
+    ``reason`` is the :class:`RefusalReason` of a refusal, the activation's kind for a
+    tracked or replaced one, ``cancellation`` for a cancellation)."""
+
+    TRACKED = "tracked"
+    REPLACED = "replaced"  # tracked, replacing the ESME's pending activation
+    CANCELLED = "cancelled"
+    REFUSED = "refused"
+
+
+class IgnoredReason(enum.StrEnum):
+    """Why a GBCS frame that was read is not acted on (the ``reason`` of ``gbcs.ignored``
+    log records and of ``poa_frames_ignored_total``)."""
+
+    NOT_CS06 = "not-cs06"  # another command on the command topic: the gateway watches CS06
+    NOT_A_COMMAND = "not-a-command"  # a CS06 response or alert on the command topic
+    COMMAND_ON_INBOUND = "command-on-inbound"  # a command on the northbound topic
+    NOT_HANDLED = "not-handled"  # a northbound frame the gateway has no use for
+
+
 class CommandRefused(msgspec.Struct, frozen=True):
     """A command opened no window, and why."""
 
@@ -268,6 +289,31 @@ class RestorationObserved(msgspec.Struct, frozen=True):
     activation: Activation | None = None
 
 
+class AlertOutcome(enum.StrEnum):
+    """What became of a DCC alert (the ``outcome`` label of ``poa_alerts_total``)."""
+
+    FORWARDED = "forwarded"
+    SUPPRESSED = "suppressed"
+    DUPLICATE = "duplicate"  # a redelivered copy: its effect came once, with the first
+    REJECTED = "rejected"  # unreadable: forwarded unread; the reason is a WireReason
+
+
+class AlertReason(enum.StrEnum):
+    """Why a DCC alert was suppressed or forwarded: the ``reason`` of an
+    :class:`AlertDecision` (also packed into the state store's rows), of the ``alert.*``
+    log records, of ``poa_alerts_total`` and of ``poa-gateway explain``. The values are a
+    public contract (docs/operations.md). A rejected alert's reason is the
+    :class:`gateway.wire.WireReason` of the payload it could not read."""
+
+    INSIDE_WINDOW = "inside-window"  # suppressed: a window of its CHF covers the instant
+    NO_WINDOW = "no-window"
+    NOT_AD1 = "not-ad1"
+    FEATURE_OFF = "feature-off"
+    # Decided by the service, never by the engine:
+    QUARANTINED = "quarantined"  # its handling raised on every attempt: forwarded unjudged
+    REDELIVERED = "redelivered"  # a redelivered copy whose effect is on record
+
+
 class AlertDecision(msgspec.Struct, frozen=True):
     """The decision on one DCC alert.
 
@@ -279,7 +325,7 @@ class AlertDecision(msgspec.Struct, frozen=True):
     alert_id: str
     chf: bytes
     suppressed: bool
-    reason: str
+    reason: AlertReason
     judged_at: int
     decided_at: int
     duplicate: bool = False
@@ -406,11 +452,11 @@ class Engine:
         judged_at = alert.raised_at if alert.raised_at <= now + self.config.skew_ms else now
         if alert.code != "AD1":
             decision = AlertDecision(
-                alert.alert_id, alert.device_id, False, "not-ad1", judged_at, now
+                alert.alert_id, alert.device_id, False, AlertReason.NOT_AD1, judged_at, now
             )
         elif not self.config.enabled:
             decision = AlertDecision(
-                alert.alert_id, alert.device_id, False, "feature-off", judged_at, now
+                alert.alert_id, alert.device_id, False, AlertReason.FEATURE_OFF, judged_at, now
             )
         else:
             decision = self._judge(alert, judged_at, now)
@@ -428,12 +474,14 @@ class Engine:
                         alert.alert_id,
                         alert.device_id,
                         True,
-                        "inside-window",
+                        AlertReason.INSIDE_WINDOW,
                         judged_at,
                         now,
                         activation=self._materialise(alert.device_id, packed, i),
                     )
-        return AlertDecision(alert.alert_id, alert.device_id, False, "no-window", judged_at, now)
+        return AlertDecision(
+            alert.alert_id, alert.device_id, False, AlertReason.NO_WINDOW, judged_at, now
+        )
 
     def _remember(self, decision: AlertDecision, decided_at: int) -> None:
         # Decisions are kept in the order they were made (an id decided again moves to
@@ -844,15 +892,16 @@ class Engine:
 
 def pack_decision(d: AlertDecision) -> bytes:
     """``d`` as bytes (``duplicate`` is not kept). Raises ValueError for a value that
-    does not fit: an EUI-64 not of 8 bytes, a reason not ASCII or over 255 characters,
-    a time outside 64 bits, a counter outside 0 .. 2**64 - 1."""
-    reason = d.reason.encode("ascii")  # UnicodeEncodeError is a ValueError
+    does not fit: an EUI-64 not of 8 bytes, a reason that is not an :class:`AlertReason`
+    (so whatever is packed unpacks), a time outside 64 bits, a counter outside
+    0 .. 2**64 - 1."""
+    reason = _REASON_BYTES.get(d.reason)
+    if reason is None:
+        raise ValueError(f"not an alert reason: {str(d.reason)[:40]!r}")
     a = d.activation
     euis = (d.chf,) if a is None else (d.chf, a.esme, a.chf, a.originator)
     if any(len(e) != 8 for e in euis):
         raise ValueError(f"EUI-64s must be 8 bytes: {euis!r}")
-    if len(reason) > 255:
-        raise ValueError(f"reason longer than 255 characters: {d.reason[:40]!r}...")
     try:
         head = _PACKED_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason))
         if a is None:
@@ -871,10 +920,14 @@ def pack_decision(d: AlertDecision) -> bytes:
 
 
 def unpack_decision(alert_id: str, packed: bytes) -> AlertDecision:
-    """The decision :func:`pack_decision` packed."""
+    """The decision :func:`pack_decision` packed. Raises ValueError when its reason is
+    not an :class:`AlertReason` (a damaged row), like struct.error for a short one."""
     chf, suppressed, judged_at, decided_at, length = _PACKED_HEAD.unpack_from(packed)
     at = _PACKED_HEAD.size
-    reason = packed[at : at + length].decode("ascii")
+    text = packed[at : at + length]
+    reason = _PACKED_REASONS.get(text)
+    if reason is None:
+        raise ValueError(f"not an alert reason: {text[:40]!r}")
     at += length
     activation = None
     if len(packed) > at:
@@ -882,6 +935,11 @@ def unpack_decision(alert_id: str, packed: bytes) -> AlertDecision:
     return AlertDecision(
         alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
     )
+
+
+# A reason is packed as its ASCII value (one length byte before it); both ways by lookup.
+_REASON_BYTES: Final = {reason: reason.value.encode("ascii") for reason in AlertReason}
+_PACKED_REASONS: Final = {packed: reason for reason, packed in _REASON_BYTES.items()}
 
 
 def _activation(fields: tuple[Any, ...]) -> Activation:

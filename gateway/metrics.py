@@ -17,7 +17,7 @@ Timestamps follow Prometheus's convention (``*_timestamp_seconds``, Unix seconds
 from __future__ import annotations
 
 import platform
-from typing import Final, Literal
+from typing import Final, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,15 +29,28 @@ from prometheus_client import (
     start_http_server,
 )
 
+from gbcs import MessageCode
+
 from . import __version__
-from .engine import OutcomeKind, RefusalReason
+from .engine import (
+    AlertOutcome,
+    AlertReason,
+    CommandOutcome,
+    IgnoredReason,
+    OutcomeKind,
+    RefusalReason,
+)
+from .wire import ActivationKind, WireReason
 
-__all__ = ["ACK_LATENCY_BUCKETS", "AlertOutcome", "CommandResultLabel", "Metrics", "MetricsServer"]
+__all__ = ["ACK_LATENCY_BUCKETS", "Metrics", "MetricsServer"]
 
-AlertOutcome = Literal["forwarded", "suppressed", "duplicate", "rejected"]
-CommandResultLabel = Literal["tracked", "replaced", "cancelled", "refused"]
-_ALERT_OUTCOMES: Final = frozenset({"forwarded", "suppressed", "duplicate", "rejected"})
-_COMMAND_RESULTS: Final = frozenset({"tracked", "replaced", "cancelled", "refused"})
+# The reason label of a cancelled command (a refused one has its RefusalReason, a tracked
+# one its activation's kind).
+_CANCELLATION: Final = "cancellation"
+_ACTIVATION_KINDS: Final[frozenset[str]] = frozenset(get_args(ActivationKind))
+_ALERT_OUTCOMES: Final[frozenset[str]] = frozenset(AlertOutcome)
+_ALERT_REASONS: Final[frozenset[str]] = frozenset((*AlertReason, *WireReason))
+_REFUSALS: Final[frozenset[str]] = frozenset(RefusalReason)
 
 ACK_LATENCY_BUCKETS: Final = (
     0.0005,
@@ -84,8 +97,12 @@ class MetricsServer:
 class Metrics:
     """Every metric of the gateway, in a registry of its own.
 
-    The metric objects are public attributes, for the daemon to ``inc()``/``set()``;
-    the ``count_*`` helpers check label values that have a fixed set.
+    One API: a metric with labels is counted only through its ``count_*`` method, which
+    takes the label values as the enums of their vocabulary (:class:`AlertOutcome`,
+    :class:`AlertReason`, :class:`RefusalReason` ...), refuses a value outside it, and
+    keeps each labelled child (``labels()`` costs a lock and a dict lookup per call; the
+    alert path counts every alert). A metric without labels is a public attribute, for
+    the daemon to ``inc()``, ``set()`` or ``observe()`` directly.
     """
 
     def __init__(self) -> None:
@@ -252,48 +269,121 @@ class Metrics:
 
         self.store_ok.set(1)
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        # Labelled children, kept: (label values) -> child.
+        self._alerts: dict[tuple[str, str], Counter] = {}
+        self._commands: dict[tuple[str, str], Counter] = {}
+        self._device_outcomes: dict[str, Counter] = {}
+        self._restoration_alerts: dict[bool, Counter] = {}
+        self._decode_errors: dict[tuple[str, str], Counter] = {}
+        self._frames_ignored: dict[tuple[str, int, str], Counter] = {}
+        self._quarantined: dict[tuple[str, str], Counter] = {}
         # Series known in advance start at zero.
-        for reason in ("no-window", "not-ad1", "feature-off"):
-            self.alerts.labels("forwarded", reason)
-        self.alerts.labels("suppressed", "inside-window")
+        for reason in (AlertReason.NO_WINDOW, AlertReason.NOT_AD1, AlertReason.FEATURE_OFF):
+            self._alert_child(AlertOutcome.FORWARDED, reason)
+        self._alert_child(AlertOutcome.SUPPRESSED, AlertReason.INSIDE_WINDOW)
         for refusal in RefusalReason:
-            self.commands.labels("refused", refusal.value)
+            self._command_child(CommandOutcome.REFUSED, refusal)
         for kind in OutcomeKind:
-            self.device_outcomes.labels(kind.value)
-        for in_window in ("true", "false"):
-            self.restoration_alerts.labels(in_window)
+            self._device_outcomes[kind] = self.device_outcomes.labels(kind.value)
+        for in_window in (True, False):
+            self._restoration_alerts[in_window] = self.restoration_alerts.labels(
+                "true" if in_window else "false"
+            )
 
-    # -- helpers with checked labels --------------------------------------------------
+    # -- counting, with checked labels ----------------------------------------------
 
-    def count_alert(self, outcome: AlertOutcome, reason: str) -> None:
-        """Count one DCC alert."""
+    def count_alert(self, outcome: AlertOutcome, reason: AlertReason | WireReason) -> None:
+        """Count one DCC alert: its outcome, and the decision's reason (the wire's reason
+        for a rejected alert). Raises ValueError for a value outside the vocabularies."""
+        child = self._alerts.get((outcome, reason))
+        if child is None:
+            child = self._alert_child(outcome, reason)
+        child.inc()
+
+    def _alert_child(self, outcome: AlertOutcome, reason: AlertReason | WireReason) -> Counter:
         if outcome not in _ALERT_OUTCOMES:
             raise ValueError(f"unknown alert outcome {outcome!r}")
-        self.alerts.labels(outcome, reason).inc()
+        if reason not in _ALERT_REASONS:
+            raise ValueError(f"unknown alert reason {reason!r}")
+        child = self._alerts[(outcome, reason)] = self.alerts.labels(str(outcome), str(reason))
+        return child
 
-    def count_command(self, result: CommandResultLabel, reason: str) -> None:
-        """Count one CS06 command."""
-        if result not in _COMMAND_RESULTS:
-            raise ValueError(f"unknown command result {result!r}")
-        self.commands.labels(result, reason).inc()
+    def count_command_refused(self, reason: RefusalReason) -> None:
+        """Count one CS06 command refused, with the engine's reason."""
+        self._count_command(CommandOutcome.REFUSED, reason)
+
+    def count_command_tracked(self, kind: ActivationKind, *, replaced: bool) -> None:
+        """Count one CS06 command that opened (or scheduled) a window, by the activation's
+        kind; ``replaced`` when it replaced the ESME's pending activation."""
+        if kind not in _ACTIVATION_KINDS:
+            raise ValueError(f"unknown activation kind {kind!r}")
+        self._count_command(CommandOutcome.REPLACED if replaced else CommandOutcome.TRACKED, kind)
+
+    def count_command_cancelled(self) -> None:
+        """Count one CS06 cancellation accepted."""
+        self._count_command(CommandOutcome.CANCELLED, _CANCELLATION)
+
+    def _count_command(self, result: CommandOutcome, reason: str) -> None:
+        child = self._commands.get((result, reason))
+        if child is None:
+            child = self._command_child(result, reason)
+        child.inc()
+
+    def _command_child(self, result: CommandOutcome, reason: str) -> Counter:
+        if result is CommandOutcome.REFUSED and reason not in _REFUSALS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        child = self._commands[(result, reason)] = self.commands.labels(str(result), str(reason))
+        return child
 
     def count_device_outcome(self, kind: OutcomeKind) -> None:
         """Count one device outcome applied by the engine."""
-        self.device_outcomes.labels(OutcomeKind(kind).value).inc()
+        self._device_outcomes[OutcomeKind(kind)].inc()
 
     def count_restoration_alert(self, *, in_window: bool) -> None:
         """Count one ECS80 power restoration alert."""
-        self.restoration_alerts.labels("true" if in_window else "false").inc()
+        self._restoration_alerts[bool(in_window)].inc()
 
     def count_decode_error(self, topic: str, reason: str) -> None:
-        """Count one message dropped as undecodable."""
-        self.decode_errors.labels(topic, reason).inc()
+        """Count one message dropped as undecodable; ``reason`` is the stable code of the
+        error that refused it (:class:`WireReason`, a GBCS or an inventory error's)."""
+        child = self._decode_errors.get((topic, reason))
+        if child is None:
+            child = self._decode_errors[(topic, reason)] = self.decode_errors.labels(
+                topic, str(reason)
+            )
+        child.inc()
 
-    def set_windows(self, *, active: int, pending: int) -> None:
-        """Set the window gauges from the engine's counts."""
+    def count_frame_ignored(self, topic: str, message_code: int, reason: IgnoredReason) -> None:
+        """Count one GBCS frame read and not acted on. The message code is labelled
+        ``0xNNNN``, or ``other`` for a code GBCS does not define: a label per unknown
+        code would let a sender grow the series without bound."""
+        key = (topic, message_code, reason)
+        child = self._frames_ignored.get(key)
+        if child is None:
+            reason = IgnoredReason(reason)
+            try:
+                label = f"0x{MessageCode(message_code).value:04X}"
+            except ValueError:
+                label = "other"
+            child = self._frames_ignored[key] = self.frames_ignored.labels(
+                topic, label, reason.value
+            )
+        child.inc()
+
+    def count_quarantined(self, topic: str, reason: str) -> None:
+        """Count one message quarantined; ``reason`` is the class name of the exception
+        its handling raised (the quarantine entry's reason: not a fixed vocabulary)."""
+        child = self._quarantined.get((topic, reason))
+        if child is None:
+            child = self._quarantined[(topic, reason)] = self.quarantined.labels(topic, reason)
+        child.inc()
+
+    def set_windows(self, *, active: int, pending: int, ended: int = 0) -> None:
+        """Set the window gauges from the engine's counts (``ended``: ended windows kept
+        for late alerts, counted among the tracked activations)."""
         self.windows_active.set(active)
         self.windows_pending.set(pending)
-        self.tracked_activations.set(active + pending)
+        self.tracked_activations.set(active + pending + ended)
 
     # -- exposition -------------------------------------------------------------------
 

@@ -70,12 +70,15 @@ from .engine import (
     ActivationCancelled,
     ActivationTracked,
     AlertDecision,
+    AlertOutcome,
+    AlertReason,
     CommandRefused,
     CommandSeen,
     DedupeExpired,
     DeviceOutcomeSeen,
     Engine,
     Housekeeping,
+    IgnoredReason,
     OutcomeKind,
     WindowEnded,
     WindowExpired,
@@ -279,7 +282,6 @@ class Gateway:
         self._report_opened_at = 0
         self._unreported = 0
         self._rotating: asyncio.Task[None] | None = None
-        self._alert_counters: dict[tuple[str, str], Any] = {}
         # The store's health: set while commits succeed. While it is clear, intake is
         # held and every flush waits for the store to recover (docs/decisions.md D25).
         self._store_ok = asyncio.Event()
@@ -548,9 +550,9 @@ class Gateway:
         self._quarantined(entry)
 
     def _quarantined(self, entry: QuarantineEntry) -> None:
-        self.metrics.quarantined.labels(topic=entry.topic, reason=entry.reason).inc()
+        self.metrics.count_quarantined(entry.topic, entry.reason)
         if entry.forwarded:
-            self._count_alert("forwarded", "quarantined")
+            self.metrics.count_alert(AlertOutcome.FORWARDED, AlertReason.QUARANTINED)
         self.log.error(
             "message.quarantined",
             id=entry.id,
@@ -677,8 +679,8 @@ class Gateway:
         except Exception as failed:  # noqa: BLE001 - not acknowledged; the adapter says why
             delivery.fail(failed)
             return
-        self.metrics.alerts.labels(outcome="rejected", reason=exc.reason).inc()
-        self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
+        self.metrics.count_alert(AlertOutcome.REJECTED, exc.reason)
+        self.metrics.count_decode_error(topic, exc.reason)
         self.log.warning(
             "alert.rejected", reason=exc.reason, detail=str(exc), topic=topic, forwarded=True
         )
@@ -804,17 +806,8 @@ class Gateway:
         stored = self.store.decision(alert_id)
         return stored is not None and stored[1]
 
-    def _count_alert(self, outcome: str, reason: str) -> None:
-        # labels() costs a lock and a dict lookup per call: keep the children.
-        child = self._alert_counters.get((outcome, reason))
-        if child is None:
-            child = self._alert_counters[(outcome, reason)] = self.metrics.alerts.labels(
-                outcome=outcome, reason=reason
-            )
-        child.inc()
-
     def _count_duplicate(self, alert_id: str) -> None:
-        self._count_alert("duplicate", "redelivered")
+        self.metrics.count_alert(AlertOutcome.DUPLICATE, AlertReason.REDELIVERED)
         self.log.info("alert.duplicate", alert_id=alert_id)
 
     @staticmethod
@@ -840,7 +833,7 @@ class Gateway:
         )
 
     def _suppressed(self, decision: AlertDecision, record: SuppressionRecord) -> None:
-        self._count_alert("suppressed", decision.reason)
+        self.metrics.count_alert(AlertOutcome.SUPPRESSED, decision.reason)
         self.metrics.suppression_records.inc()
         self.log.info(
             "alert.suppressed",
@@ -858,7 +851,7 @@ class Gateway:
             self._start_rotation()
 
     def _forwarded(self, decision: AlertDecision) -> None:
-        self._count_alert("forwarded", decision.reason)
+        self.metrics.count_alert(AlertOutcome.FORWARDED, decision.reason)
         if self.log.enabled_for("debug"):
             # Debug only: at storm rates a line per forwarded alert would swamp the
             # journal; the decision is in the state database (explain) and the metrics.
@@ -876,18 +869,14 @@ class Gateway:
             env = self._decode_gbcs(payload)
             frame = gbcs.decode_frame(env.frame)
         except (WireError, GbcsError) as exc:
-            self.metrics.decode_errors.labels(topic=topic, reason=exc.reason).inc()
+            self.metrics.count_decode_error(topic, exc.reason)
             self.log.warning("gbcs.rejected", reason=exc.reason, detail=str(exc), topic=topic)
             return None
         return frame, env.sent_at, env.request_id
 
-    def _not_acted_on(self, topic: str, frame: gbcs.Frame, why: str) -> None:
+    def _not_acted_on(self, topic: str, frame: gbcs.Frame, why: IgnoredReason) -> None:
         code = frame.header.message_code
-        try:
-            label = f"0x{MessageCode(code).value:04X}"
-        except ValueError:
-            label = "other"  # a label per unknown code would let a sender grow the series
-        self.metrics.frames_ignored.labels(topic=topic, message_code=label, reason=why).inc()
+        self.metrics.count_frame_ignored(topic, code, why)
         self.log.debug(
             "gbcs.ignored",
             topic=topic,
@@ -906,10 +895,10 @@ class Gateway:
         header = frame.header
         if header.message_code != MessageCode.CS06_ACTIVATE_FIRMWARE:
             # Other commands pass by: the gateway only watches CS06.
-            self._not_acted_on(topic, frame, "not-cs06")
+            self._not_acted_on(topic, frame, IgnoredReason.NOT_CS06)
             return
         if header.cra_flag is not CraFlag.COMMAND:
-            self._not_acted_on(topic, frame, "not-a-command")
+            self._not_acted_on(topic, frame, IgnoredReason.NOT_A_COMMAND)
             return
         verification = gbcs.verify_frame(frame, self.trust)
         signer = verification.signer
@@ -931,7 +920,7 @@ class Gateway:
             "counter": header.originator_counter,
         }
         if isinstance(result, CommandRefused):
-            self.metrics.commands.labels(result="refused", reason=result.reason.value).inc()
+            self.metrics.count_command_refused(result.reason)
             level = "warning" if result.reason in NOTEWORTHY_REFUSALS else "info"
             self.log.log(
                 level, "command.refused", reason=result.reason.value, detail=result.detail, **fields
@@ -944,8 +933,7 @@ class Gateway:
                 self.store.delete_activation(result.replaced)
             self.store.set_counter(a.originator, a.esme, a.counter)
             await self._durable()
-            kind = "replaced" if result.replaced is not None else "tracked"
-            self.metrics.commands.labels(result=kind, reason=a.kind).inc()
+            self.metrics.count_command_tracked(a.kind, replaced=result.replaced is not None)
             self.log.info(
                 "activation.tracked",
                 chf_id=a.chf,
@@ -960,7 +948,7 @@ class Gateway:
                 self.store.delete_activation(result.cancelled)
             self.store.set_counter(result.originator, result.esme, result.counter)
             await self._durable()
-            self.metrics.commands.labels(result="cancelled", reason="cancellation").inc()
+            self.metrics.count_command_cancelled()
             self.log.info(
                 "activation.cancelled",
                 cancelled=result.cancelled.request_id if result.cancelled else None,
@@ -977,7 +965,7 @@ class Gateway:
         if frame.header.cra_flag is CraFlag.COMMAND:
             # A command on the northbound topic (a CS06 sent to the wrong topic?): it
             # opens no window here; commands are read from the command topic only.
-            self._not_acted_on(topic, frame, "command-on-inbound")
+            self._not_acted_on(topic, frame, IgnoredReason.COMMAND_ON_INBOUND)
             return
         device = self.inventory.get(frame.header.originator)
         if isinstance(frame.payload, PowerRestorationAlert):
@@ -992,7 +980,7 @@ class Gateway:
             )
             return
         if not isinstance(frame.payload, ActivateFirmwareResponse | FutureDatedActivationAlert):
-            self._not_acted_on(topic, frame, "not-handled")
+            self._not_acted_on(topic, frame, IgnoredReason.NOT_HANDLED)
             return
         verification = gbcs.verify_frame(frame, self.trust)
         before = (
@@ -1030,7 +1018,7 @@ class Gateway:
             record: DeviceRecord = from_envelope(self._decode_inventory(payload))
         except (WireError, InventoryError) as exc:
             reason = exc.reason
-            self.metrics.decode_errors.labels(topic=topic, reason=reason).inc()
+            self.metrics.count_decode_error(topic, reason)
             self.log.warning("inventory.rejected", reason=reason, detail=str(exc), topic=topic)
             return
         self.inventory.upsert(record, received)
@@ -1133,9 +1121,10 @@ class Gateway:
             await asyncio.sleep(interval)
 
     def _update_gauges(self) -> None:
-        self.metrics.windows_active.set(self.engine.active_windows)
-        self.metrics.windows_pending.set(self.engine.pending_windows)
-        self.metrics.tracked_activations.set(self.engine.tracked_count)
+        e = self.engine
+        self.metrics.set_windows(
+            active=e.active_windows, pending=e.pending_windows, ended=e.ended_windows
+        )
         if hasattr(self, "mqtt"):
             self.metrics.inflight_publishes.set(self.mqtt.inflight_publishes)
             self.metrics.inbound_in_progress.set(self.mqtt.inbound)

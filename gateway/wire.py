@@ -259,20 +259,22 @@ Envelope: TypeAlias = (
 )
 """Any envelope of the contract."""
 
-WireReason: TypeAlias = Literal[
-    "too-large",
-    "bad-cbor",
-    "tag-refused",
-    "duplicate-key",
-    "too-deep",
-    "not-a-map",
-    "unknown-field",
-    "missing-field",
-    "bad-field",
-    "wrong-kind",
-    "bad-version",
-]
-"""The stable reason codes of :class:`WireError`."""
+
+class WireReason(enum.StrEnum):
+    """The stable reason codes of :class:`WireError` (a log field and the ``reason`` label
+    of ``poa_decode_errors_total``, and of ``poa_alerts_total`` for a rejected alert)."""
+
+    TOO_LARGE = "too-large"
+    BAD_CBOR = "bad-cbor"
+    TAG_REFUSED = "tag-refused"
+    DUPLICATE_KEY = "duplicate-key"
+    TOO_DEEP = "too-deep"
+    NOT_A_MAP = "not-a-map"
+    UNKNOWN_FIELD = "unknown-field"
+    MISSING_FIELD = "missing-field"
+    BAD_FIELD = "bad-field"
+    WRONG_KIND = "wrong-kind"
+    BAD_VERSION = "bad-version"
 
 
 class WireError(GatewayError):
@@ -364,7 +366,7 @@ class _TagRefused(GatewayError):
 
 def _tag_refused(tag: int) -> WireError:
     return WireError(
-        "tag-refused",
+        WireReason.TAG_REFUSED,
         f"CBOR tag {tag}: the contract uses no semantic tags "
         "(a leading self-describe tag 55799 excepted)",
     )
@@ -389,7 +391,9 @@ def _decode(
     data: bytes, envelope_type: type[_E], kind: str, max_payload: int = DEFAULT_MAX_PAYLOAD
 ) -> _E:
     if len(data) > max_payload:
-        raise WireError("too-large", f"payload of {len(data)} bytes, at most {max_payload}")
+        raise WireError(
+            WireReason.TOO_LARGE, f"payload of {len(data)} bytes, at most {max_payload}"
+        )
     if data[:3] == _SELF_DESCRIBED:
         data = data[3:]
     stream = io.BytesIO(data)
@@ -413,9 +417,9 @@ def _decode(
         raise _cbor_error(exc, envelope_type) from exc
     trailing = len(data) - stream.tell()
     if trailing:
-        raise WireError("bad-cbor", f"{trailing} byte(s) after the end of the map")
+        raise WireError(WireReason.BAD_CBOR, f"{trailing} byte(s) after the end of the map")
     if not isinstance(obj, Mapping):
-        raise WireError("not-a-map", f"top level must be a CBOR map, got {_show(obj)}")
+        raise WireError(WireReason.NOT_A_MAP, f"top level must be a CBOR map, got {_show(obj)}")
     fields = dict(obj)
     _check_header(fields, kind)
     try:
@@ -427,13 +431,17 @@ def _decode(
 def _check_header(obj: dict[Any, Any], kind: str) -> None:
     for key in obj:
         if type(key) is not str:
-            raise WireError("not-a-map", f"map keys must be text strings, got {_show(key)}")
+            raise WireError(
+                WireReason.NOT_A_MAP, f"map keys must be text strings, got {_show(key)}"
+            )
     version = obj.get("v")
     if _is_int(version) and version != 1:
-        raise WireError("bad-version", f"v: expected 1, got {_show(version)}", field="v")
+        raise WireError(WireReason.BAD_VERSION, f"v: expected 1, got {_show(version)}", field="v")
     found = obj.get("kind")
     if isinstance(found, str) and found != kind:
-        raise WireError("wrong-kind", f"kind: expected {kind!r}, got {_show(found)}", field="kind")
+        raise WireError(
+            WireReason.WRONG_KIND, f"kind: expected {kind!r}, got {_show(found)}", field="kind"
+        )
 
 
 # cbor2 6 reports these faults only through the message text (pinned <7 in
@@ -449,11 +457,11 @@ def _cbor_error(exc: cbor2.CBORDecodeError, envelope_type: type[msgspec.Struct])
         shown = _clip(duplicate["key"])
         name = _FIELD_NAME.fullmatch(shown)
         field = name["name"] if name and name["name"] in envelope_type.__struct_fields__ else None
-        return WireError("duplicate-key", f"duplicate map key {shown}", field=field)
+        return WireError(WireReason.DUPLICATE_KEY, f"duplicate map key {shown}", field=field)
     if "maximum container nesting depth" in text:
-        return WireError("too-deep", f"nested deeper than {MAX_DEPTH} levels")
+        return WireError(WireReason.TOO_DEEP, f"nested deeper than {MAX_DEPTH} levels")
     cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-    return WireError("bad-cbor", _clip(f"not well-formed CBOR: {text}{cause}"))
+    return WireError(WireReason.BAD_CBOR, _clip(f"not well-formed CBOR: {text}{cause}"))
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>.*)`", re.DOTALL)
@@ -468,13 +476,13 @@ def _validation_error(
     text = str(exc)
     if match := _UNKNOWN.fullmatch(text):
         field = _clip(match["field"], 64)
-        return WireError("unknown-field", f"unknown field {field!r}", field=field)
+        return WireError(WireReason.UNKNOWN_FIELD, f"unknown field {field!r}", field=field)
     if match := _MISSING.fullmatch(text):
         field = match["field"]
-        return WireError("missing-field", f"missing required field {field!r}", field=field)
+        return WireError(WireReason.MISSING_FIELD, f"missing required field {field!r}", field=field)
     match = _AT_FIELD.fullmatch(text)
     if match is None:
-        return WireError("bad-field", _clip(text.replace("`", "")))
+        return WireError(WireReason.BAD_FIELD, _clip(text.replace("`", "")))
     field, what = match["field"], match["what"]
     value = obj.get(field)
     if _BYTES_LENGTH.fullmatch(what) and isinstance(value, bytes):
@@ -488,7 +496,7 @@ def _validation_error(
         explained = explained[:1].lower() + explained[1:]
         if "got" not in explained:
             explained += f", got {_show(value)}"
-    return WireError("bad-field", _clip(f"{field}: {explained}"), field=field)
+    return WireError(WireReason.BAD_FIELD, _clip(f"{field}: {explained}"), field=field)
 
 
 def _literal_values(envelope_type: type[msgspec.Struct], field: str) -> tuple[object, ...]:

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import gbcs
 from gateway.devices import DeviceStatus, DeviceType
-from gateway.engine import Activation, AlertDecision
+from gateway.engine import Activation, AlertDecision, AlertReason
 from gateway.logs import JsonLog
 from gateway.render import render_frame
 from gateway.store import Store
@@ -797,7 +797,7 @@ async def _fill(path: Path) -> None:
                     alert_id=f"ad1-{i:04d}",
                     chf=CHF,
                     suppressed=True,
-                    reason="inside-window",
+                    reason=AlertReason.INSIDE_WINDOW,
                     judged_at=T0 + i,
                     decided_at=T0 + i + 1,
                     activation=activation,

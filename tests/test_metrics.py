@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import platform
+import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
-from gateway.engine import OutcomeKind
+from gateway.engine import AlertOutcome, AlertReason, IgnoredReason, OutcomeKind, RefusalReason
 from gateway.metrics import Metrics
+from gateway.wire import WireReason
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -24,10 +27,10 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def test_counters_appear_in_the_exposition_with_their_labels() -> None:
     metrics = Metrics()
-    metrics.count_alert("suppressed", "inside-window")
-    metrics.count_alert("suppressed", "inside-window")
-    metrics.count_alert("rejected", "bad-cbor")
-    metrics.count_command("tracked", "on-demand")
+    metrics.count_alert(AlertOutcome.SUPPRESSED, AlertReason.INSIDE_WINDOW)
+    metrics.count_alert(AlertOutcome.SUPPRESSED, AlertReason.INSIDE_WINDOW)
+    metrics.count_alert(AlertOutcome.REJECTED, WireReason.BAD_CBOR)
+    metrics.count_command_tracked("on-demand", replaced=False)
     metrics.count_device_outcome(OutcomeKind.CLOSED_EARLY)
     metrics.count_restoration_alert(in_window=True)
     metrics.count_decode_error("csp/dcc/alert", "bad-cbor")
@@ -99,9 +102,9 @@ def test_import_and_report_timestamps_are_zero_until_set() -> None:
 
 def test_no_created_series_anywhere_in_the_exposition() -> None:
     metrics = Metrics()
-    metrics.count_alert("rejected", "bad-cbor")
+    metrics.count_alert(AlertOutcome.REJECTED, WireReason.BAD_CBOR)
     metrics.count_decode_error("csp/dcc/alert", "bad-cbor")
-    metrics.quarantined.labels(topic="csp/dcc/alert", reason="KeyError").inc()
+    metrics.count_quarantined("csp/dcc/alert", "KeyError")
     metrics.mqtt_reconnects.inc()
     metrics.ack_latency.observe(0.01)
     text = metrics.render().decode()
@@ -115,8 +118,69 @@ def test_label_values_outside_the_fixed_sets_are_refused() -> None:
     metrics = Metrics()
     with pytest.raises(ValueError, match="outcome"):
         metrics.count_alert("dropped", "x")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="result"):
-        metrics.count_command("ignored", "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reason"):
+        metrics.count_alert(AlertOutcome.FORWARDED, "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="refusal"):
+        metrics.count_command_refused("ignored")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kind"):
+        metrics.count_command_tracked("x", replaced=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="IgnoredReason"):
+        metrics.count_frame_ignored("t", 0x0015, "x")  # type: ignore[arg-type]
+
+
+def test_commands_are_counted_by_result_and_reason() -> None:
+    metrics = Metrics()
+    metrics.count_command_refused(RefusalReason.REPLAY)
+    metrics.count_command_tracked("future-dated", replaced=True)
+    metrics.count_command_cancelled()
+    got = samples(metrics)
+    assert got[("poa_commands_total", (("reason", "replay"), ("result", "refused")))] == 1
+    assert got[("poa_commands_total", (("reason", "future-dated"), ("result", "replaced")))] == 1
+    assert got[("poa_commands_total", (("reason", "cancellation"), ("result", "cancelled")))] == 1
+
+
+def test_ignored_frames_are_labelled_by_message_code_and_unknown_codes_share_one() -> None:
+    metrics = Metrics()
+    topic = "dsp/gbcs/command"
+    metrics.count_frame_ignored(topic, 0x0015, IgnoredReason.NOT_CS06)  # CS11
+    metrics.count_frame_ignored(topic, 0xFFF0, IgnoredReason.NOT_CS06)
+    metrics.count_frame_ignored(topic, 0xFFF1, IgnoredReason.NOT_CS06)
+    got = samples(metrics)
+    labels = (("message_code", "0x0015"), ("reason", "not-cs06"), ("topic", topic))
+    assert got[("poa_frames_ignored_total", labels)] == 1
+    labels = (("message_code", "other"), ("reason", "not-cs06"), ("topic", topic))
+    assert got[("poa_frames_ignored_total", labels)] == 2
+
+
+def test_the_label_vocabularies_keep_their_public_values() -> None:
+    # Logs and metrics are a public contract (docs/operations.md lists these values).
+    assert [r.value for r in AlertReason] == [
+        "inside-window",
+        "no-window",
+        "not-ad1",
+        "feature-off",
+        "quarantined",
+        "redelivered",
+    ]
+    assert [o.value for o in AlertOutcome] == ["forwarded", "suppressed", "duplicate", "rejected"]
+    assert [r.value for r in IgnoredReason] == [
+        "not-cs06",
+        "not-a-command",
+        "command-on-inbound",
+        "not-handled",
+    ]
+
+
+def test_labelled_metrics_are_counted_only_through_the_metrics_api() -> None:
+    # One API: a module other than metrics.py that calls labels() bypasses the checked
+    # vocabularies and the kept children.
+    package = Path(__file__).resolve().parent.parent / "gateway"
+    offenders = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "metrics.py" and re.search(r"\.labels\(", path.read_text())
+    ]
+    assert offenders == []
 
 
 def test_two_instances_do_not_share_a_registry() -> None:
@@ -127,7 +191,7 @@ def test_two_instances_do_not_share_a_registry() -> None:
 
 def test_serve_answers_http_get_with_the_metrics_then_closes() -> None:
     metrics = Metrics()
-    metrics.count_alert("forwarded", "no-window")
+    metrics.count_alert(AlertOutcome.FORWARDED, AlertReason.NO_WINDOW)
     with metrics.serve("127.0.0.1", 0) as server:
         assert server.port > 0
         url = f"http://127.0.0.1:{server.port}/metrics"

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 import gateway.store
-from gateway.engine import Activation, AlertDecision
+from gateway.engine import Activation, AlertDecision, AlertReason
 from gateway.inventory import Inventory
 from gateway.store import (
     APPLICATION_ID,
@@ -62,7 +62,7 @@ def suppressed(alert_id: str, a: Activation, decided_at: int = T0 + MIN) -> Aler
         alert_id=alert_id,
         chf=a.chf,
         suppressed=True,
-        reason="inside-window",
+        reason=AlertReason.INSIDE_WINDOW,
         judged_at=decided_at - 100,
         decided_at=decided_at,
         activation=a,
@@ -74,7 +74,7 @@ def forwarded(alert_id: str, decided_at: int = T0 + MIN) -> AlertDecision:
         alert_id=alert_id,
         chf=CHF,
         suppressed=False,
-        reason="no-window",
+        reason=AlertReason.NO_WINDOW,
         judged_at=decided_at - 100,
         decided_at=decided_at,
     )
@@ -708,7 +708,7 @@ async def test_a_quarantined_message_is_kept_once_with_its_bytes_and_can_be_mark
 async def test_every_shape_of_decision_round_trips_through_its_packed_row(db: Path) -> None:
     shapes = [
         forwarded("f"),
-        msgspec.structs.replace(forwarded("n"), reason="not-ad1"),
+        msgspec.structs.replace(forwarded("n"), reason=AlertReason.NOT_AD1),
         suppressed("s", activation(7)),
         suppressed("t", activation(2**64 - 1, future_dated=True, succeeded=True)),
     ]
