@@ -6,6 +6,7 @@ import datetime as dt
 import itertools
 
 import pytest
+from msgspec.structs import replace as msgspec_replace
 
 import gbcs
 from gateway import pki
@@ -13,6 +14,8 @@ from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.engine import (
     ActivationCancelled,
     ActivationTracked,
+    AlertDecision,
+    AlertReason,
     CommandRefused,
     CommandSeen,
     DedupeExpired,
@@ -24,6 +27,8 @@ from gateway.engine import (
     WindowEnded,
     WindowExpired,
     WindowOpened,
+    pack_decision,
+    unpack_decision,
 )
 from gateway.wire import DccAlertEnvelope
 from gbcs import ActivationResponseCode, RemotePartyRole, SignatureStatus, builders
@@ -671,6 +676,29 @@ def test_a_remembered_decision_comes_back_exactly_as_made(engine: Engine) -> Non
     # Kept packed (for memory); unpacked, nothing is lost.
     assert engine.decision_for("in") == suppressed
     assert engine.decision_for("out") == forwarded
+
+
+def test_a_decision_reason_comes_back_as_the_member_it_was() -> None:
+    for reason in AlertReason:
+        decision = AlertDecision("a-1", CHF, False, reason, T0, T0 + 1)
+        packed = pack_decision(decision)
+        # The packed format is unchanged: the reason's length and its ASCII text.
+        assert (
+            packed[25 : 26 + len(reason.value)]
+            == bytes([len(reason.value)]) + reason.value.encode()
+        )
+        back = unpack_decision("a-1", packed)
+        assert back == decision
+        assert back.reason is reason
+
+
+def test_a_reason_outside_the_vocabulary_is_neither_packed_nor_unpacked() -> None:
+    decision = AlertDecision("a-1", CHF, False, AlertReason.NO_WINDOW, T0, T0 + 1)
+    with pytest.raises(ValueError, match="alert reason"):
+        pack_decision(msgspec_replace(decision, reason="made-up"))
+    packed = pack_decision(decision).replace(b"no-window", b"no-widow!")
+    with pytest.raises(ValueError, match="alert reason"):
+        unpack_decision("a-1", packed)
 
 
 def test_an_alert_id_decided_again_is_aged_from_its_new_decision() -> None:
