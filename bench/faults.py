@@ -76,7 +76,7 @@ from gateway.metrics import Metrics
 from gateway.service import GC_THRESHOLDS, HANDLER_ATTEMPTS, Gateway
 from gateway.store import Store
 from tests.e2e_support import CHF, OTHER_CHF, Client, Home, cs06, now_ms
-from tests.test_faults import fill, in_process, meters, until
+from tests.test_faults import fill, in_process, meters, sqlite, until
 
 PARTS: Final = ("poison", "full-disk", "kill-while-full")
 FORWARDED: Final = "dno/dcc/alert"
@@ -315,7 +315,7 @@ async def part_poison(run: Run, args: argparse.Namespace) -> Figures:
                 await publish_paced(client, alerts, args.rate, published)
                 log(f"  published {published.count:,} at {published.rate:,.0f}/s")
                 await drain(tally, count, args.idle)
-                quarantined = len(gateway.store.quarantined())
+                quarantined = len(sqlite(gateway).quarantined())
                 events = lines.events()
     finally:
         await client.close()

@@ -169,23 +169,21 @@ class BenchDaemon(Daemon):
         super().__init__(home)
         self.profile = profile
 
-    def start(self, *, fault: str | None = None, wait_ready: bool = True) -> None:
+    def start(self, *, kill_before_ack: str | None = None, wait_ready: bool = True) -> None:
         # As Daemon.start, but it dies with the benchmark, and optionally under cProfile.
+        if kill_before_ack is not None:
+            raise ValueError("the benchmark daemon injects no fault")
         self._offset = self.home.log_path.stat().st_size if self.home.log_path.exists() else 0
         if self.profile is None:
             argv = [str(Path(PY).parent / "poa-gateway")]
         else:
             argv = [PY, "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
-        env = {k: v for k, v in os.environ.items() if k != "POA_FAULT"}
-        if fault:
-            env["POA_FAULT"] = fault
         with self.home.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 dies_with_us([*argv, "run", "--config", str(self.home.config)]),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env=env,
             )
         if wait_ready:
             self.wait_for("gateway.ready", timeout=30)

@@ -135,6 +135,10 @@ STORE_RETRY_MAX_S: Final = 5.0
 
 _ERROR_TEXT_LIMIT: Final = 500
 
+# Housekeeping wakes at its deadlines (see Gateway._arm_housekeeping), and at least this
+# often, so that a step of the wall clock cannot leave a window open for long.
+HOUSEKEEPING_GUARD_MS: Final = 60_000
+
 _T = TypeVar("_T")
 
 
@@ -290,6 +294,9 @@ class Gateway:
         self._store_probe: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closing = False
+        self._housekeeping_wake = asyncio.Event()
+        self._housekeeping_timer: asyncio.TimerHandle | None = None
+        self._housekeeping_due: int | None = None  # wall ms the timer is set for
         self._started_at = clock()
         self._status_path = Path(config.paths.state).with_name("daemon-status.json")
 
@@ -362,6 +369,10 @@ class Gateway:
         install_exception_filter(asyncio.get_running_loop(), self._lib_event)
         b = self.config.broker
         self.mqtt = self._make_transport(self._on_delivery, self._mqtt_event)
+        # Read when scraped: no loop has to keep them fresh.
+        transport = self.mqtt
+        self.metrics.inflight_publishes.set_function(lambda: transport.inflight_publishes)
+        self.metrics.inbound_in_progress.set_function(lambda: transport.inbound)
         if b.protocol != 5:
             self.log.warning(
                 "mqtt.protocol",
@@ -423,6 +434,8 @@ class Gateway:
         self.metrics.up.set(0)
         if self._store_probe is not None:
             self._store_probe.cancel()
+        if self._housekeeping_timer is not None:
+            self._housekeeping_timer.cancel()
         if self._rotating is not None and not self._rotating.done():
             with contextlib.suppress(Exception):
                 await self._rotating
@@ -1048,9 +1061,40 @@ class Gateway:
                 self.log.error(
                     "housekeeping.failed", reason=type(exc).__name__, detail=describe(exc)
                 )
-            deadline = self.engine.next_deadline()
-            wake = now + 1000 if deadline is None else min(deadline, now + 1000)
-            await asyncio.sleep(max(0, wake - self.clock()) / 1000)
+            self._housekeeping_due = None
+            self._arm_housekeeping()
+            await self._housekeeping_wake.wait()
+            self._housekeeping_wake.clear()
+
+    @property
+    def housekeeping_due(self) -> int | None:
+        """When housekeeping is next woken (wall ms), None while a pass runs."""
+        return self._housekeeping_due
+
+    def _arm_housekeeping(self) -> None:
+        """Wake housekeeping at its next deadline: the engine's (a pending window opening,
+        a window ending, remembered alert ids ageing out) or the report period's end.
+
+        One timer, re-armed only when a change brings the deadline earlier (called after
+        every input that may add a timer to the engine), rather than a poll every second.
+        The wait is capped at :data:`HOUSEKEEPING_GUARD_MS`: the deadlines are wall-clock
+        times and the timer runs on the monotonic clock, so a step of the wall clock is
+        caught within that.
+        """
+        now = self.clock()
+        due = min(
+            self._rotation.next_boundary(self._report_opened_at),
+            self.engine.next_deadline() or now + HOUSEKEEPING_GUARD_MS,
+            now + HOUSEKEEPING_GUARD_MS,
+        )
+        if self._housekeeping_due is not None and self._housekeeping_due <= due:
+            return  # already armed for this deadline or an earlier one
+        if self._housekeeping_timer is not None:
+            self._housekeeping_timer.cancel()
+        self._housekeeping_due = due
+        self._housekeeping_timer = asyncio.get_running_loop().call_later(
+            max(0, due - now) / 1000, self._housekeeping_wake.set
+        )
 
     def _apply_housekeeping(self, events: list[Housekeeping]) -> None:
         names = {WindowOpened: "window.opened", WindowEnded: "window.ended"}
@@ -1125,9 +1169,8 @@ class Gateway:
         self.metrics.set_windows(
             active=e.active_windows, pending=e.pending_windows, ended=e.ended_windows
         )
-        if hasattr(self, "mqtt"):
-            self.metrics.inflight_publishes.set(self.mqtt.inflight_publishes)
-            self.metrics.inbound_in_progress.set(self.mqtt.inbound)
+        if self._housekeeping_timer is not None:
+            self._arm_housekeeping()  # the input that changed them may add a deadline
 
     # -- adapters' events ---------------------------------------------------------------
 

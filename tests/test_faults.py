@@ -31,6 +31,7 @@ from gateway.guids import write_guid_list
 from gateway.inventory import Inventory
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
+from gateway.mqtt import MqttAdapter
 from gateway.service import HANDLER_ATTEMPTS, Gateway
 from gateway.store import Store
 
@@ -79,6 +80,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     """``poa-gateway ARGS`` as a user runs it (a separate process)."""
     exe = str(Path(sys.executable).parent / "poa-gateway")
     return subprocess.run([exe, *args], capture_output=True, check=False)
+
+
+def sqlite(gateway: Gateway) -> Store:
+    """The gateway's state store, which these tests know is the SQLite one."""
+    assert isinstance(gateway.store, Store)
+    return gateway.store
+
+
+def mqtt(gateway: Gateway) -> MqttAdapter:
+    """The gateway's transport, which these tests know is the MQTT adapter."""
+    assert isinstance(gateway.mqtt, MqttAdapter)
+    return gateway.mqtt
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -138,7 +151,7 @@ async def test_an_alert_whose_handling_raises_is_quarantined_once_and_every_othe
             assert logged["id"] == notice.id
             labels = {"topic": "csp/dcc/alert", "reason": "ZeroDivisionError"}
             assert sample(metrics, "poa_quarantined_total", **labels) == 1
-            (entry,) = gateway.store.quarantined()
+            (entry,) = sqlite(gateway).quarantined()
             assert entry.payload == notice.payload
             assert entry.id == notice.id
     finally:
@@ -169,7 +182,7 @@ async def test_a_command_whose_handling_raises_is_quarantined_and_later_commands
             await until(lambda: client.received["gateway/quarantine"], "the notice")
             (tracked,) = lines.events("activation.tracked")
             assert tracked["counter"] == 2001
-            (entry,) = gateway.store.quarantined()
+            (entry,) = sqlite(gateway).quarantined()
             assert entry.topic == "dsp/gbcs/command"
             assert wire.decode_gbcs(entry.payload).frame == poison
             assert (entry.reason, entry.forwarded) == ("KeyError", False)
@@ -335,16 +348,16 @@ async def test_the_store_failing_holds_intake_and_housekeeping_resumes_when_it_r
             filler = fill(small_fs)
             await client.command(cs06(home, 3000))  # its commit fails
             await until(lambda: sample(metrics, "poa_store_ok") == 0, "the store to fail")
-            assert gateway.mqtt.paused  # intake held
+            assert mqtt(gateway).paused  # intake held
             await asyncio.sleep(2.5)  # two passes of housekeeping meet the failed store
-            assert gateway.store.pending > 0
+            assert sqlite(gateway).pending > 0
             filler.unlink()
             await until(lambda: sample(metrics, "poa_store_ok") == 1, "the store to recover")
             await until(lambda: lines.events("activation.tracked"), "the window")
-            assert not gateway.mqtt.paused
+            assert not mqtt(gateway).paused
             assert sample(metrics, "poa_housekeeping_failures_total") == 0
             assert sample(metrics, "poa_store_commit_failures_total") >= 1
-            assert gateway.store.pending == 0
+            assert sqlite(gateway).pending == 0
             seen = len(lines.events())
             await asyncio.sleep(1.5)
             # Housekeeping still runs: its gauges follow the window tracked late.
