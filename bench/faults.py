@@ -71,7 +71,8 @@ from throughput import BenchDaemon, DecisionLog, Run, TunedBroker, log, revision
 
 from gateway import wire
 from gateway.config import Config, load_config
-from gateway.engine import AlertDecision, Engine
+from gateway.engine import Engine
+from gateway.events import AlertDecision
 from gateway.metrics import Metrics
 from gateway.service import GC_THRESHOLDS, HANDLER_ATTEMPTS, Gateway
 from gateway.store import Store

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.engine import Activation, AlertDecision, AlertReason
+from gateway.events import Activation, AlertDecision, AlertReason
 from gateway.store import Store, Synchronous
 from gateway.wire import SuppressionRecord
 

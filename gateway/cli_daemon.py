@@ -20,8 +20,8 @@ from .cli_support import (
     when,
 )
 from .config import Config
-from .engine import AlertOutcome, AlertReason
 from .eui import format_eui64, parse_eui64
+from .events import AlertOutcome, AlertReason
 from .exits import Exit
 from .store import MARKER_SUFFIX, Store, StoreError
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .engine import Activation, AlertDecision
+from .events import Activation, AlertDecision
 from .store import QuarantineEntry
 from .wire import SuppressionRecord
 

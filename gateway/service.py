@@ -65,7 +65,9 @@ from gbcs import (
 from . import __version__
 from .config import TOPIC_NAMES, Config
 from .devices import DeviceRecord
-from .engine import (
+from .engine import Engine
+from .errors import GatewayError
+from .events import (
     NOTEWORTHY_REFUSALS,
     ActivationCancelled,
     ActivationTracked,
@@ -76,7 +78,6 @@ from .engine import (
     CommandSeen,
     DedupeExpired,
     DeviceOutcomeSeen,
-    Engine,
     Housekeeping,
     IgnoredReason,
     OutcomeKind,
@@ -84,7 +85,6 @@ from .engine import (
     WindowExpired,
     WindowOpened,
 )
-from .errors import GatewayError
 from .guids import GuidList, GuidListError
 from .interfaces import DeliveryHandler, EventSink, MakeTransport, OpenStore, StateStore, Transport
 from .inventory import Inventory, InventoryError, from_envelope

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway import service
 from gateway.config import load_config
-from gateway.engine import AlertDecision
+from gateway.events import AlertDecision
 from gateway.logs import JsonLog, buffered_stdout, route_stdlib_logging
 from gateway.store import Store
 

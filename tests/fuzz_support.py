@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import gbcs
 from gateway.devices import DeviceStatus, DeviceType
-from gateway.engine import Activation, AlertDecision, AlertReason
+from gateway.events import Activation, AlertDecision, AlertReason
 from gateway.logs import JsonLog
 from gateway.render import render_frame
 from gateway.store import Store

@@ -11,7 +11,8 @@ from msgspec.structs import replace as msgspec_replace
 import gbcs
 from gateway import pki
 from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
-from gateway.engine import (
+from gateway.engine import Engine, EngineConfig, pack_decision, unpack_decision
+from gateway.events import (
     ActivationCancelled,
     ActivationTracked,
     AlertDecision,
@@ -20,15 +21,11 @@ from gateway.engine import (
     CommandSeen,
     DedupeExpired,
     DeviceOutcomeSeen,
-    Engine,
-    EngineConfig,
     OutcomeKind,
     RefusalReason,
     WindowEnded,
     WindowExpired,
     WindowOpened,
-    pack_decision,
-    unpack_decision,
 )
 from gateway.wire import DccAlertEnvelope
 from gbcs import ActivationResponseCode, RemotePartyRole, SignatureStatus, builders

@@ -26,7 +26,8 @@ from gateway import wire
 from gateway.cli import main
 from gateway.config import Config, load_config
 from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
-from gateway.engine import AlertDecision, Engine
+from gateway.engine import Engine
+from gateway.events import AlertDecision
 from gateway.guids import write_guid_list
 from gateway.inventory import Inventory
 from gateway.logs import JsonLog

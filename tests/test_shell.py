@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from gateway import wire
 from gateway.config import load_config
-from gateway.engine import Activation, AlertDecision
+from gateway.events import Activation, AlertDecision
 from gateway.interfaces import DeliveryHandler, EventSink, Transport
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics

@@ -16,14 +16,8 @@ import gbcs
 from gateway import cli_simulate
 from gateway.config import load_config
 from gateway.devices import DeviceRecord, DeviceType
-from gateway.engine import (
-    ActivationCancelled,
-    ActivationTracked,
-    CommandSeen,
-    DeviceOutcomeSeen,
-    Engine,
-    EngineConfig,
-)
+from gateway.engine import Engine, EngineConfig
+from gateway.events import ActivationCancelled, ActivationTracked, CommandSeen, DeviceOutcomeSeen
 from gateway.guids import GuidList
 from gateway.inventory import Inventory
 from gateway.simulator.frames import FrameFactory

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 import gateway.store
-from gateway.engine import Activation, AlertDecision, AlertReason
+from gateway.events import Activation, AlertDecision, AlertReason
 from gateway.inventory import Inventory
 from gateway.store import (
     APPLICATION_ID,
