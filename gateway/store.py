@@ -12,7 +12,9 @@ counter recorded (WIRE.md). The state lives in one SQLite file with four tables:
   replay protection; rows are only ever raised, never deleted;
 - ``decisions``: recent alert decisions, so that a redelivery after a restart gets the
   same decision (``Engine.remember_decision``); ``effect_done`` says whether the forward
-  was acknowledged by the broker or the suppression record committed;
+  was acknowledged by the broker or the suppression record committed; the decision is
+  one BLOB in the store's own row format ("the decisions row", below), which owes
+  nothing to the engine's in-memory form;
 - ``suppressions``: the Power Outage Alert Suppression log, one CBOR
   :class:`~gateway.wire.SuppressionRecord` per suppressed alert, numbered by ``seq``;
   ``report_id`` stays NULL until a report file includes the record.
@@ -123,6 +125,7 @@ import itertools
 import os
 import secrets
 import sqlite3
+import struct
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
@@ -132,10 +135,9 @@ from typing import Any, Final, Literal, Self, TypeAlias
 
 import msgspec
 
-from .engine import pack_decision, unpack_decision
 from .errors import GatewayError
 from .eui import EUI64_LENGTH
-from .events import Activation, AlertDecision
+from .events import Activation, AlertDecision, AlertReason
 from .sqlite_util import create_schema_once, immediate, schema_marks
 from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
@@ -265,9 +267,10 @@ class StoredSuppression(msgspec.Struct, frozen=True, kw_only=True):
 # The decisions table keeps a copy of the activation a decision names rather than a
 # reference: the window may be closed early or expire (and its row be deleted) while the
 # decision is still within the dedupe horizon, and a redelivered alert must get the
-# decision as it was made. The decision is one packed BLOB (engine.pack_decision) rather
-# than 17 columns: a row is written for every alert, and the narrow row costs SQLite
-# 3.5 us of CPU instead of 9 (schema version 2; version 1 files are migrated on open).
+# decision as it was made. The decision is one packed BLOB (_encode_decision, "The
+# decisions row" below) rather than 17 columns: a row is written for every alert, and the
+# narrow row costs SQLite 3.5 us of CPU instead of 9 (schema version 2; version 1 files
+# are migrated on open).
 _SCHEMA = f"""
 CREATE TABLE activations (
     esme BLOB NOT NULL CHECK (length(esme) = 8),
@@ -653,7 +656,7 @@ class Store:
             decision.alert_id,
             _i64("decided_at", decision.decided_at),
             int(effect_done),
-            _pack_decision(decision),
+            _encode_decision(decision),
         )
         self._enqueue(_PUT_DECISION, row)
 
@@ -1022,7 +1025,7 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
         )
         conn.execute(
             _PUT_DECISION,
-            (alert_id, decided_at, int(effect_done), _pack_decision(decision)),
+            (alert_id, decided_at, int(effect_done), _encode_decision(decision)),
         )
 
 
@@ -1089,7 +1092,7 @@ def _activation(row: Sequence[Any]) -> Activation:
 
 def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
     alert_id, _decided_at, effect_done, blob = row  # decided_at is in the blob too
-    return unpack_decision(alert_id, blob), bool(effect_done)
+    return _decode_decision(alert_id, blob), bool(effect_done)
 
 
 def _quarantine_entry(row: Sequence[Any]) -> QuarantineEntry:
@@ -1108,11 +1111,91 @@ def _quarantine_entry(row: Sequence[Any]) -> QuarantineEntry:
     )
 
 
-def _pack_decision(d: AlertDecision) -> bytes:
+# -- the decisions row -------------------------------------------------------------------
+#
+# The store's own format for the ``decision`` BLOB of a ``decisions`` row (schema versions
+# 2 and 3; docs/decisions.md D21). It is a format on disk: changing it needs a new schema
+# version and a migration, whatever the engine does with its in-memory memo (the same
+# bytes today, by descent, and free to change apart). All little-endian:
+#
+#   head        8s  chf
+#               ?   suppressed (0 or 1)
+#               q   judged_at (ms)
+#               q   decided_at (ms; also the row's own column)
+#               B   length of the reason
+#   reason      the AlertReason's value in ASCII (that many bytes)
+#   activation  only when the decision names one, to the end of the BLOB:
+#               8s esme, 8s chf, 8s originator, Q counter, q start_ms, q end_ms,
+#               q seen_at, B flags (1 future-dated, 2 closed early, 4 succeeded)
+#
+# ``alert_id`` is the row's key and ``duplicate`` is not stored.
+
+_ROW_HEAD: Final = struct.Struct("<8s?qqB")
+_ROW_ACTIVATION: Final = struct.Struct("<8s8s8sQqqqB")
+_ROW_FUTURE: Final = 0x01
+_ROW_CLOSED: Final = 0x02
+_ROW_SUCCEEDED: Final = 0x04
+_ROW_REASONS: Final = {reason: reason.value.encode("ascii") for reason in AlertReason}
+_ROW_REASON_OF: Final = {text: reason for reason, text in _ROW_REASONS.items()}
+
+
+def _encode_decision(d: AlertDecision) -> bytes:
+    """``d`` as the BLOB of its decisions row. Raises StoreError ``invalid-value`` for a
+    value the row cannot hold: an EUI-64 not of 8 bytes, a reason that is not an
+    :class:`AlertReason`, a time outside 64 bits, a counter outside 0 .. 2**64 - 1."""
+    reason = _ROW_REASONS.get(d.reason)
+    if reason is None:
+        raise _invalid("decision", f"not an alert reason: {str(d.reason)[:40]!r}")
+    a = d.activation
+    euis = (d.chf,) if a is None else (d.chf, a.esme, a.chf, a.originator)
+    if any(len(e) != EUI64_LENGTH for e in euis):
+        raise _invalid("decision", f"EUI-64s must be 8 bytes: {euis!r}")
     try:
-        return pack_decision(d)
-    except ValueError as exc:
-        raise _invalid("decision", str(exc)) from exc
+        head = _ROW_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason))
+        if a is None:
+            return head + reason
+        flags = (_ROW_FUTURE if a.future_dated else 0) | (_ROW_CLOSED if a.closed_early else 0)
+        flags |= _ROW_SUCCEEDED if a.succeeded else 0
+        return (
+            head
+            + reason
+            + _ROW_ACTIVATION.pack(
+                a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
+            )
+        )
+    except struct.error as exc:
+        raise _invalid("decision", f"a value is out of range: {exc}") from exc
+
+
+def _decode_decision(alert_id: str, blob: bytes) -> AlertDecision:
+    """The decision :func:`_encode_decision` wrote. Raises ValueError when its reason is
+    not an :class:`AlertReason` (a damaged row), like struct.error for a short one."""
+    chf, suppressed, judged_at, decided_at, length = _ROW_HEAD.unpack_from(blob)
+    at = _ROW_HEAD.size
+    text = blob[at : at + length]
+    reason = _ROW_REASON_OF.get(text)
+    if reason is None:
+        raise ValueError(f"not an alert reason: {text[:40]!r}")
+    at += length
+    activation = None
+    if len(blob) > at:
+        fields = _ROW_ACTIVATION.unpack_from(blob, at)
+        esme, a_chf, originator, counter, start, end, seen_at, flags = fields
+        activation = Activation(
+            esme=esme,
+            chf=a_chf,
+            originator=originator,
+            counter=counter,
+            start_ms=start,
+            end_ms=end,
+            future_dated=bool(flags & _ROW_FUTURE),
+            seen_at=seen_at,
+            closed_early=bool(flags & _ROW_CLOSED),
+            succeeded=bool(flags & _ROW_SUCCEEDED),
+        )
+    return AlertDecision(
+        alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
+    )
 
 
 # -- the marker: a lost store is not a new one (module docstring, D22) -------------------

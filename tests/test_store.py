@@ -719,6 +719,67 @@ async def test_every_shape_of_decision_round_trips_through_its_packed_row(db: Pa
         assert [store.decision(d.alert_id) for d in shapes] == [(d, True) for d in shapes]
 
 
+# The decision BLOB of a decisions row as schema 2 and 3 files hold it (docs/decisions.md
+# D21): the store's own row format, spelled out so that a change to it (or to the
+# engine's in-memory memo, which it no longer shares code with) cannot pass unnoticed.
+FORWARDED_ROW = bytes.fromhex(
+    "00db1234567890a0"  # chf
+    "00"  # not suppressed
+    "fc91db769b010000"  # judged_at T0 + MIN - 100
+    "6092db769b010000"  # decided_at T0 + MIN
+    "09"  # the reason's length
+    "6e6f2d77696e646f77"  # its ASCII text: no-window
+)
+SUPPRESSED_ROW = bytes.fromhex(
+    "00db1234567890a0"  # chf
+    "01"  # suppressed
+    "fc91db769b010000"  # judged_at
+    "6092db769b010000"  # decided_at
+    "0d"  # the reason's length
+    "696e736964652d77696e646f77"  # its ASCII text: inside-window
+    # the activation: esme, chf, originator, counter, start, end, seen_at, flags
+    "00db1234567890a1"
+    "00db1234567890a0"
+    "90b3d51f30010000"
+    "0700000000000000"  # counter 7
+    "00a8da769b010000"  # start_ms T0
+    "401ff6769b010000"  # end_ms T0 + 30 min
+    "fba7da769b010000"  # seen_at T0 - 5
+    "03"  # future-dated (1) and closed early (2)
+)
+
+
+@pytest.mark.asyncio
+async def test_a_decision_row_holds_the_bytes_of_schema_2_and_decodes_as_written(
+    db: Path,
+) -> None:
+    window = activation(7, future_dated=True, closed_early=True)
+    expected = {
+        "f": (forwarded("f"), FORWARDED_ROW),
+        "s": (suppressed("s", window), SUPPRESSED_ROW),
+    }
+    async with Store.open(db) as store:
+        for decision, _ in expected.values():
+            store.put_decision(decision, effect_done=True)
+        await store.flush()
+        for alert_id, (decision, _) in expected.items():
+            assert store.decision(alert_id) == (decision, True)
+    rows = plain_rows(db, "SELECT alert_id, decision FROM decisions ORDER BY alert_id")
+    assert rows == [(alert_id, blob) for alert_id, (_, blob) in sorted(expected.items())]
+    # And a row an earlier gateway wrote, bytes as above, reads as that decision.
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM decisions")
+        for alert_id, (decision, blob) in expected.items():
+            conn.execute(
+                "INSERT INTO decisions (alert_id, decided_at, effect_done, decision) "
+                "VALUES (?, ?, 0, ?)",
+                (alert_id, decision.decided_at, blob),
+            )
+    with Store.open(db) as store:
+        for alert_id, (decision, _) in expected.items():
+            assert store.decision(alert_id) == (decision, False)
+
+
 # -- a lost store is not a new one (D22) ----------------------------------------------------
 
 
