@@ -2,7 +2,7 @@
 
 The service (gateway/service.py) is written against these protocols, not against SQLite
 or gmqtt: the SQLite store (gateway/store.py) and the MQTT adapter (gateway/mqtt.py)
-implement them, the service is handed them (``Gateway(open_store=..., connect=...)``),
+implement them, the service is handed them (``Gateway(open_store=..., make_transport=...)``),
 and a new state backend or transport is one more implementation. Tests drive the shell
 with in-memory fakes of both, and inject faults by wrapping a real store.
 

@@ -62,7 +62,7 @@ from gbcs import (
     TrustStore,
 )
 
-from . import __version__
+from . import __version__, pipeline
 from .config import TOPIC_NAMES, Config
 from .devices import DeviceRecord
 from .engine import Engine
@@ -80,9 +80,7 @@ from .events import (
     DeviceOutcomeSeen,
     Housekeeping,
     IgnoredReason,
-    OutcomeKind,
     WindowEnded,
-    WindowExpired,
     WindowOpened,
 )
 from .guids import GuidList, GuidListError
@@ -226,8 +224,13 @@ def mqtt_settings(config: Config, **overrides: Any) -> MqttSettings:
     return msgspec.structs.replace(settings, **overrides) if overrides else settings
 
 
-def _mqtt_transport(config: Config, on_delivery: DeliveryHandler, on_event: EventSink) -> Transport:
-    return MqttAdapter(mqtt_settings(config), on_delivery=on_delivery, on_event=on_event)
+def sqlite_and_mqtt(config: Config) -> tuple[OpenStore, MakeTransport]:
+    """The production state store (SQLite) and transport (MQTT) for ``config``."""
+
+    def make_transport(on_delivery: DeliveryHandler, on_event: EventSink) -> Transport:
+        return MqttAdapter(mqtt_settings(config), on_delivery=on_delivery, on_event=on_event)
+
+    return Store.open, make_transport
 
 
 def wall_ms() -> int:
@@ -238,9 +241,10 @@ def wall_ms() -> int:
 class Gateway:
     """One running gateway: its stores, engine and broker connection.
 
-    The state store and the transport are handed in (``open_store``, ``make_transport``;
-    by default the SQLite store and the MQTT adapter of the configuration), so tests can
-    drive the shell with fakes and inject faults by wrapping a real store.
+    The state store and the transport are handed in (``open_store``, ``make_transport``:
+    see :func:`sqlite_and_mqtt` for the production pair), so tests drive the shell with
+    fakes and inject faults by wrapping a real store, and a new backend or transport is
+    one more implementation of gateway/interfaces.py, not an edit of this class.
     """
 
     def __init__(
@@ -249,13 +253,13 @@ class Gateway:
         *,
         log: JsonLog,
         metrics: Metrics,
+        open_store: OpenStore,
+        make_transport: MakeTransport,
         clock: Callable[[], int] = wall_ms,
-        open_store: OpenStore = Store.open,
-        make_transport: MakeTransport | None = None,
     ) -> None:
         self.config = config
         self._open_store = open_store
-        self._make_transport = make_transport or partial(_mqtt_transport, config)
+        self._make_transport = make_transport
         self.log = log
         self.metrics = metrics
         self.clock = clock
@@ -755,27 +759,21 @@ class Gateway:
             else:
                 self._acknowledge(delivery)
 
-    def _judge(
-        self, alert: DccAlertEnvelope, received: int
-    ) -> tuple[AlertDecision, SuppressionRecord | None, bytes | None] | None:
-        """The engine's decision on one alert, and its record when suppressed; None for
-        a redelivered alert whose effect is on record."""
-        decision = self.engine.on_dcc_alert(alert, received)
-        if decision.duplicate and self._effect_on_record(alert.alert_id):
-            return None
-        if not decision.suppressed:
-            return decision, None, None
-        record = self._record(alert.alert_id, alert.raised_at, decision, received)
-        return decision, record, encode(record)
-
     async def _decide(self, alerts: list[_BatchedAlert]) -> None:
         publishes: list[tuple[str, bytes]] = []
-        suppressed: list[tuple[AlertDecision, SuppressionRecord, bytes]] = []
-        forwarded: list[AlertDecision] = []
+        writes: list[pipeline.Write] = []
+        done: list[pipeline.Judged] = []
         poisoned: list[QuarantineEntry] = []
         for alert, payload, received, _ in alerts:
             try:
-                judged = attempt(self._judge, alert, received)
+                judged = attempt(
+                    pipeline.judge_alert,
+                    self.engine,
+                    alert,
+                    payload,
+                    received,
+                    self._effect_on_record,
+                )
             except Poisoned as exc:
                 # This alert alone: forwarded unjudged (the safety direction) and
                 # quarantined; the rest of the batch goes on.
@@ -786,32 +784,26 @@ class Gateway:
                 publishes.append((self.topics["dno_alert"], payload))
                 publishes.append(self._quarantine_notice(entry))
                 continue
-            if judged is None:
+            if judged.duplicate:
                 self._count_duplicate(alert.alert_id)
                 continue
-            decision, record, encoded = judged
-            if record is not None and encoded is not None:
-                publishes.append((self.topics["suppressed"], encoded))
-                suppressed.append((decision, record, encoded))
-            else:
-                publishes.append((self.topics["dno_alert"], payload))
-                forwarded.append(decision)
+            if judged.publish is not None:
+                publishes.append((self.topics[judged.publish.output], judged.publish.payload))
+            writes.extend(judged.writes)
+            done.append(judged)
         # Outputs first (the live record, or the alert to the DNOs), then the log and
         # the decisions in one commit, then the acknowledgements: a crash before the
         # commit repeats an output on redelivery (never loses it); after it, nothing.
         await self.mqtt.publish_many(publishes)
-        for decision, record, encoded in suppressed:
-            self.store.append_suppression(record, encoded)
-            self.store.put_decision(decision, effect_done=True)
-        for decision in forwarded:
-            self.store.put_decision(decision, effect_done=True)
+        pipeline.apply(self.store, writes)
         for entry in poisoned:
             self.store.put_quarantine(entry)
         await self._durable()
-        for decision, record, _ in suppressed:
-            self._suppressed(decision, record)
-        for decision in forwarded:
-            self._forwarded(decision)
+        for judged in done:
+            if judged.record is not None:
+                self._suppressed(judged.decision, judged.record)
+            else:
+                self._forwarded(judged.decision)
         for entry in poisoned:
             self._quarantined(entry)
 
@@ -822,28 +814,6 @@ class Gateway:
     def _count_duplicate(self, alert_id: str) -> None:
         self.metrics.count_alert(AlertOutcome.DUPLICATE, AlertReason.REDELIVERED)
         self.log.info("alert.duplicate", alert_id=alert_id)
-
-    @staticmethod
-    def _record(
-        alert_id: str, raised_at: int, decision: AlertDecision, received: int
-    ) -> SuppressionRecord:
-        a = decision.activation
-        assert a is not None  # a suppression always names its activation
-        return SuppressionRecord(
-            v=1,
-            kind="suppression",
-            alert_id=alert_id,
-            chf_id=decision.chf,
-            esme_id=a.esme,
-            raised_at=raised_at,
-            received_at=received,
-            window_start=a.start_ms,
-            window_end=a.end_ms,
-            request_id=a.request_id,
-            originator=a.originator,
-            originator_counter=a.counter,
-            activation=a.kind,
-        )
 
     def _suppressed(self, decision: AlertDecision, record: SuppressionRecord) -> None:
         self.metrics.count_alert(AlertOutcome.SUPPRESSED, decision.reason)
@@ -939,13 +909,10 @@ class Gateway:
                 level, "command.refused", reason=result.reason.value, detail=result.detail, **fields
             )
             return
+        pipeline.apply(self.store, pipeline.command_writes(result))
+        await self._durable()
         if isinstance(result, ActivationTracked):
             a = result.activation
-            self.store.put_activation(a)
-            if result.replaced is not None:
-                self.store.delete_activation(result.replaced)
-            self.store.set_counter(a.originator, a.esme, a.counter)
-            await self._durable()
             self.metrics.count_command_tracked(a.kind, replaced=result.replaced is not None)
             self.log.info(
                 "activation.tracked",
@@ -957,10 +924,6 @@ class Gateway:
                 **fields,
             )
         elif isinstance(result, ActivationCancelled):
-            if result.cancelled is not None:
-                self.store.delete_activation(result.cancelled)
-            self.store.set_counter(result.originator, result.esme, result.counter)
-            await self._durable()
             self.metrics.count_command_cancelled()
             self.log.info(
                 "activation.cancelled",
@@ -996,22 +959,13 @@ class Gateway:
             self._not_acted_on(topic, frame, IgnoredReason.NOT_HANDLED)
             return
         verification = gbcs.verify_frame(frame, self.trust)
-        before = (
-            {a.counter: a for a in self.engine.activations_for(device.chf_id)}
-            if (device is not None and device.chf_id is not None)
-            else {}
-        )
-        outcome = self.engine.on_device_outcome(
-            DeviceOutcomeSeen(frame, verification.status, device, sent_at), received
+        outcome, writes = pipeline.device_outcome(
+            self.engine, DeviceOutcomeSeen(frame, verification.status, device, sent_at), received
         )
         self.metrics.count_device_outcome(outcome.kind)
         a = outcome.activation
-        if a is not None and outcome.kind in (OutcomeKind.CLOSED_EARLY, OutcomeKind.SUCCEEDED):
-            still = any(x.counter == a.counter for x in self.engine.activations_for(a.chf))
-            if still:
-                self.store.put_activation(a)
-            elif a.counter in before:
-                self.store.delete_activation(before[a.counter])
+        if writes:
+            pipeline.apply(self.store, writes)
             await self._durable()
         self.log.info(
             "device.outcome",
@@ -1097,13 +1051,12 @@ class Gateway:
         )
 
     def _apply_housekeeping(self, events: list[Housekeeping]) -> None:
+        dedupe_ms = self.config.engine_config().dedupe_ms
+        pipeline.apply(self.store, pipeline.housekeeping_writes(events, self.clock(), dedupe_ms))
         names = {WindowOpened: "window.opened", WindowEnded: "window.ended"}
         for event in events:
             if isinstance(event, DedupeExpired):
-                self.store.prune_decisions(self.clock() - self.config.engine_config().dedupe_ms)
                 continue
-            if isinstance(event, WindowExpired):
-                self.store.delete_activation(event.activation)
             a = event.activation
             self.log.info(
                 names.get(type(event), "window.expired"),
@@ -1234,7 +1187,10 @@ async def serve(config: Config, log: JsonLog, *, open_store: OpenStore = Store.o
     metrics = Metrics()
     log.flush_once_per_pass(asyncio.get_running_loop())
     server = None
-    gateway = Gateway(config, log=log, metrics=metrics, open_store=open_store)
+    _, make_transport = sqlite_and_mqtt(config)
+    gateway = Gateway(
+        config, log=log, metrics=metrics, open_store=open_store, make_transport=make_transport
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)

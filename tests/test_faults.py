@@ -33,7 +33,7 @@ from gateway.inventory import Inventory
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttAdapter
-from gateway.service import HANDLER_ATTEMPTS, Gateway
+from gateway.service import HANDLER_ATTEMPTS, Gateway, sqlite_and_mqtt
 from gateway.store import Store
 
 from .e2e_support import CHF, ESME, OTHER_CHF, Broker, Client, Daemon, Home, cs06, now_ms
@@ -54,7 +54,14 @@ async def in_process(config: Config) -> AsyncIterator[tuple[Gateway, _Lines, Met
     """The gateway of ``poa-gateway run``, started in this event loop."""
     lines = _Lines()
     metrics = Metrics()
-    gateway = Gateway(config, log=JsonLog(lines, level="debug"), metrics=metrics)
+    open_store, make_transport = sqlite_and_mqtt(config)
+    gateway = Gateway(
+        config,
+        log=JsonLog(lines, level="debug"),
+        metrics=metrics,
+        open_store=open_store,
+        make_transport=make_transport,
+    )
     await gateway.start()
     running = asyncio.create_task(gateway.run_forever())
     try:
