@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.engine import Engine, EngineConfig
-from gateway.events import Activation
+from gateway.core.engine import Engine, EngineConfig
+from gateway.core.events import Activation
 from gateway.wire import DccAlertEnvelope
 
 MIN = 60_000

@@ -71,11 +71,11 @@ from throughput import BenchDaemon, DecisionLog, Run, TunedBroker, log, revision
 
 from gateway import wire
 from gateway.config import Config, load_config
-from gateway.engine import Engine
-from gateway.events import AlertDecision
+from gateway.core.engine import Engine
+from gateway.core.events import AlertDecision
 from gateway.metrics import Metrics
 from gateway.service import GC_THRESHOLDS, HANDLER_ATTEMPTS, Gateway
-from gateway.store import Store
+from gateway.state.sqlite import Store
 from tests.e2e_support import CHF, OTHER_CHF, Client, Home, cs06, now_ms
 from tests.test_faults import fill, in_process, meters, sqlite, until
 

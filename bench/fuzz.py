@@ -132,7 +132,7 @@ class CliFigures(msgspec.Struct, frozen=True):
 def run_cli(harness: fuzz_support.Harness, count: int, seed: int) -> CliFigures:
     """``poa-gateway decode`` over ``count`` generated frames, ``status`` and ``explain``
     over ``count // 10`` damaged state databases; in process, output discarded."""
-    from gateway.cli import main  # only this part needs the CLI
+    from gateway.cli.main import main  # only this part needs the CLI
 
     rnd = random.Random(f"{seed}:cli")
     decode_exits: Counter[str] = Counter()

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.events import Activation, AlertDecision, AlertReason
-from gateway.store import Store, Synchronous
+from gateway.core.events import Activation, AlertDecision, AlertReason
+from gateway.state.sqlite import Store, Synchronous
 from gateway.wire import SuppressionRecord
 
 __all__ = ["bench_store", "main"]

@@ -80,9 +80,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from throughput_clients import esme_id, read_records, windowed_chf
 
 from gateway import wire
-from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.guids import write_guid_list
-from gateway.inventory import Inventory
+from gateway.state.inventory import Inventory
 from tests.e2e_support import Broker, Client, Daemon, Home, cs06
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,7 @@ class BenchDaemon(Daemon):
         if self.profile is None:
             argv = [str(Path(PY).parent / "poa-gateway")]
         else:
-            argv = [PY, "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
+            argv = [PY, "-m", "cProfile", "-o", str(self.profile), "-m", "gateway"]
         with self.home.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 dies_with_us([*argv, "run", "--config", str(self.home.config)]),

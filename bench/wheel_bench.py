@@ -16,7 +16,7 @@ import gc
 import random
 import time
 
-from gateway.wheel import TimerHandle, TimerWheel
+from gateway.core.wheel import TimerHandle, TimerWheel
 
 __all__ = ["bench_wheel", "main"]
 

@@ -19,7 +19,7 @@ from the environment variable that ``broker.password_env`` names. The password i
 in a :class:`Secret`, whose ``repr`` and ``str`` are ``***``: it is never in the file,
 never printed, never logged.
 
-``poa-gateway config check`` and ``config show`` live in :mod:`gateway.cli_config`.
+``poa-gateway config check`` and ``config show`` live in :mod:`gateway.cli.config`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, Final, Literal, get_args
 
 import msgspec
 
-from .engine import EngineConfig
+from .core.engine import EngineConfig
 from .errors import GatewayError
 from .wire import DEFAULT_MAX_PAYLOAD
 
@@ -494,7 +494,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return self.topics.prefix + topic
 
     def engine_config(self) -> EngineConfig:
-        """What :class:`gateway.engine.Engine` needs, durations in milliseconds."""
+        """What :class:`gateway.core.engine.Engine` needs, durations in milliseconds."""
         s = self.suppression
         return EngineConfig(
             enabled=s.enabled,

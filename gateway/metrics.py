@@ -32,7 +32,7 @@ from prometheus_client import (
 from gbcs import MessageCode
 
 from . import __version__
-from .events import (
+from .core.events import (
     AlertOutcome,
     AlertReason,
     CommandOutcome,

@@ -9,7 +9,8 @@ decisions and expire what is past; only then connect and subscribe, so no alert 
 judged before its windows are back; then tell systemd READY=1.
 
 Each inbound message is handled by one coroutine that returns only when the message's
-effect is durable; the MQTT adapter sends the PUBACK when it returns (see mqtt.py):
+effect is durable; the MQTT adapter (gateway/transport/mqtt.py) sends the PUBACK when it
+returns:
 
 * ``csp/dcc/alert``: the engine decides. Suppressed: the record goes out live on
   ``gateway/suppressed``, and once the broker has acknowledged it, the record and the
@@ -62,12 +63,12 @@ from gbcs import (
     TrustStore,
 )
 
-from . import __version__, pipeline
+from . import __version__
 from .config import TOPIC_NAMES, Config
-from .devices import DeviceRecord
-from .engine import Engine
-from .errors import GatewayError
-from .events import (
+from .core import pipeline
+from .core.devices import DeviceRecord
+from .core.engine import Engine
+from .core.events import (
     NOTEWORTHY_REFUSALS,
     ActivationCancelled,
     ActivationTracked,
@@ -83,12 +84,16 @@ from .events import (
     WindowEnded,
     WindowOpened,
 )
+from .errors import GatewayError
 from .guids import GuidList, GuidListError
-from .interfaces import DeliveryHandler, EventSink, MakeTransport, OpenStore, StateStore, Transport
-from .inventory import Inventory, InventoryError, from_envelope
 from .logs import JsonLog
 from .metrics import Metrics
-from .mqtt import (
+from .reports.files import Rotation, write_report
+from .sdnotify import Notifier
+from .state.inventory import Inventory, InventoryError, from_envelope
+from .state.protocol import OpenStore, StateStore
+from .state.sqlite import QuarantineEntry, Store, StoreError, quarantine_id
+from .transport.mqtt import (
     ConnectionRefusedPermanently,
     Delivery,
     MqttAdapter,
@@ -97,9 +102,7 @@ from .mqtt import (
     PublishRefused,
     install_exception_filter,
 )
-from .reports import Rotation, write_report
-from .sdnotify import Notifier
-from .store import QuarantineEntry, Store, StoreError, quarantine_id
+from .transport.protocol import DeliveryHandler, EventSink, MakeTransport, Transport
 from .wire import (
     DccAlertEnvelope,
     QuarantineNotice,
@@ -244,7 +247,8 @@ class Gateway:
     The state store and the transport are handed in (``open_store``, ``make_transport``:
     see :func:`sqlite_and_mqtt` for the production pair), so tests drive the shell with
     fakes and inject faults by wrapping a real store, and a new backend or transport is
-    one more implementation of gateway/interfaces.py, not an edit of this class.
+    one more implementation of gateway/state/protocol.py or gateway/transport/protocol.py,
+    not an edit of this class.
     """
 
     def __init__(

@@ -50,7 +50,7 @@ from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias, TypeVar
 import cbor2
 import msgspec
 
-from .devices import DeviceStatus, DeviceType
+from .core.devices import DeviceStatus, DeviceType
 from .errors import GatewayError
 from .eui import EUI64_LENGTH
 

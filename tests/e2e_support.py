@@ -20,10 +20,10 @@ from typing import Any
 
 import gbcs
 from gateway import pki, wire
-from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.guids import write_guid_list
-from gateway.inventory import Inventory
-from gateway.mqtt import MqttAdapter, MqttSettings
+from gateway.state.inventory import Inventory
+from gateway.transport.mqtt import MqttAdapter, MqttSettings
 from gbcs import builders
 
 SUPPLIER = bytes.fromhex("90B3D51F30010000")

@@ -17,13 +17,13 @@ from typing import Any
 
 from gateway import service
 from gateway.config import load_config
-from gateway.events import AlertDecision
+from gateway.core.events import AlertDecision
 from gateway.logs import JsonLog, buffered_stdout, route_stdlib_logging
-from gateway.store import Store
+from gateway.state.sqlite import Store
 
 
 class KillAfterCommit:
-    """A :class:`gateway.store.Store` that kills the process right after the flush that
+    """A :class:`gateway.state.sqlite.Store` that kills the process right after the flush that
     makes ``alert_id``'s decision durable returns (before the acknowledgement)."""
 
     def __init__(self, inner: Store, alert_id: str, log: JsonLog) -> None:

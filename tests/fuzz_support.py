@@ -46,11 +46,11 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import gbcs
-from gateway.devices import DeviceStatus, DeviceType
-from gateway.events import Activation, AlertDecision, AlertReason
+from gateway.core.devices import DeviceStatus, DeviceType
+from gateway.core.events import Activation, AlertDecision, AlertReason
 from gateway.logs import JsonLog
 from gateway.render import render_frame
-from gateway.store import Store
+from gateway.state.sqlite import Store
 from gateway.wire import (
     DEFAULT_MAX_PAYLOAD,
     DccAlertEnvelope,

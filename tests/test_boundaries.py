@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-EDGES = ("gateway.store", "gateway.service", "gateway.mqtt")
+EDGES = ("gateway.state.sqlite", "gateway.service", "gateway.transport.mqtt")
 
 
 def module_name(path: Path) -> str:
@@ -48,8 +48,8 @@ def reaches(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
 
 
 CORE = [
-    ROOT / "gateway" / "engine.py",
-    ROOT / "gateway" / "events.py",
+    ROOT / "gateway" / "core" / "engine.py",
+    ROOT / "gateway" / "core" / "events.py",
     *sorted((ROOT / "gbcs").rglob("*.py")),
 ]
 
@@ -60,15 +60,19 @@ def test_the_core_imports_nothing_of_the_store_the_shell_or_mqtt(path: Path) -> 
 
 
 def test_the_store_imports_nothing_of_the_engine() -> None:
-    assert reaches(imported(ROOT / "gateway" / "store.py"), ("gateway.engine",)) == []
+    assert (
+        reaches(imported(ROOT / "gateway" / "state" / "sqlite.py"), ("gateway.core.engine",)) == []
+    )
 
 
 def test_the_import_reader_sees_relative_and_absolute_imports() -> None:
     # Guards the reader itself: one that found nothing would pass every test above.
-    assert {"gateway.events", "gateway.events.AlertDecision", "sqlite3"} <= imported(
-        ROOT / "gateway" / "store.py"
+    assert {"gateway.core.events", "gateway.core.events.AlertDecision", "sqlite3"} <= imported(
+        ROOT / "gateway" / "state" / "sqlite.py"
     )
-    assert "gateway.events" in imported(ROOT / "gateway" / "engine.py")
+    assert "gateway.core.events" in imported(ROOT / "gateway" / "core" / "engine.py")
     assert "gbcs.errors" in imported(ROOT / "gbcs" / "frame.py")
     assert reaches(imported(ROOT / "gateway" / "service.py"), EDGES) != []
-    assert reaches({"gateway.store", "gateway.storey"}, ("gateway.store",)) == ["gateway.store"]
+    assert reaches(
+        {"gateway.state.sqlite", "gateway.state.sqlitey"}, ("gateway.state.sqlite",)
+    ) == ["gateway.state.sqlite"]

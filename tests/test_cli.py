@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
-from gateway.cli import main, subcommand_names
+from gateway.cli.main import main, subcommand_names
 from gateway.exits import Exit
 
 from . import fuzz_support

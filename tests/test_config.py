@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import cli_config
 from gateway import config as config_module
+from gateway.cli import config as cli_config
 from gateway.config import (
     BrokerConfig,
     Config,
@@ -24,7 +24,7 @@ from gateway.config import (
     parse_duration,
     render_toml,
 )
-from gateway.engine import EngineConfig
+from gateway.core.engine import EngineConfig
 from gateway.exits import Exit
 
 PASSWORD = "pa55-w0rd-never-printed"

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import ConfigFile, load_config
 
 from .conftest import ROOT, vectors_root

@@ -227,8 +227,8 @@ async def test_suppression_log_rotates_into_a_verified_report(
     tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from gateway import wire
-    from gateway.cli import main
-    from gateway.reports import verify_report
+    from gateway.cli.main import main
+    from gateway.reports.files import verify_report
 
     home = Home(tmp_path / "rep", broker.port, reports={"max_records": 3})
     daemon = Daemon(home)

@@ -10,9 +10,9 @@ from msgspec.structs import replace as msgspec_replace
 
 import gbcs
 from gateway import pki
-from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
-from gateway.engine import Engine, EngineConfig, pack_decision, unpack_decision
-from gateway.events import (
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.engine import Engine, EngineConfig, pack_decision, unpack_decision
+from gateway.core.events import (
     ActivationCancelled,
     ActivationTracked,
     AlertDecision,

@@ -23,18 +23,18 @@ from typing import Any
 import pytest
 
 from gateway import wire
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import Config, load_config
-from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
-from gateway.engine import Engine
-from gateway.events import AlertDecision
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.engine import Engine
+from gateway.core.events import AlertDecision
 from gateway.guids import write_guid_list
-from gateway.inventory import Inventory
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
-from gateway.mqtt import MqttAdapter
 from gateway.service import HANDLER_ATTEMPTS, Gateway, sqlite_and_mqtt
-from gateway.store import Store
+from gateway.state.inventory import Inventory
+from gateway.state.sqlite import Store
+from gateway.transport.mqtt import MqttAdapter
 
 from .e2e_support import CHF, ESME, OTHER_CHF, Broker, Client, Daemon, Home, cs06, now_ms
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from openpyxl import Workbook
 from python_calamine import CalamineWorkbook
 
-from gateway.cli_guids import add_parser
+from gateway.cli.guids import add_parser
 from gateway.exits import Exit
 from gateway.guids import (
     FORMAT_VERSION,
@@ -612,10 +612,11 @@ def test_every_guids_subcommand_has_help(
 
 def test_the_daemon_and_the_command_line_load_no_spreadsheet_library() -> None:
     # In a fresh interpreter: this one has loaded both for the tests above. The daemon
-    # (gateway.service, started through gateway.cli) maps the compiled list only;
+    # (gateway.service, started through gateway.cli.main) maps the compiled list only;
     # python-calamine is for 'guids import', openpyxl for the optional .xlsx report copy.
     watched = "{'python_calamine', 'openpyxl', 'gateway.guids', 'gateway.guids_import'}"
-    code = f"import sys, gateway.service, gateway.cli\nprint(sorted({watched} & set(sys.modules)))"
+    imports = "import sys, gateway.service, gateway.cli.main"
+    code = f"{imports}\nprint(sorted({watched} & set(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )

@@ -15,7 +15,7 @@ import pytest
 
 from gateway import wire
 from gateway.config import load_config
-from gateway.store import Store
+from gateway.state.sqlite import Store
 
 from .conftest import vector_by_name
 from .e2e_support import Broker, Client, Daemon, Home, cs06, now_ms

@@ -72,7 +72,7 @@ _GUIDS = ("00-DB-12-34-56-78-90-A0", "00DB1234567890A1", "00:db:12:34:56:78:90:a
 # Prints every command path of the parser (the top level is []), as JSON.
 _COMMAND_PATHS = """
 import argparse, json
-from gateway.cli import build_parser
+from gateway.cli.main import build_parser
 
 def walk(parser, path):
     yield path

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cli_inventory import add_parser
-from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.cli.inventory import add_parser
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.eui import format_eui64
 from gateway.exits import Exit
-from gateway.inventory import (
+from gateway.state.inventory import (
     APPLICATION_ID,
     CSV_COLUMNS,
     SCHEMA_VERSION,
@@ -581,7 +581,7 @@ def test_written_csv_imports_back_to_the_same_records(inventory: Inventory, tmp_
 def test_import_over_several_batches_keeps_every_row(
     inventory: Inventory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.inventory.IMPORT_BATCH_ROWS", 7)
+    monkeypatch.setattr("gateway.state.inventory.IMPORT_BATCH_ROWS", 7)
     records = [
         chf(i.to_bytes(8, "big")) if i % 2 else esme(i.to_bytes(8, "big"), CHF_A)
         for i in range(1, 51)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
-from gateway.events import AlertOutcome, AlertReason, IgnoredReason, OutcomeKind, RefusalReason
+from gateway.core.events import AlertOutcome, AlertReason, IgnoredReason, OutcomeKind, RefusalReason
 from gateway.metrics import Metrics
 from gateway.wire import WireReason
 

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from gmqtt.mqtt import handler as gmqtt_handler
 
-from gateway.mqtt import (
+from gateway.transport.mqtt import (
     PERMANENT_REFUSALS,
     ConnectionRefusedPermanently,
     ConnectReason,

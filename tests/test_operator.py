@@ -18,7 +18,7 @@ import pytest
 from gateway.config import load_config
 from gateway.exits import Exit
 from gateway.logs import JsonLog
-from gateway.reports import write_report
+from gateway.reports.files import write_report
 from gateway.wire import SuppressionRecord
 
 from .e2e_support import (

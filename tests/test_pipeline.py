@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import pipeline, wire
-from gateway.engine import Engine, EngineConfig
-from gateway.events import (
+from gateway import wire
+from gateway.core import pipeline
+from gateway.core.engine import Engine, EngineConfig
+from gateway.core.events import (
     Activation,
     ActivationCancelled,
     ActivationTracked,
@@ -18,7 +19,7 @@ from gateway.events import (
     WindowEnded,
     WindowExpired,
 )
-from gateway.pipeline import (
+from gateway.core.pipeline import (
     AppendSuppression,
     DeleteActivation,
     Output,

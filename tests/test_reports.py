@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cli_report import add_parser
+from gateway.cli.report import add_parser
 from gateway.exits import Exit
-from gateway.reports import (
+from gateway.reports.files import (
     COLUMNS,
     EMPTY_SHA256,
     SHEET_TITLE,

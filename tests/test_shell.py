@@ -20,13 +20,13 @@ import pytest_asyncio
 
 from gateway import wire
 from gateway.config import load_config
-from gateway.events import Activation, AlertDecision
-from gateway.interfaces import DeliveryHandler, EventSink, Transport
+from gateway.core.events import Activation, AlertDecision
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
-from gateway.mqtt import PublishRefused
 from gateway.service import Gateway
-from gateway.store import QuarantineEntry, StoreError
+from gateway.state.sqlite import QuarantineEntry, StoreError
+from gateway.transport.mqtt import PublishRefused
+from gateway.transport.protocol import DeliveryHandler, EventSink, Transport
 from gateway.wire import SuppressionRecord
 
 from .e2e_support import OTHER_CHF, Home, cs06

@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 
 import gbcs
-from gateway import cli_simulate
+from gateway.cli import simulate as cli_simulate
 from gateway.config import load_config
-from gateway.devices import DeviceRecord, DeviceType
-from gateway.engine import Engine, EngineConfig
-from gateway.events import ActivationCancelled, ActivationTracked, CommandSeen, DeviceOutcomeSeen
+from gateway.core.devices import DeviceRecord, DeviceType
+from gateway.core.engine import Engine, EngineConfig
+from gateway.core.events import (
+    ActivationCancelled,
+    ActivationTracked,
+    CommandSeen,
+    DeviceOutcomeSeen,
+)
 from gateway.guids import GuidList
-from gateway.inventory import Inventory
 from gateway.simulator.frames import FrameFactory
 from gateway.simulator.population import (
     AREA_SIZE,
@@ -48,6 +52,7 @@ from gateway.simulator.timeline import (
     build_timeline,
 )
 from gateway.simulator.windows import WindowBook, refusal_for
+from gateway.state.inventory import Inventory
 from gateway.wire import DccAlertEnvelope
 
 from .e2e_support import Broker
@@ -786,7 +791,7 @@ def test_an_empty_guid_list_fails_the_scorecard(
 def test_the_readme_run_command_passes_on_the_embedded_broker(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     home = tmp_path / "home"
     code = main(["simulate", "--premises", "500", "--scale", "600", "--home", str(home), "--json"])

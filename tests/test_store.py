@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 import pytest
 
-import gateway.store
-from gateway.events import Activation, AlertDecision, AlertReason
-from gateway.inventory import Inventory
-from gateway.store import (
+import gateway.state.sqlite
+from gateway.core.events import Activation, AlertDecision, AlertReason
+from gateway.state.inventory import Inventory
+from gateway.state.sqlite import (
     APPLICATION_ID,
     MARKER_SUFFIX,
     SCHEMA_VERSION,
@@ -418,7 +418,7 @@ def test_flushed_writes_survive_sigkill(db: Path, tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import asyncio, sys
-            from gateway.store import Store
+            from gateway.state.sqlite import Store
             from tests.test_store import activation, record, suppressed
 
             async def main() -> None:
@@ -827,7 +827,7 @@ def test_a_creation_that_fails_leaves_no_empty_state_file_to_be_refused_later(
     def fail(_conn: sqlite3.Connection, _path: str) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(gateway.store, "_prepare", fail)
+    monkeypatch.setattr(gateway.state.sqlite, "_prepare", fail)
     with pytest.raises(StoreError) as caught:
         Store.open(db)
     assert caught.value.reason == "cannot-open"

@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.wheel import TimerHandle, TimerWheel
+from gateway.core.wheel import TimerHandle, TimerWheel
 
 SECOND = 1000
 MINUTE = 60 * SECOND

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.devices import DeviceStatus, DeviceType
+from gateway.core.devices import DeviceStatus, DeviceType
 from gateway.eui import eui64_to_int, format_eui64, int_to_eui64, parse_eui64
 from gateway.wire import (
     DEFAULT_MAX_PAYLOAD,

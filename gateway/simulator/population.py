@@ -44,10 +44,10 @@ import msgspec
 
 from gateway import pki
 from gateway.config import format_duration
-from gateway.devices import DeviceRecord, DeviceStatus, DeviceType
-from gateway.embedded_broker import free_port
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.guids import write_guid_list
-from gateway.inventory import Inventory
+from gateway.state.inventory import Inventory
+from gateway.transport.embedded_broker import free_port
 from gbcs import RemotePartyRole
 
 from .windows import Signer

@@ -14,8 +14,8 @@ __all__ = ["GatewayProcess", "default_gateway_command"]
 
 
 def default_gateway_command() -> list[str]:
-    """``poa-gateway`` of this interpreter: ``python -m gateway.cli``."""
-    return [sys.executable, "-m", "gateway.cli"]
+    """``poa-gateway`` of this interpreter: ``python -m gateway``."""
+    return [sys.executable, "-m", "gateway"]
 
 
 class GatewayProcess:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 This is the simulator's only I/O with the broker, through the project's own
-:class:`~gateway.mqtt.MqttAdapter` (QoS 1 both ways, a client id of its own). A run:
+:class:`~gateway.transport.mqtt.MqttAdapter` (QoS 1 both ways, a client id of its own). A run:
 
 1. connects and subscribes to the gateway's outputs (``dno/dcc/alert``,
    ``gateway/suppressed``, ``gateway/reports``) *before* anything else, so no output
@@ -44,7 +44,7 @@ import msgspec
 
 from gateway.config import format_duration
 from gateway.errors import GatewayError
-from gateway.mqtt import MqttAdapter, MqttSettings
+from gateway.transport.mqtt import MqttAdapter, MqttSettings
 from gateway.wire import (
     DccAlertEnvelope,
     GbcsEnvelope,

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The scorecard is only worth something if its "should have been suppressed" does not
 come from the code it judges. So this module states the window rules again, from
-WIRE.md and docs/engine.md, independently of :mod:`gateway.engine`, and in simulated
+WIRE.md and docs/engine.md, independently of :mod:`gateway.core.engine`, and in simulated
 time. ``tests/test_simulator.py`` then checks that the two agree on every AD1 of a
 generated timeline: a disagreement is a bug in one of them.
 

@@ -15,20 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gbcs
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.exits import Exit
+from gateway.render import render_frame
 
-from . import (
-    __version__,
-    cli_config,
-    cli_daemon,
-    cli_guids,
-    cli_inventory,
-    cli_quarantine,
-    cli_report,
-    cli_simulate,
-)
-from .errors import GatewayError
-from .exits import Exit
-from .render import render_frame
+from . import config, daemon, guids, inventory, quarantine, report, simulate
 
 
 class CliError(GatewayError):
@@ -104,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust", type=Path, metavar="DIR", help="folder of PEM certificates to verify against"
     )
     decode.set_defaults(handler=_cmd_decode)
-    cli_daemon.add_parser(sub)
-    cli_config.add_parser(sub)
-    cli_guids.add_parser(sub)
-    cli_inventory.add_parser(sub)
-    cli_report.add_parser(sub)
-    cli_quarantine.add_parser(sub)
-    cli_simulate.add_parser(sub)
+    daemon.add_parser(sub)
+    config.add_parser(sub)
+    guids.add_parser(sub)
+    inventory.add_parser(sub)
+    report.add_parser(sub)
+    quarantine.add_parser(sub)
+    simulate.add_parser(sub)
     return parser
 
 

@@ -12,18 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli_support import (
+from gateway.config import Config
+from gateway.core.events import AlertOutcome, AlertReason
+from gateway.eui import format_eui64, parse_eui64
+from gateway.exits import Exit
+from gateway.state.sqlite import MARKER_SUFFIX, Store, StoreError
+
+from .support import (
     add_config_option,
     add_json_option,
     load_cli_config,
     print_result,
     when,
 )
-from .config import Config
-from .eui import format_eui64, parse_eui64
-from .events import AlertOutcome, AlertReason
-from .exits import Exit
-from .store import MARKER_SUFFIX, Store, StoreError
 
 _MAX_DETAIL = 300  # characters of an error's text quoted on stderr
 
@@ -71,8 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_cli_config(args, "run")
     if config is None:
         return Exit.CONFIG
-    from . import service  # noqa: PLC0415 - the daemon's imports are only needed here
-    from .logs import JsonLog, buffered_stdout, route_stdlib_logging  # noqa: PLC0415
+    from gateway import service  # noqa: PLC0415 - the daemon's imports are only needed here
+    from gateway.logs import JsonLog, buffered_stdout, route_stdlib_logging  # noqa: PLC0415
 
     log = JsonLog(buffered_stdout(), level=config.log.level)
     route_stdlib_logging(log, "warning")

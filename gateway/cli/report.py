@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_support import add_json_option
-from .eui import format_eui64
-from .exits import Exit
-from .reports import ReportError, format_time, read_report, verify_report
-from .wire import SuppressionRecord
+from gateway.eui import format_eui64
+from gateway.exits import Exit
+from gateway.reports.files import ReportError, format_time, read_report, verify_report
+from gateway.wire import SuppressionRecord
+
+from .support import add_json_option
 
 __all__ = ["add_parser", "record_json"]
 

@@ -53,9 +53,10 @@ from typing import Literal, Protocol, Self, TypeAlias, TypeVar
 
 import msgspec
 
-from .devices import DeviceRecord, DeviceStatus, DeviceType
-from .errors import GatewayError
-from .eui import EUI64_LENGTH, format_eui64, parse_eui64
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.errors import GatewayError
+from gateway.eui import EUI64_LENGTH, format_eui64, parse_eui64
+
 from .sqlite_util import create_schema_once, immediate, schema_marks
 
 __all__ = [
@@ -141,7 +142,7 @@ class InventoryError(GatewayError):
               :data:`SCHEMA_VERSION`);
             - ``database-error``: SQLite failed during an operation (disk full, locked
               beyond the busy timeout, I/O error);
-            - ``invalid-record``: a :class:`~gateway.devices.DeviceRecord` or envelope
+            - ``invalid-record``: a :class:`~gateway.core.devices.DeviceRecord` or envelope
               whose values break the inventory's constraints;
             - ``unreadable-file``: a CSV file that cannot be opened or read;
             - ``missing-column`` / ``duplicate-column``: a CSV header without a required

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The engine (:mod:`gateway.engine`) is a function of its inputs and ``now``; this module
+The engine (:mod:`gateway.core.engine`) is a function of its inputs and ``now``; this module
 names everything that crosses that boundary, so that a caller can build the inputs and
 read the results without importing the engine, and the engine's memory layout can
 change without touching them.

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The engine decides (gateway/engine.py). This module turns each decision into exactly
+The engine decides (gateway/core/engine.py). This module turns each decision into exactly
 what must happen, as values: the rows to write (:data:`Write`: put or delete this
 activation, raise this counter, record this decision, append this suppression record,
 prune decisions) and the outputs to publish (:class:`Publish`). The shell
@@ -11,7 +11,7 @@ the acknowledgement. It never reads the engine's state back to work out what cha
 
 Nothing here does I/O or reads a clock: every function takes what it needs as arguments.
 A new kind of input gets a function here and its effects; a new state backend only has
-to apply the same :data:`Write` values (gateway/interfaces.py).
+to apply the same :data:`Write` values (gateway/state/protocol.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import enum
 from collections.abc import Callable
 
 import msgspec
+
+from gateway.state.protocol import StateStore
+from gateway.wire import DccAlertEnvelope, SuppressionRecord, encode
 
 from .engine import Engine
 from .events import (
@@ -35,8 +38,6 @@ from .events import (
     OutcomeKind,
     WindowExpired,
 )
-from .interfaces import StateStore
-from .wire import DccAlertEnvelope, SuppressionRecord, encode
 
 __all__ = [
     "AppendSuppression",

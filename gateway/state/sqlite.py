@@ -6,7 +6,7 @@ The gateway acknowledges an inbound QoS 1 message only once its effect is durabl
 suppressed AD1 is in the suppression log, an accepted CS06 has its window and originator
 counter recorded (WIRE.md). The state lives in one SQLite file with four tables:
 
-- ``activations``: every tracked activation (all :class:`~gateway.events.Activation`
+- ``activations``: every tracked activation (all :class:`~gateway.core.events.Activation`
   fields), reloaded into the engine at start-up (``Engine.restore``);
 - ``counters``: the last originator counter accepted per (originator, device), for
   replay protection; rows are only ever raised, never deleted;
@@ -135,11 +135,12 @@ from typing import Any, Final, Literal, Self, TypeAlias
 
 import msgspec
 
-from .errors import GatewayError
-from .eui import EUI64_LENGTH
-from .events import Activation, AlertDecision, AlertReason
+from gateway.core.events import Activation, AlertDecision, AlertReason
+from gateway.errors import GatewayError
+from gateway.eui import EUI64_LENGTH
+from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
+
 from .sqlite_util import create_schema_once, immediate, schema_marks
-from .wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
 __all__ = [
     "APPLICATION_ID",

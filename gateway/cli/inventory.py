@@ -1,7 +1,7 @@
 """``poa-gateway inventory``: import a Smart Metering Inventory CSV, show one device.
 
 The import stamps every row with the wall-clock time of the run (the one clock read in
-the inventory code: :mod:`gateway.inventory` itself takes times as arguments).
+the inventory code: :mod:`gateway.state.inventory` itself takes times as arguments).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_support import add_config_option, add_json_option, load_cli_config, print_result
-from .eui import format_eui64, parse_eui64
-from .exits import Exit
-from .inventory import ImportIssue, Inventory, InventoryError
+from gateway.eui import format_eui64, parse_eui64
+from gateway.exits import Exit
+from gateway.state.inventory import ImportIssue, Inventory, InventoryError
+
+from .support import add_config_option, add_json_option, load_cli_config, print_result
 
 __all__ = ["add_parser"]
 

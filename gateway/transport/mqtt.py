@@ -90,7 +90,7 @@ import msgspec
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
-from .errors import GatewayError
+from gateway.errors import GatewayError
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 DeliveryHandler = Callable[[str, bytes, "Delivery"], None]

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .config import Config, ConfigError, load_config
-from .reports import format_time
+from gateway.config import Config, ConfigError, load_config
+from gateway.reports.files import format_time
 
 __all__ = [
     "CONFIG_ENV",

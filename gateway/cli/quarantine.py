@@ -17,17 +17,18 @@ import os
 import sys
 from typing import Any
 
-from .cli_daemon import with_state
-from .cli_support import (
+from gateway.config import Config
+from gateway.exits import Exit
+from gateway.state.sqlite import QuarantineEntry, Store
+
+from .daemon import with_state
+from .support import (
     add_config_option,
     add_json_option,
     load_cli_config,
     print_result,
     when,
 )
-from .config import Config
-from .exits import Exit
-from .store import QuarantineEntry, Store
 
 _PREVIEW_BYTES = 64
 
@@ -150,8 +151,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     config = load_cli_config(args, "quarantine replay")
     if config is None:
         return Exit.CONFIG
-    from . import service  # noqa: PLC0415 - the MQTT client is only needed here
-    from .mqtt import ConnectionRefusedPermanently, MqttAdapter  # noqa: PLC0415
+    from gateway import service  # noqa: PLC0415 - the MQTT client is only needed here
+    from gateway.transport.mqtt import ConnectionRefusedPermanently, MqttAdapter  # noqa: PLC0415
 
     # A client id of its own (the daemon's would take over its session) and a session
     # that ends with the connection.

@@ -41,7 +41,7 @@ Memory: 1.4 million tracked windows must fit in a few hundred MB, so activations
 kept packed (43 bytes each, ``_REC``) in one ``bytes`` value per CHF, and materialised
 as :class:`Activation` structs only when a result needs one.
 
-The inputs, values, results and reasons are defined in :mod:`gateway.events`; this
+The inputs, values, results and reasons are defined in :mod:`gateway.core.events`; this
 module holds the rules, the memory layout and nothing a caller needs to name but
 :class:`Engine` and :class:`EngineConfig`.
 """
@@ -56,6 +56,7 @@ from typing import Any, Final
 import msgspec
 
 import gbcs
+from gateway.wire import DccAlertEnvelope
 from gbcs import (
     ActivateFirmwareCommand,
     ActivateFirmwareResponse,
@@ -93,7 +94,6 @@ from .events import (
     WindowOpened,
 )
 from .wheel import TimerWheel
-from .wire import DccAlertEnvelope
 
 MINUTE_MS: Final = 60_000
 
@@ -134,7 +134,7 @@ _F_FUTURE = 0x01
 # A decision packed into bytes (pack_decision): the engine's in-memory memo. It
 # remembers up to dedupe_max (200,000) of them, about 200 bytes each with the key and the
 # dict slot (600 as objects; docs/decisions.md D21). The state store's decisions row has
-# its own encoder (gateway/store.py), the same bytes today; changing one is not a change
+# its own encoder (gateway/state/sqlite.py), the same bytes today; changing one is not a change
 # of the other.
 # Little-endian: chf, suppressed, judged_at, decided_at, the reason's length and ASCII
 # text, then, when the decision names an activation: esme, chf, originator, counter

@@ -97,10 +97,10 @@ from typing import TYPE_CHECKING, BinaryIO, Final, NamedTuple
 
 import msgspec
 
-from .errors import GatewayError
-from .eui import EUI64_LENGTH, format_eui64, parse_eui64
-from .fileio import fsync_dir
-from .wire import ActivationKind, ReportNotice, SuppressionRecord
+from gateway.errors import GatewayError
+from gateway.eui import EUI64_LENGTH, format_eui64, parse_eui64
+from gateway.fileio import fsync_dir
+from gateway.wire import ActivationKind, ReportNotice, SuppressionRecord
 
 if TYPE_CHECKING:
     from openpyxl.cell.cell import Cell

@@ -14,19 +14,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli_support import (
+from gateway.eui import format_eui64, parse_eui64
+from gateway.exits import Exit
+from gateway.guids import GuidList, GuidListError
+
+from .support import (
     add_config_option,
     add_json_option,
     load_cli_config,
     print_result,
     when,
 )
-from .eui import format_eui64, parse_eui64
-from .exits import Exit
-from .guids import GuidList, GuidListError
 
 if TYPE_CHECKING:
-    from .guids_import import ImportReport
+    from gateway.guids_import import ImportReport
 
 __all__ = ["add_parser"]
 
@@ -78,7 +79,7 @@ def _print_report(report: ImportReport, *, listing: bool) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .guids_import import PROGRESS_EVERY, import_guid_list  # noqa: PLC0415 - see the top
+    from gateway.guids_import import PROGRESS_EVERY, import_guid_list  # noqa: PLC0415 - see the top
 
     source = Path(args.file)
     output = _list_path(args, args.output, "import")

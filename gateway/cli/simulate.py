@@ -17,11 +17,11 @@ from pathlib import Path
 
 import msgspec
 
-from .config import format_duration, parse_duration
-from .embedded_broker import EmbeddedBroker
-from .simulator.population import BrokerAddress
-from .simulator.process import default_gateway_command
-from .simulator.runner import SimulationError, SimulationOptions, SimulationOutcome, simulate
+from gateway.config import format_duration, parse_duration
+from gateway.simulator.population import BrokerAddress
+from gateway.simulator.process import default_gateway_command
+from gateway.simulator.runner import SimulationError, SimulationOptions, SimulationOutcome, simulate
+from gateway.transport.embedded_broker import EmbeddedBroker
 
 __all__ = ["add_parser"]
 

@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_support import add_config_option, load_cli_config
-from .config import Config, ConfigError, load_config, render_toml
-from .exits import Exit
+from gateway.config import Config, ConfigError, load_config, render_toml
+from gateway.exits import Exit
+
+from .support import add_config_option, load_cli_config
 
 __all__ = ["add_parser"]
 

@@ -1,0 +1,58 @@
+"""What the daemon's shell writes to and reads from: the durable state store.
+
+The service (gateway/service.py) is written against this protocol, not against SQLite:
+the SQLite store (gateway/state/sqlite.py) implements it, the service is handed it
+(``Gateway(open_store=...)``), and a new state backend is one more implementation. Its
+counterpart for the broker is gateway/transport/protocol.py. Tests drive the shell with an
+in-memory fake, and inject faults by wrapping a real store.
+
+Contract the shell relies on: writes are queued and idempotent (a redelivered message may
+write twice); ``flush()`` returns once every write queued before it is durable, or raises
+a ``StoreError`` (reason ``commit-failed``: the writes are kept and retried by the next
+flush).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from gateway.core.events import Activation, AlertDecision
+from gateway.wire import SuppressionRecord
+
+from .sqlite import QuarantineEntry
+
+__all__ = ["OpenStore", "StateStore"]
+
+
+class StateStore(Protocol):
+    """The durable state: activations, counters, decisions, the suppression log, the
+    report cursor (which records are reported), and the quarantine."""
+
+    # -- writes, queued; durable once flush() returns ---------------------------------
+    def put_activation(self, a: Activation) -> None: ...
+    def delete_activation(self, a: Activation) -> None: ...
+    def set_counter(self, originator: bytes, device: bytes, counter: int) -> None: ...
+    def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None: ...
+    def append_suppression(
+        self, record: SuppressionRecord, encoded: bytes | None = None
+    ) -> None: ...
+    def mark_reported_range(self, first: int, last: int, report_id: str) -> None: ...
+    def prune_decisions(self, before_ms: int) -> None: ...
+    def put_quarantine(self, entry: QuarantineEntry) -> None: ...
+    async def flush(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+    # -- reads of committed state (last_counter also sees queued counters) -----------
+    def load_activations(self) -> list[Activation]: ...
+    def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]: ...
+    def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None: ...
+    def last_counter(self, originator: bytes, device: bytes) -> int | None: ...
+    def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]: ...
+    async def read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]: ...
+    def unreported_count(self) -> int: ...
+
+
+OpenStore = Callable[[Path], StateStore]
+"""Opens the state store at a path (``Store.open`` by default)."""
