@@ -974,7 +974,8 @@ class Gateway:
         self.log.info(
             "device.outcome",
             kind=outcome.kind.value,
-            reason=outcome.reason,
+            reason=outcome.reason.value,
+            detail=outcome.detail,
             device_id=frame.header.originator,
             response_code=outcome.response_code,
             request_id=a.request_id if a is not None else None,

@@ -22,6 +22,7 @@ from gateway.core.events import (
     DedupeExpired,
     DeviceOutcomeSeen,
     OutcomeKind,
+    OutcomeReason,
     RefusalReason,
     WindowEnded,
     WindowExpired,
@@ -567,6 +568,24 @@ def test_activation_failure_or_success_keeps_the_window(
     result = engine.on_device_outcome(response(1000, code), T0 + MIN)
     assert result.kind is OutcomeKind.KEPT
     assert suppressed(engine, T0 + 20 * MIN)
+
+
+def test_each_device_outcome_names_its_reason_from_one_vocabulary(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    cases = [
+        (response(1000, ActivationResponseCode.NO_IMAGE_HELD), OutcomeReason.NEVER_REBOOTED),
+        (response(999, ActivationResponseCode.HASH_MISMATCH), OutcomeReason.NO_ACTIVATION),
+        (response(1000, None), OutcomeReason.COMMAND_ACCEPTED),
+        (
+            response(1000, None, signature=SignatureStatus.INVALID),
+            OutcomeReason.SIGNATURE_NOT_VALID,
+        ),
+    ]
+    for seen, reason in cases:
+        result = engine.on_device_outcome(seen, T0 + MIN)
+        assert result.reason is reason
+        assert result.detail  # the same said for a person
+    assert OutcomeReason.NEVER_REBOOTED == "never-rebooted"
 
 
 def test_command_accepted_response_changes_nothing(engine: Engine) -> None:

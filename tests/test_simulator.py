@@ -727,7 +727,8 @@ def _simulate(
         ]
     )
     code: int = args.handler(args)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out.strip(), f"simulate printed no scorecard (exit {code}): {err[-3000:]}"
     data: dict[str, object] = json.loads(out)
     return code, data
 

@@ -87,6 +87,7 @@ from .events import (
     InventoryNoted,
     OutcomeApplied,
     OutcomeKind,
+    OutcomeReason,
     RefusalReason,
     RestorationObserved,
     WindowEnded,
@@ -437,24 +438,37 @@ class Engine:
         if seen.signature in (SignatureStatus.INVALID, SignatureStatus.UNSIGNED):
             # An unknown signer is accepted: device certificates may not be loaded, and
             # acting on an outcome can only shorten a window (the safe direction).
-            return OutcomeApplied(OutcomeKind.IGNORED, f"signature {seen.signature.value}")
+            return OutcomeApplied(
+                OutcomeKind.IGNORED,
+                OutcomeReason.SIGNATURE_NOT_VALID,
+                f"signature {seen.signature.value}",
+            )
         if isinstance(payload, ActivateFirmwareResponse):
             counter, outcome = frame.header.originator_counter, payload.outcome
             if outcome is None:
-                return OutcomeApplied(OutcomeKind.ACCEPTED, "command accepted")
+                return OutcomeApplied(
+                    OutcomeKind.ACCEPTED, OutcomeReason.COMMAND_ACCEPTED, "command accepted"
+                )
         elif isinstance(payload, FutureDatedActivationAlert):
             counter, outcome = payload.originator_counter, payload.outcome
         else:
-            return OutcomeApplied(OutcomeKind.IGNORED, "not a CS06 outcome")
+            return OutcomeApplied(
+                OutcomeKind.IGNORED, OutcomeReason.NOT_AN_OUTCOME, "not a CS06 outcome"
+            )
         device = seen.device
         if device is None or device.chf_id is None:
-            return OutcomeApplied(OutcomeKind.IGNORED, "device or its CHF unknown")
+            return OutcomeApplied(
+                OutcomeKind.IGNORED, OutcomeReason.DEVICE_UNKNOWN, "device or its CHF unknown"
+            )
         chf, esme = device.chf_id, frame.header.originator
         index = self._find(chf, esme, frame.header.recipient, counter)
         code = outcome.response_code
         if index is None:
             return OutcomeApplied(
-                OutcomeKind.IGNORED, "no tracked activation for it", response_code=code
+                OutcomeKind.IGNORED,
+                OutcomeReason.NO_ACTIVATION,
+                "no tracked activation for it",
+                response_code=code,
             )
         packed = self._by_chf[chf]
         if code in _CLOSING_OUTCOMES:
@@ -469,12 +483,14 @@ class Engine:
             self._store(chf, packed[:index] + _REC.pack(*rec) + packed[index + _REC_SIZE :])
             return OutcomeApplied(
                 OutcomeKind.SUCCEEDED,
+                OutcomeReason.SUCCEEDED,
                 "future-dated activation succeeded",
                 self._materialise(chf, self._by_chf[chf], index),
                 code,
             )
         return OutcomeApplied(
             OutcomeKind.KEPT,
+            OutcomeReason.MAY_HAVE_REBOOTED,
             f"outcome {code}: the meter may have rebooted",
             self._materialise(chf, packed, index),
             code,
@@ -507,7 +523,11 @@ class Engine:
             self._schedule_check(chf, new_end)
             closed = self._materialise(chf, self._by_chf[chf], index)
         return OutcomeApplied(
-            OutcomeKind.CLOSED_EARLY, f"outcome {code}: the meter never rebooted", closed, code
+            OutcomeKind.CLOSED_EARLY,
+            OutcomeReason.NEVER_REBOOTED,
+            f"outcome {code}: the meter never rebooted",
+            closed,
+            code,
         )
 
     # -- ECS80 restoration alerts and inventory --------------------------------------

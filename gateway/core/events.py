@@ -209,11 +209,26 @@ class OutcomeKind(enum.StrEnum):
     IGNORED = "ignored"  # could not be matched or trusted; see ``reason``
 
 
+class OutcomeReason(enum.StrEnum):
+    """Why a CS06 response or 0x00CA alert had the effect it had (a log field)."""
+
+    SIGNATURE_NOT_VALID = "signature-not-valid"  # its signature did not verify
+    COMMAND_ACCEPTED = "command-accepted"  # a response saying the command was taken
+    NOT_AN_OUTCOME = "not-an-outcome"  # neither a CS06 response nor a 0x00CA alert
+    DEVICE_UNKNOWN = "device-unknown"  # the device, or its CHF, is not in the inventory
+    NO_ACTIVATION = "no-activation"  # no tracked activation matches it
+    SUCCEEDED = "succeeded"  # 8F66: the future-dated activation succeeded
+    MAY_HAVE_REBOOTED = "may-have-rebooted"  # the window runs its course
+    NEVER_REBOOTED = "never-rebooted"  # outcome 1 or 2: the window closes early
+
+
 class OutcomeApplied(msgspec.Struct, frozen=True):
-    """Result of a CS06 response or 0x00CA alert."""
+    """Result of a CS06 response or 0x00CA alert: ``reason`` says why, ``detail`` says it
+    for a person (with the outcome code or signature status found)."""
 
     kind: OutcomeKind
-    reason: str
+    reason: OutcomeReason
+    detail: str
     activation: Activation | None = None
     response_code: int | None = None
 
