@@ -585,7 +585,7 @@ def test_each_device_outcome_names_its_reason_from_one_vocabulary(engine: Engine
         result = engine.on_device_outcome(seen, T0 + MIN)
         assert result.reason is reason
         assert result.detail  # the same said for a person
-    assert OutcomeReason.NEVER_REBOOTED == "never-rebooted"
+    assert str(OutcomeReason.NEVER_REBOOTED) == "never-rebooted"  # the log field
 
 
 def test_command_accepted_response_changes_nothing(engine: Engine) -> None:
