@@ -25,6 +25,7 @@ never printed, never logged.
 from __future__ import annotations
 
 import datetime
+import enum
 import hmac
 import json
 import re
@@ -46,6 +47,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigFile",
+    "ConfigReason",
     "Duration",
     "LogConfig",
     "MetricsConfig",
@@ -66,24 +68,37 @@ __all__ = [
 # -- errors ---------------------------------------------------------------------------
 
 
+class ConfigReason(enum.StrEnum):
+    """The stable reason codes of :class:`ConfigError` (a log field)."""
+
+    UNREADABLE = "unreadable"
+    BAD_TOML = "bad-toml"
+    UNKNOWN_KEY = "unknown-key"
+    WRONG_TYPE = "wrong-type"
+    BAD_DURATION = "bad-duration"
+    OUT_OF_RANGE = "out-of-range"
+    BAD_TOPIC = "bad-topic"
+    BAD_VALUE = "bad-value"
+
+
 class ConfigError(GatewayError):
     """The configuration cannot be used.
 
     Attributes:
-        reason: a stable code for logs and tests: ``unreadable``, ``bad-toml``,
+        reason: a :class:`ConfigReason`, stable, for logs and tests: ``unreadable``, ``bad-toml``,
             ``unknown-key``, ``wrong-type``, ``bad-duration``, ``out-of-range``,
             ``bad-topic``, ``bad-value``.
         key: the dotted key at fault (``suppression.window``,
             ``suppression.manufacturers[1]``), or None when the file as a whole is.
     """
 
-    def __init__(self, message: str, *, reason: str, key: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: ConfigReason, key: str | None = None) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason: ConfigReason = reason
         self.key = key
 
 
-def _fail(key: str, detail: str, reason: str = "bad-value") -> ConfigError:
+def _fail(key: str, detail: str, reason: ConfigReason = ConfigReason.BAD_VALUE) -> ConfigError:
     return ConfigError(f"{key}: {detail}", reason=reason, key=key)
 
 
@@ -214,7 +229,7 @@ _MAX_PAYLOAD_LIMIT: Final = 1024 * 1024
 
 def _check_port(key: str, port: int) -> None:
     if not 1 <= port <= 65_535:
-        raise _fail(key, f"port {port} is outside 1..65535", "out-of-range")
+        raise _fail(key, f"port {port} is outside 1..65535", ConfigReason.OUT_OF_RANGE)
 
 
 def _check_not_empty(key: str, value: str) -> None:
@@ -269,38 +284,40 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 "broker.keepalive",
                 f"{format_duration(self.keepalive)}: must be whole seconds, at most "
                 f"{_MQTT_MAX_KEEPALIVE_S}s",
-                "out-of-range",
+                ConfigReason.OUT_OF_RANGE,
             )
         if self.reconnect_min <= 0:
-            raise _fail("broker.reconnect_min", "must be longer than 0", "out-of-range")
+            raise _fail("broker.reconnect_min", "must be longer than 0", ConfigReason.OUT_OF_RANGE)
         if self.reconnect_max < self.reconnect_min:
             raise _fail(
                 "broker.reconnect_max",
                 f"{format_duration(self.reconnect_max)} is shorter than broker.reconnect_min "
                 f"({format_duration(self.reconnect_min)})",
-                "out-of-range",
+                ConfigReason.OUT_OF_RANGE,
             )
         if not 1 <= self.inflight <= _MQTT_MAX_INFLIGHT:
             raise _fail(
                 "broker.inflight",
                 f"{self.inflight} is outside 1..{_MQTT_MAX_INFLIGHT}",
-                "out-of-range",
+                ConfigReason.OUT_OF_RANGE,
             )
         if not 1 <= self.receive_maximum <= _MQTT_MAX_INFLIGHT:
             raise _fail(
                 "broker.receive_maximum",
                 f"{self.receive_maximum} is outside 1..{_MQTT_MAX_INFLIGHT}",
-                "out-of-range",
+                ConfigReason.OUT_OF_RANGE,
             )
         if not _MIN_PAYLOAD_LIMIT <= self.max_payload <= _MAX_PAYLOAD_LIMIT:
             raise _fail(
                 "broker.max_payload",
                 f"{self.max_payload} is outside {_MIN_PAYLOAD_LIMIT}..{_MAX_PAYLOAD_LIMIT}",
-                "out-of-range",
+                ConfigReason.OUT_OF_RANGE,
             )
         if self.protocol not in (4, 5):
             raise _fail(
-                "broker.protocol", f"{self.protocol}: must be 5 (MQTT 5) or 4 (3.1.1)", "bad-value"
+                "broker.protocol",
+                f"{self.protocol}: must be 5 (MQTT 5) or 4 (3.1.1)",
+                ConfigReason.BAD_VALUE,
             )
 
 
@@ -320,13 +337,13 @@ TOPIC_NAMES: Final[tuple[TopicName, ...]] = get_args(TopicName)
 
 def _check_topic(key: str, topic: str, *, allow_empty: bool = False) -> None:
     if not topic and not allow_empty:
-        raise _fail(key, "must not be empty", "bad-topic")
+        raise _fail(key, "must not be empty", ConfigReason.BAD_TOPIC)
     for char, name in (("+", "'+'"), ("#", "'#'"), ("\x00", "a NUL character")):
         if char in topic:
             raise _fail(
                 key,
                 f"{topic!r} contains {name}: wildcards are for subscriptions, not topic names",
-                "bad-topic",
+                ConfigReason.BAD_TOPIC,
             )
 
 
@@ -352,7 +369,9 @@ class TopicsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             # An output topic equal to an input topic would feed the gateway its own output.
             if topic in seen:
                 raise _fail(
-                    f"topics.{name}", f"same topic as topics.{seen[topic]}: {topic!r}", "bad-topic"
+                    f"topics.{name}",
+                    f"same topic as topics.{seen[topic]}: {topic!r}",
+                    ConfigReason.BAD_TOPIC,
                 )
             seen[topic] = name
 
@@ -377,7 +396,7 @@ class SuppressionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
         for i, name in enumerate(self.manufacturers):
             _check_not_empty(f"suppression.manufacturers[{i}]", name)
         if self.window <= 0:
-            raise _fail("suppression.window", "must be longer than 0", "out-of-range")
+            raise _fail("suppression.window", "must be longer than 0", ConfigReason.OUT_OF_RANGE)
 
 
 class PathsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -405,9 +424,9 @@ class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.period <= 0:
-            raise _fail("reports.period", "must be longer than 0", "out-of-range")
+            raise _fail("reports.period", "must be longer than 0", ConfigReason.OUT_OF_RANGE)
         if self.max_records < 1:
-            raise _fail("reports.max_records", "must be at least 1", "out-of-range")
+            raise _fail("reports.max_records", "must be at least 1", ConfigReason.OUT_OF_RANGE)
         if not _FILE_NAME_RE.fullmatch(self.name_prefix):
             raise _fail(
                 "reports.name_prefix",
@@ -557,15 +576,15 @@ def _from_validation_error(exc: msgspec.ValidationError) -> ConfigError:
     unknown = _UNKNOWN_RE.fullmatch(message)
     if unknown is not None:
         key = f"{path}.{unknown['name']}" if path else unknown["name"]
-        return ConfigError(f"unknown key {key!r}", reason="unknown-key", key=key)
+        return ConfigError(f"unknown key {key!r}", reason=ConfigReason.UNKNOWN_KEY, key=key)
     key = path or "(top level)"
     expected = _EXPECTED_RE.fullmatch(message)
     if expected is not None:
         want = _MSGSPEC_TYPES.get(expected["want"], expected["want"])
         got = _MSGSPEC_TYPES.get(expected["got"], expected["got"])
-        return _fail(key, f"expected {want}, got {got}", "wrong-type")
+        return _fail(key, f"expected {want}, got {got}", ConfigReason.WRONG_TYPE)
     if "duration" in message:
-        return _fail(key, message, "bad-duration")
+        return _fail(key, message, ConfigReason.BAD_DURATION)
     return _fail(key, message[:1].lower() + message[1:].replace("`", "'"))
 
 
@@ -573,13 +592,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", reason="unreadable") from exc
+        raise ConfigError(
+            f"cannot read: {exc.strerror or exc}", reason=ConfigReason.UNREADABLE
+        ) from exc
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc.reason}", reason="bad-toml") from exc
+        raise ConfigError(f"not UTF-8 text: {exc.reason}", reason=ConfigReason.BAD_TOML) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", reason="bad-toml") from exc
+        raise ConfigError(f"invalid TOML: {exc}", reason=ConfigReason.BAD_TOML) from exc
 
 
 def _resolve(base: Path, text: str) -> Path:

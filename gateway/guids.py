@@ -30,6 +30,7 @@ The module never reads a clock: the import time is an argument (the CLI supplies
 
 from __future__ import annotations
 
+import enum
 import mmap
 import operator
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "MAGIC",
     "GuidList",
     "GuidListError",
+    "GuidListReason",
     "write_guid_list",
     "write_sorted_guid_list",
 ]
@@ -69,10 +71,29 @@ _U64_LE = struct.Struct("<Q")
 _SORT_SAMPLES = 64
 
 
+class GuidListReason(enum.StrEnum):
+    """The stable reason codes of :class:`GuidListError` (a log field); the first eight
+    are the source sheet's (:mod:`gateway.guids_import`), the last four the compiled
+    file's (``unreadable`` is both)."""
+
+    UNREADABLE = "unreadable"
+    UNSUPPORTED_FORMAT = "unsupported-format"
+    CORRUPT = "corrupt"
+    SHEET_NOT_FOUND = "sheet-not-found"
+    NO_HEADER = "no-header"
+    COLUMN_NOT_FOUND = "column-not-found"
+    NO_GUIDS = "no-guids"
+    INVALID_ROWS = "invalid-rows"
+    NOT_A_GUID_LIST = "not-a-guid-list"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    TRUNCATED = "truncated"
+    UNSORTED = "unsorted"
+
+
 class GuidListError(GatewayError):
     """The GUID list (source sheet or compiled file) cannot be used.
 
-    ``reason`` is a stable code for logs and tests:
+    ``reason`` is a :class:`GuidListReason`, a stable code for logs and tests:
 
     - source (:mod:`gateway.guids_import`): ``unreadable``, ``unsupported-format``, ``corrupt``,
       ``sheet-not-found``, ``no-header``, ``column-not-found``, ``no-guids``,
@@ -88,7 +109,7 @@ class GuidListError(GatewayError):
         self,
         message: str,
         *,
-        reason: str,
+        reason: GuidListReason,
         path: str | os.PathLike[str],
         sheet: str | None = None,
         row: int | None = None,
@@ -103,7 +124,7 @@ class GuidListError(GatewayError):
         if cell is not None:
             where.append(f"cell {cell}")
         super().__init__(f"{' '.join(where)}: {message}")
-        self.reason = reason
+        self.reason: GuidListReason = reason
         self.path = os.fspath(path)
         self.sheet = sheet
         self.row = row
@@ -256,13 +277,15 @@ class GuidList:
                     start = f.read(len(MAGIC))
                     raise GuidListError(
                         f"{size} bytes: shorter than the {HEADER_SIZE}-byte header",
-                        reason="truncated" if MAGIC.startswith(start) else "not-a-guid-list",
+                        reason=GuidListReason.TRUNCATED
+                        if MAGIC.startswith(start)
+                        else GuidListReason.NOT_A_GUID_LIST,
                         path=p,
                     )
                 buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
             raise GuidListError(
-                f"cannot read: {exc.strerror or exc}", reason="unreadable", path=p
+                f"cannot read: {exc.strerror or exc}", reason=GuidListReason.UNREADABLE, path=p
             ) from exc
         try:
             magic, version, header_size, _, count, imported_at_ms, sha256 = _HEADER.unpack_from(
@@ -270,20 +293,22 @@ class GuidList:
             )
             if magic != MAGIC:
                 raise GuidListError(
-                    "not a compiled GUID list (bad magic)", reason="not-a-guid-list", path=p
+                    "not a compiled GUID list (bad magic)",
+                    reason=GuidListReason.NOT_A_GUID_LIST,
+                    path=p,
                 )
             if version != FORMAT_VERSION or header_size != HEADER_SIZE:
                 raise GuidListError(
                     f"format version {version} (header {header_size} bytes) is not supported; "
                     f"this gateway reads version {FORMAT_VERSION}: run 'guids import' again",
-                    reason="unsupported-version",
+                    reason=GuidListReason.UNSUPPORTED_VERSION,
                     path=p,
                 )
             if size != HEADER_SIZE + 8 * count:
                 raise GuidListError(
                     f"{size} bytes, but the header says {count} GUIDs "
                     f"({HEADER_SIZE + 8 * count} bytes): truncated or damaged",
-                    reason="truncated",
+                    reason=GuidListReason.TRUNCATED,
                     path=p,
                 )
             guid_list = cls(
@@ -321,7 +346,7 @@ class GuidList:
             if samples[k - 1] >= samples[k]:
                 raise GuidListError(
                     f"entries {indices[k - 1]} and {indices[k]} are out of order",
-                    reason="unsorted",
+                    reason=GuidListReason.UNSORTED,
                     path=self._path,
                 )
 
@@ -341,7 +366,7 @@ class GuidList:
             if current <= previous:
                 raise GuidListError(
                     f"entry {index} is not greater than the one before",
-                    reason="unsorted",
+                    reason=GuidListReason.UNSORTED,
                     path=self._path,
                 )
             previous = current

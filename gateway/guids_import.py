@@ -31,6 +31,7 @@ The module never reads a clock: the import time is an argument (the CLI supplies
 from __future__ import annotations
 
 import csv
+import enum
 import hashlib
 import io
 import itertools
@@ -47,13 +48,14 @@ import msgspec
 from python_calamine import CalamineError, CalamineSheet, CalamineWorkbook
 
 from .eui import format_eui64, parse_eui64
-from .guids import GuidListError, write_sorted_guid_list
+from .guids import GuidListError, GuidListReason, write_sorted_guid_list
 
 __all__ = [
     "HEADER_NAMES",
     "HEADER_SCAN_ROWS",
     "PROGRESS_EVERY",
     "DuplicateGuid",
+    "GuidRowReason",
     "ImportReport",
     "InvalidRow",
     "ProgressCallback",
@@ -81,10 +83,19 @@ ProgressCallback = Callable[[int, int | None], None]
 """``progress(rows_done, rows_total_or_None)``, called about every 100,000 rows and at the end."""
 
 
+class GuidRowReason(enum.StrEnum):
+    """The stable reason codes of an :class:`InvalidRow`."""
+
+    NOT_EUI64 = "not-eui64"
+    NUMBER = "number"
+    NOT_TEXT = "not-text"
+    EMPTY_GUID = "empty-guid"
+
+
 class InvalidRow(msgspec.Struct, frozen=True, kw_only=True):
     """A row whose GUID cell could not be used.
 
-    ``reason`` is a stable code: ``not-eui64`` (text that is not an EUI-64), ``number``
+    ``reason`` is a :class:`GuidRowReason`: ``not-eui64`` (text not an EUI-64), ``number``
     (a numeric cell), ``not-text`` (a date, time or boolean cell) or ``empty-guid`` (the
     GUID cell is empty but other cells of the row are not). ``detail`` says it for people.
     """
@@ -93,7 +104,7 @@ class InvalidRow(msgspec.Struct, frozen=True, kw_only=True):
     row: int
     cell: str
     value: str
-    reason: str
+    reason: GuidRowReason
     detail: str
 
 
@@ -178,12 +189,14 @@ def _column_spec(column: str | int | None, path: Path) -> _ColumnSpec:
         number = int(column)
         if number < 1:
             raise GuidListError(
-                f"column {column!r}: numbers start at 1", reason="column-not-found", path=path
+                f"column {column!r}: numbers start at 1",
+                reason=GuidListReason.COLUMN_NOT_FOUND,
+                path=path,
             )
         return _ColumnSpec(number - 1, None)
     text = column.strip()
     if not text:
-        raise GuidListError("empty column name", reason="column-not-found", path=path)
+        raise GuidListError("empty column name", reason=GuidListReason.COLUMN_NOT_FOUND, path=path)
     letters = _letter_index(text) if _LETTERS.fullmatch(text) else None
     return _ColumnSpec(letters, text)
 
@@ -301,7 +314,7 @@ class _Collector:
         self.column = column
         self.be = bytearray()  # the GUIDs, 8 bytes each, big-endian, in row order
         self.rows = array("Q")  # the row index of each GUID in ``be``
-        self.invalid: list[tuple[int, object, str, str]] = []
+        self.invalid: list[tuple[int, object, GuidRowReason, str]] = []
         self.blank = 0
         self.rows_seen = 0
 
@@ -337,7 +350,9 @@ class _Collector:
                     eui = parse_eui64(text)
                 except ValueError as exc:
                     detail = str(exc).removeprefix(f"EUI-64 {text!r}: ")
-                    self.invalid.append((index, cell, "not-eui64", f"not an EUI-64: {detail}"))
+                    self.invalid.append(
+                        (index, cell, GuidRowReason.NOT_EUI64, f"not an EUI-64: {detail}")
+                    )
                 else:
                     self.be += eui
                     self.rows.append(index)
@@ -348,20 +363,22 @@ class _Collector:
                     (
                         index,
                         cell,
-                        "number",
+                        GuidRowReason.NUMBER,
                         "not an EUI-64: a number cell (store GUIDs as text; "
                         "Excel keeps only 15 digits of a number)",
                     )
                 )
             else:
                 kind = type(cell).__name__
-                self.invalid.append((index, cell, "not-text", f"not an EUI-64: a {kind} cell"))
+                self.invalid.append(
+                    (index, cell, GuidRowReason.NOT_TEXT, f"not an EUI-64: a {kind} cell")
+                )
             return
         if all(_is_empty(c) for c in row):
             self.blank += 1
         else:
             self.invalid.append(
-                (index, cell, "empty-guid", "empty GUID cell in a row with other data")
+                (index, cell, GuidRowReason.EMPTY_GUID, "empty GUID cell in a row with other data")
             )
 
     def values(self) -> array[int]:
@@ -416,7 +433,7 @@ def _resolve_sheet(names: list[str], sheet: str | int, path: Path) -> str:
         if not sheet.strip().isdigit():
             raise GuidListError(
                 f"no sheet {sheet!r}; the sheets are {', '.join(map(repr, names))}",
-                reason="sheet-not-found",
+                reason=GuidListReason.SHEET_NOT_FOUND,
                 path=path,
             )
         sheet = int(sheet)
@@ -424,7 +441,7 @@ def _resolve_sheet(names: list[str], sheet: str | int, path: Path) -> str:
         raise GuidListError(
             f"no sheet number {sheet}; the workbook has {len(names)} sheet(s): "
             f"{', '.join(map(repr, names))}",
-            reason="sheet-not-found",
+            reason=GuidListReason.SHEET_NOT_FOUND,
             path=path,
         )
     return names[sheet - 1]
@@ -432,9 +449,12 @@ def _resolve_sheet(names: list[str], sheet: str | int, path: Path) -> str:
 
 def _no_header(spec: _ColumnSpec, path: Path, sheets: list[str]) -> GuidListError:
     if spec.text is not None:
-        what, reason = f"no column headed {spec.text!r}", "column-not-found"
+        what, reason = f"no column headed {spec.text!r}", GuidListReason.COLUMN_NOT_FOUND
     else:
-        what, reason = f"no GUID column header ({', '.join(HEADER_NAMES)})", "no-header"
+        what, reason = (
+            f"no GUID column header ({', '.join(HEADER_NAMES)})",
+            GuidListReason.NO_HEADER,
+        )
     where = "" if len(sheets) == 1 else f" of any sheet ({', '.join(map(repr, sheets))})"
     return GuidListError(
         f"{what} in the first {HEADER_SCAN_ROWS} rows{where}",
@@ -454,16 +474,18 @@ def _read_xlsx(
         workbook = CalamineWorkbook.from_path(str(path))
     except OSError as exc:
         raise GuidListError(
-            f"cannot read: {exc.strerror or exc}", reason="unreadable", path=path
+            f"cannot read: {exc.strerror or exc}", reason=GuidListReason.UNREADABLE, path=path
         ) from exc
     except CalamineError as exc:
         raise GuidListError(
-            f"not a readable Excel workbook ({exc})", reason="corrupt", path=path
+            f"not a readable Excel workbook ({exc})", reason=GuidListReason.CORRUPT, path=path
         ) from exc
     with workbook:
         names = list(workbook.sheet_names)
         if not names:
-            raise GuidListError("the workbook has no sheets", reason="no-header", path=path)
+            raise GuidListError(
+                "the workbook has no sheets", reason=GuidListReason.NO_HEADER, path=path
+            )
         candidates = [_resolve_sheet(names, sheet, path)] if sheet is not None else names
         fallback: str | None = None
         unreadable: list[tuple[str, CalamineError]] = []
@@ -505,7 +527,10 @@ def _read_xlsx(
             # No GUID column in the sheets that could be read: it may be in one that could not.
             name, cause = unreadable[0]
             raise GuidListError(
-                f"cannot read the sheet ({cause})", reason="corrupt", path=path, sheet=name
+                f"cannot read the sheet ({cause})",
+                reason=GuidListReason.CORRUPT,
+                path=path,
+                sheet=name,
             ) from cause
         raise _no_header(spec, path, candidates)
 
@@ -530,7 +555,7 @@ def _finish_xlsx(
         raise GuidListError(
             f"column {_column_letter(located.column)} has no data "
             f"(the sheet's data is in columns {first} to {last})",
-            reason="column-not-found",
+            reason=GuidListReason.COLUMN_NOT_FOUND,
             path=path,
             sheet=name,
         )
@@ -552,7 +577,9 @@ def _read_csv(
 ) -> _Extracted:
     if sheet is not None:
         raise GuidListError(
-            "a CSV file has no sheets: leave out the sheet", reason="sheet-not-found", path=path
+            "a CSV file has no sheets: leave out the sheet",
+            reason=GuidListReason.SHEET_NOT_FOUND,
+            path=path,
         )
     # GUIDs are ASCII; a stray byte elsewhere in a row must not stop the import.
     text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", errors="replace", newline="")
@@ -575,7 +602,7 @@ def _read_csv(
     except csv.Error as exc:
         raise GuidListError(
             f"not a readable CSV file ({exc})",
-            reason="corrupt",
+            reason=GuidListReason.CORRUPT,
             path=path,
             row=reader.line_num,
         ) from exc
@@ -648,14 +675,14 @@ def read_guid_list(
     if suffix not in _XLSX_SUFFIXES | _CSV_SUFFIXES:
         raise GuidListError(
             f"unsupported file type {path.suffix or '(none)'!r}: expected .xlsx or .csv",
-            reason="unsupported-format",
+            reason=GuidListReason.UNSUPPORTED_FORMAT,
             path=path,
         )
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise GuidListError(
-            f"cannot read: {exc.strerror or exc}", reason="unreadable", path=path
+            f"cannot read: {exc.strerror or exc}", reason=GuidListReason.UNREADABLE, path=path
         ) from exc
     digest = hashlib.sha256(raw).hexdigest()
     if suffix in _CSV_SUFFIXES:
@@ -698,7 +725,7 @@ def read_guid_list(
         first = f"; the first invalid row is {invalid[0].cell}" if invalid else ""
         raise GuidListError(
             f"no valid GUID in column {letter} ({len(invalid)} invalid rows{first})",
-            reason="no-guids",
+            reason=GuidListReason.NO_GUIDS,
             path=path,
             sheet=extracted.sheet,
             report=report,
@@ -731,7 +758,7 @@ def import_guid_list(
         raise GuidListError(
             f"{len(report.invalid)} invalid row(s), nothing written (strict); "
             f"the first: {first.value!r}: {first.detail}",
-            reason="invalid-rows",
+            reason=GuidListReason.INVALID_ROWS,
             path=report.source,
             sheet=first.sheet,
             row=first.row,

@@ -29,7 +29,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from gbcs import MessageCode
+from gbcs import GbcsReason, MessageCode
 
 from . import __version__
 from .core.events import (
@@ -40,6 +40,7 @@ from .core.events import (
     OutcomeKind,
     RefusalReason,
 )
+from .state.inventory import InventoryReason
 from .wire import ActivationKind, WireReason
 
 __all__ = ["ACK_LATENCY_BUCKETS", "Metrics", "MetricsServer"]
@@ -343,9 +344,12 @@ class Metrics:
         """Count one ECS80 power restoration alert."""
         self._restoration_alerts[bool(in_window)].inc()
 
-    def count_decode_error(self, topic: str, reason: str) -> None:
+    def count_decode_error(
+        self, topic: str, reason: WireReason | GbcsReason | InventoryReason
+    ) -> None:
         """Count one message dropped as undecodable; ``reason`` is the stable code of the
-        error that refused it (:class:`WireReason`, a GBCS or an inventory error's)."""
+        error that refused it (:class:`WireReason`, :class:`~gbcs.GbcsReason` or
+        :class:`~gateway.state.inventory.InventoryReason`)."""
         child = self._decode_errors.get((topic, reason))
         if child is None:
             child = self._decode_errors[(topic, reason)] = self.decode_errors.labels(

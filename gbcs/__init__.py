@@ -23,6 +23,7 @@ from .errors import (
     BadTime,
     EncodeError,
     GbcsError,
+    GbcsReason,
     TrailingBytes,
     TruncatedFrame,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "Frame",
     "FutureDatedActivationAlert",
     "GbcsError",
+    "GbcsReason",
     "GroupingHeader",
     "MacHeader",
     "MessageCode",

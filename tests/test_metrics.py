@@ -33,7 +33,7 @@ def test_counters_appear_in_the_exposition_with_their_labels() -> None:
     metrics.count_command_tracked("on-demand", replaced=False)
     metrics.count_device_outcome(OutcomeKind.CLOSED_EARLY)
     metrics.count_restoration_alert(in_window=True)
-    metrics.count_decode_error("csp/dcc/alert", "bad-cbor")
+    metrics.count_decode_error("csp/dcc/alert", WireReason.BAD_CBOR)
     metrics.mqtt_reconnects.inc()
     metrics.reports.inc()
     metrics.suppression_records.inc(3)
@@ -103,7 +103,7 @@ def test_import_and_report_timestamps_are_zero_until_set() -> None:
 def test_no_created_series_anywhere_in_the_exposition() -> None:
     metrics = Metrics()
     metrics.count_alert(AlertOutcome.REJECTED, WireReason.BAD_CBOR)
-    metrics.count_decode_error("csp/dcc/alert", "bad-cbor")
+    metrics.count_decode_error("csp/dcc/alert", WireReason.BAD_CBOR)
     metrics.count_quarantined("csp/dcc/alert", "KeyError")
     metrics.mqtt_reconnects.inc()
     metrics.ack_latency.observe(0.01)

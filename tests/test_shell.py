@@ -24,7 +24,7 @@ from gateway.core.events import Activation, AlertDecision
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.service import Gateway
-from gateway.state.sqlite import QuarantineEntry, StoreError
+from gateway.state.sqlite import QuarantineEntry, StoreError, StoreReason
 from gateway.transport.mqtt import PublishRefused
 from gateway.transport.protocol import DeliveryHandler, EventSink, Transport
 from gateway.wire import SuppressionRecord
@@ -80,7 +80,7 @@ class FakeStore:
         await self.gate.wait()
         if self.failures:
             self.failures -= 1
-            raise StoreError("commit-failed", "injected: disk full")
+            raise StoreError(StoreReason.COMMIT_FAILED, "injected: disk full")
         self.committed += self.queued
         self.queued = []
 

@@ -42,6 +42,7 @@ thread, and other processes (the CLI) open their own.
 from __future__ import annotations
 
 import csv
+import enum
 import os
 import re
 import sqlite3
@@ -49,7 +50,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, Self, TypeAlias, TypeVar
+from typing import Protocol, Self, TypeAlias, TypeVar
 
 import msgspec
 
@@ -113,17 +114,18 @@ optional (``supplier_id``: the EUI-64 of the meter's registered import supplier)
 
 _VALUE_SHOWN = 64  # longest CSV value quoted back in a report
 
-InventoryReason: TypeAlias = Literal[
-    "cannot-open",
-    "not-an-inventory",
-    "unsupported-schema",
-    "database-error",
-    "invalid-record",
-    "unreadable-file",
-    "missing-column",
-    "duplicate-column",
-]
-"""The stable reason codes of :class:`InventoryError`."""
+
+class InventoryReason(enum.StrEnum):
+    """The stable reason codes of :class:`InventoryError`."""
+
+    CANNOT_OPEN = "cannot-open"
+    NOT_AN_INVENTORY = "not-an-inventory"
+    UNSUPPORTED_SCHEMA = "unsupported-schema"
+    DATABASE_ERROR = "database-error"
+    INVALID_RECORD = "invalid-record"
+    UNREADABLE_FILE = "unreadable-file"
+    MISSING_COLUMN = "missing-column"
+    DUPLICATE_COLUMN = "duplicate-column"
 
 
 class InventoryError(GatewayError):
@@ -167,17 +169,17 @@ class InventoryError(GatewayError):
         super().__init__(detail)
 
 
-InvalidRowReason: TypeAlias = Literal[
-    "bad-csv",
-    "field-count",
-    "missing-value",
-    "bad-eui64",
-    "unknown-device-type",
-    "bad-smets",
-    "unknown-status",
-    "not-utf8",
-]
-"""The stable reason codes of an :class:`ImportIssue`."""
+class InvalidRowReason(enum.StrEnum):
+    """The stable reason codes of an :class:`ImportIssue`."""
+
+    BAD_CSV = "bad-csv"
+    FIELD_COUNT = "field-count"
+    MISSING_VALUE = "missing-value"
+    BAD_EUI64 = "bad-eui64"
+    UNKNOWN_DEVICE_TYPE = "unknown-device-type"
+    BAD_SMETS = "bad-smets"
+    UNKNOWN_STATUS = "unknown-status"
+    NOT_UTF8 = "not-utf8"
 
 
 class ImportIssue(msgspec.Struct, frozen=True, kw_only=True):
@@ -375,7 +377,7 @@ class Inventory:
         self.path = os.fspath(path)
         if not create and not os.path.exists(self.path):
             raise InventoryError(
-                "cannot-open", f"{self.path}: no such inventory file", path=self.path
+                InventoryReason.CANNOT_OPEN, f"{self.path}: no such inventory file", path=self.path
             )
         if create:
             target, uri = self.path, False
@@ -385,7 +387,9 @@ class Inventory:
             conn = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise InventoryError(
-                "cannot-open", f"{self.path}: cannot open inventory: {exc}", path=self.path
+                InventoryReason.CANNOT_OPEN,
+                f"{self.path}: cannot open inventory: {exc}",
+                path=self.path,
             ) from exc
         try:
             _prepare(conn, self.path, create=create)
@@ -501,7 +505,11 @@ class Inventory:
                         break
                     except csv.Error as exc:
                         rows_read += 1
-                        issues.append(_issue(line, None, "", "bad-csv", f"not valid CSV: {exc}"))
+                        issues.append(
+                            _issue(
+                                line, None, "", InvalidRowReason.BAD_CSV, f"not valid CSV: {exc}"
+                            )
+                        )
                         last_line = reader.line_num
                         continue
                     last_line = reader.line_num
@@ -519,7 +527,7 @@ class Inventory:
                 imported += len(batch)
         except OSError as exc:
             raise InventoryError(
-                "unreadable-file",
+                InventoryReason.UNREADABLE_FILE,
                 f"{name}: cannot read: {exc.strerror or exc}",
                 path=name,
             ) from exc
@@ -548,7 +556,7 @@ class Inventory:
             yield
         except sqlite3.Error as exc:
             raise InventoryError(
-                "database-error", f"{self.path}: inventory: {exc}", path=self.path
+                InventoryReason.DATABASE_ERROR, f"{self.path}: inventory: {exc}", path=self.path
             ) from exc
 
 
@@ -557,7 +565,7 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         app_id, version = schema_marks(conn)
         if version > SCHEMA_VERSION:
             raise InventoryError(
-                "unsupported-schema",
+                InventoryReason.UNSUPPORTED_SCHEMA,
                 f"{path}: inventory schema version {version} is newer than this gateway's "
                 f"({SCHEMA_VERSION})",
                 path=path,
@@ -582,7 +590,7 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         )
     except sqlite3.Error as exc:
         raise InventoryError(
-            "cannot-open", f"{path}: cannot open inventory: {exc}", path=path
+            InventoryReason.CANNOT_OPEN, f"{path}: cannot open inventory: {exc}", path=path
         ) from exc
 
 
@@ -598,12 +606,12 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
 
 def _foreign(path: str, what: str) -> InventoryError:
     return InventoryError(
-        "not-an-inventory", f"{path}: not a poa-gateway inventory ({what})", path=path
+        InventoryReason.NOT_AN_INVENTORY, f"{path}: not a poa-gateway inventory ({what})", path=path
     )
 
 
 def _invalid(field: str, detail: str) -> InventoryError:
-    return InventoryError("invalid-record", f"{field}: {detail}", column=field)
+    return InventoryError(InventoryReason.INVALID_RECORD, f"{field}: {detail}", column=field)
 
 
 def _record(row: _Row) -> DeviceRecord:
@@ -673,7 +681,9 @@ def _first_row(reader: Iterator[list[str]], name: str) -> list[str]:
                 return fields
     except csv.Error as exc:
         raise InventoryError(
-            "unreadable-file", f"{name}: header row is not valid CSV: {exc}", path=name
+            InventoryReason.UNREADABLE_FILE,
+            f"{name}: header row is not valid CSV: {exc}",
+            path=name,
         ) from exc
     return []
 
@@ -686,7 +696,7 @@ def _header_index(header: list[str], name: str) -> tuple[dict[str, int], int]:
             continue
         if column in index:
             raise InventoryError(
-                "duplicate-column",
+                InventoryReason.DUPLICATE_COLUMN,
                 f"{name}: column {column!r} appears twice in the header",
                 path=name,
                 column=column,
@@ -696,7 +706,7 @@ def _header_index(header: list[str], name: str) -> tuple[dict[str, int], int]:
     if missing:
         what = "no header row" if not header else f"header is {','.join(header)[:200]!r}"
         raise InventoryError(
-            "missing-column",
+            InventoryReason.MISSING_COLUMN,
             f"{name}: missing required column{'s' if len(missing) > 1 else ''} "
             f"{', '.join(repr(c) for c in missing)} ({what})",
             path=name,
@@ -783,7 +793,9 @@ class _RowParser:
         """The row, or None after appending one issue per fault to ``issues``."""
         if len(fields) != self.width:
             detail = f"expected {self.width} fields (as in the header), got {len(fields)}"
-            issues.append(_issue(line, None, ",".join(fields), "field-count", detail))
+            issues.append(
+                _issue(line, None, ",".join(fields), InvalidRowReason.FIELD_COUNT, detail)
+            )
             return None
         before = len(issues)
 
@@ -794,12 +806,12 @@ class _RowParser:
             text = fields[position].strip() if position >= 0 else ""
             if not text:
                 if required:
-                    bad(column, text, "missing-value", f"{column} is required")
+                    bad(column, text, InvalidRowReason.MISSING_VALUE, f"{column} is required")
                 return None
             try:
                 return parse_eui64(text)
             except ValueError as exc:
-                bad(column, _visible(text), "bad-eui64", str(exc))
+                bad(column, _visible(text), InvalidRowReason.BAD_EUI64, str(exc))
                 return None
 
         def choice(column: str, position: int, table: dict[str, _T]) -> _T | None:
@@ -811,7 +823,7 @@ class _RowParser:
                     expected = f"expected {', '.join(allowed[:-1])} or {allowed[-1]}"
                     bad(column, _visible(text), _UNKNOWN[column], expected)
                 else:
-                    bad(column, text, "missing-value", f"{column} is required")
+                    bad(column, text, InvalidRowReason.MISSING_VALUE, f"{column} is required")
             return value
 
         device_id = eui("device_id", self.device_id, required=True)
@@ -819,12 +831,19 @@ class _RowParser:
         smets = choice("smets", self.smets, _SMETS)
         manufacturer = fields[self.manufacturer].strip()
         if not manufacturer:
-            bad("manufacturer", manufacturer, "missing-value", "manufacturer is required")
+            bad(
+                "manufacturer",
+                manufacturer,
+                InvalidRowReason.MISSING_VALUE,
+                "manufacturer is required",
+            )
         elif not _is_utf8(manufacturer):
-            bad("manufacturer", _visible(manufacturer), "not-utf8", "not valid UTF-8")
+            bad(
+                "manufacturer", _visible(manufacturer), InvalidRowReason.NOT_UTF8, "not valid UTF-8"
+            )
         model = fields[self.model].strip() if self.model >= 0 else ""
         if not _is_utf8(model):
-            bad("model", _visible(model), "not-utf8", "not valid UTF-8")
+            bad("model", _visible(model), InvalidRowReason.NOT_UTF8, "not valid UTF-8")
         chf_id = eui("chf_id", self.chf_id, required=False)
         status = choice("status", self.status, _STATUSES)
         supplier_id = eui("supplier_id", self.supplier_id, required=False)
@@ -851,9 +870,9 @@ class _RowParser:
 _T = TypeVar("_T")
 
 _UNKNOWN: dict[str, InvalidRowReason] = {
-    "device_type": "unknown-device-type",
-    "smets": "bad-smets",
-    "status": "unknown-status",
+    "device_type": InvalidRowReason.UNKNOWN_DEVICE_TYPE,
+    "smets": InvalidRowReason.BAD_SMETS,
+    "status": InvalidRowReason.UNKNOWN_STATUS,
 }
 
 # The notations people and tools actually write, with nothing around them. Anything else

@@ -120,6 +120,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import hashlib
 import itertools
 import os
@@ -163,20 +164,22 @@ APPLICATION_ID: Final = 0x504F4153  # "POAS": poa-gateway state
 Synchronous: TypeAlias = Literal["FULL", "NORMAL"]
 """The SQLite ``synchronous`` levels a store may use (see the module docstring)."""
 
-StoreReason: TypeAlias = Literal[
-    "cannot-open",
-    "not-a-store",
-    "unsupported-schema",
-    "database-error",
-    "corrupt-record",
-    "invalid-value",
-    "commit-failed",
-    "closed",
-    "state-empty",
-    "state-lost",
-    "state-mismatch",
-]
-"""The stable reason codes of :class:`StoreError`."""
+
+class StoreReason(enum.StrEnum):
+    """The stable reason codes of :class:`StoreError`."""
+
+    CANNOT_OPEN = "cannot-open"
+    NOT_A_STORE = "not-a-store"
+    UNSUPPORTED_SCHEMA = "unsupported-schema"
+    DATABASE_ERROR = "database-error"
+    CORRUPT_RECORD = "corrupt-record"
+    INVALID_VALUE = "invalid-value"
+    COMMIT_FAILED = "commit-failed"
+    CLOSED = "closed"
+    STATE_EMPTY = "state-empty"
+    STATE_LOST = "state-lost"
+    STATE_MISMATCH = "state-mismatch"
+
 
 MARKER_SUFFIX: Final = ".created"
 """The marker of a state store is the state file's name with this suffix, beside it."""
@@ -492,7 +495,9 @@ class Store:
         """
         name = os.fspath(path)
         if synchronous not in ("FULL", "NORMAL"):
-            raise StoreError("invalid-value", f"synchronous must be FULL or NORMAL: {synchronous}")
+            raise StoreError(
+                StoreReason.INVALID_VALUE, f"synchronous must be FULL or NORMAL: {synchronous}"
+            )
         marker = name + MARKER_SUFFIX
         recorded = _check_state_file(name, marker, busy_timeout_s)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poa-store")
@@ -569,7 +574,7 @@ class Store:
         """Close both connections and the worker thread (idempotent).
 
         Writes still queued are *not* committed (as in a crash: see the module
-        docstring); flushes still waiting raise ``StoreError("closed")``. A commit already
+        docstring); flushes still waiting raise ``StoreError(StoreReason.CLOSED)``. A commit already
         running in the worker thread is waited for, so its outcome is whatever SQLite
         made of it.
         """
@@ -578,7 +583,9 @@ class Store:
         self._closed = True
         # The loop may already be closed (a store closed after asyncio.run returned).
         with contextlib.suppress(RuntimeError):
-            self._fail_waiters(StoreError("closed", f"{self.path}: store closed", path=self.path))
+            self._fail_waiters(
+                StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self.path)
+            )
         if self._task is not None and not self._task.done():
             with contextlib.suppress(RuntimeError):
                 self._task.cancel()
@@ -815,7 +822,7 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError("closed", f"{self.path}: store closed", path=self.path)
+            raise StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self.path)
 
     def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
         self._check_open()
@@ -851,7 +858,7 @@ class Store:
                 else:
                     self._committed_through(last)
         except asyncio.CancelledError:
-            error = StoreError("closed", f"{self.path}: store closed", path=self.path)
+            error = StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self.path)
             self._fail_waiters(error)
             raise
 
@@ -881,7 +888,7 @@ class Store:
     def _failed(self, exc: Exception, size: int) -> None:
         self.commit_failures += 1
         error = StoreError(
-            "commit-failed",
+            StoreReason.COMMIT_FAILED,
             f"{self.path}: commit of {size} write(s) failed: {exc}",
             path=self.path,
         )
@@ -907,7 +914,7 @@ class Store:
             yield
         except sqlite3.Error as exc:
             raise StoreError(
-                "database-error", f"{self.path}: state store: {exc}", path=self.path
+                StoreReason.DATABASE_ERROR, f"{self.path}: state store: {exc}", path=self.path
             ) from exc
 
     def _record(self, seq: int, blob: bytes) -> SuppressionRecord:
@@ -915,7 +922,7 @@ class Store:
             return decode_suppression_record(blob)
         except WireError as exc:
             raise StoreError(
-                "corrupt-record", f"{self.path}: suppression {seq}: {exc}", path=self.path
+                StoreReason.CORRUPT_RECORD, f"{self.path}: suppression {seq}: {exc}", path=self.path
             ) from exc
 
 
@@ -963,7 +970,7 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
         raise _foreign(path, f"application_id {app_id:#x}")
     if version > SCHEMA_VERSION:
         raise StoreError(
-            "unsupported-schema",
+            StoreReason.UNSUPPORTED_SCHEMA,
             f"{path}: state schema version {version} is newer than this gateway's "
             f"({SCHEMA_VERSION})",
             path=path,
@@ -1031,15 +1038,17 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
 
 
 def _foreign(path: str, what: str) -> StoreError:
-    return StoreError("not-a-store", f"{path}: not a poa-gateway state store ({what})", path=path)
+    return StoreError(
+        StoreReason.NOT_A_STORE, f"{path}: not a poa-gateway state store ({what})", path=path
+    )
 
 
 def _cannot_open(path: str, exc: sqlite3.Error) -> StoreError:
-    return StoreError("cannot-open", f"{path}: cannot open state store: {exc}", path=path)
+    return StoreError(StoreReason.CANNOT_OPEN, f"{path}: cannot open state store: {exc}", path=path)
 
 
 def _invalid(name: str, detail: str) -> StoreError:
-    return StoreError("invalid-value", f"{name}: {detail}")
+    return StoreError(StoreReason.INVALID_VALUE, f"{name}: {detail}")
 
 
 def _eui(name: str, value: bytes) -> bytes:
@@ -1216,13 +1225,13 @@ def _check_state_file(name: str, marker: str, busy_timeout_s: float) -> str | No
         size = None
     except OSError as exc:
         raise StoreError(
-            "cannot-open", f"{name}: cannot open state store: {exc}", path=name
+            StoreReason.CANNOT_OPEN, f"{name}: cannot open state store: {exc}", path=name
         ) from exc
     if size == 0:
         # SQLite would take it for a new database and the gateway would start empty.
         remedy = f"{name} and {marker}" if os.path.lexists(marker) else name
         raise StoreError(
-            "state-empty",
+            StoreReason.STATE_EMPTY,
             f"{name} is empty (0 bytes): the gateway never leaves an empty state file, so "
             f"the state it held was lost. Restore {name} and {marker} from a backup; or, to "
             f"start afresh deliberately, delete {remedy}: {_AFRESH}.",
@@ -1242,7 +1251,7 @@ def _check_state_file(name: str, marker: str, busy_timeout_s: float) -> str | No
 
 def _state_lost(name: str, marker: str, what: str) -> StoreError:
     return StoreError(
-        "state-lost",
+        StoreReason.STATE_LOST,
         f"{name} {what}, but {marker} says a state store was created there: its windows, "
         f"counters and suppression records are gone. Restore {name} from a backup (with "
         f"{marker}, which travels with it); or, to start afresh deliberately, delete "
@@ -1258,14 +1267,14 @@ def _read_marker(name: str, marker: str) -> str | None:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise StoreError(
-            "cannot-open", f"{marker}: cannot read the marker: {exc}", path=name
+            StoreReason.CANNOT_OPEN, f"{marker}: cannot read the marker: {exc}", path=name
         ) from exc
     for line in text.splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "store_id" and _is_store_id(value.strip()):
             return value.strip()
     raise StoreError(
-        "state-mismatch",
+        StoreReason.STATE_MISMATCH,
         f"{marker} records no store id, so {name} cannot be checked against it. Restore "
         f"both from one backup; or, if {name} is the state to keep, delete {marker} (it is "
         "written again from the state file at the next start).",
@@ -1316,7 +1325,7 @@ def _create_whole(name: str, busy_timeout_s: float) -> None:
         raise _cannot_open(name, exc) from exc
     except OSError as exc:
         raise StoreError(
-            "cannot-open", f"{name}: cannot create state store: {exc}", path=name
+            StoreReason.CANNOT_OPEN, f"{name}: cannot create state store: {exc}", path=name
         ) from exc
     finally:
         if conn is not None:
@@ -1337,7 +1346,7 @@ def _identify(conn: sqlite3.Connection, name: str, marker: str, recorded: str | 
         if recorded is not None:
             if stored != recorded:
                 raise StoreError(
-                    "state-mismatch",
+                    StoreReason.STATE_MISMATCH,
                     f"{name} is not the state store {marker} was written for (store "
                     f"{stored or 'with no id'}, marker {recorded}): another gateway's "
                     f"file, or a backup older than the marker? Restore both from one "
@@ -1391,7 +1400,7 @@ def _write_marker(name: str, marker: str, store_id: str) -> None:
         _fsync_dir(marker)
     except OSError as exc:
         raise StoreError(
-            "cannot-open", f"{marker}: cannot write the marker: {exc}", path=name
+            StoreReason.CANNOT_OPEN, f"{marker}: cannot write the marker: {exc}", path=name
         ) from exc
 
 
