@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import gc
 import json
 import os
@@ -143,15 +144,23 @@ HOUSEKEEPING_GUARD_MS: Final = 60_000
 _T = TypeVar("_T")
 
 
+class StartupReason(enum.StrEnum):
+    """Why the gateway cannot start with its configuration (a log field)."""
+
+    TRUST_MISSING = "trust-missing"  # paths.trust_dir is not a folder
+    TRUST_UNREADABLE = "trust-unreadable"  # a certificate file cannot be read
+    TRUST_EMPTY = "trust-empty"  # no usable certificate: no command could be verified
+
+
 class StartupError(GatewayError):
     """The gateway cannot start with this configuration (a missing or empty trust store):
     retrying unchanged can never work, so ``run`` exits ``Exit.CONFIG`` (78).
 
     Attributes:
-        reason: stable code: ``trust-missing``, ``trust-unreadable``, ``trust-empty``.
+        reason: stable code, a :class:`StartupReason`.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: StartupReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
@@ -352,20 +361,22 @@ class Gateway:
     def _load_trust(self, folder: Path) -> TrustStore:
         if not folder.is_dir():
             raise StartupError(
-                "trust-missing",
+                StartupReason.TRUST_MISSING,
                 f"trust folder {folder} does not exist or is not a folder (paths.trust_dir): "
                 "put the Suppliers' certificates (PEM) there",
             )
         try:
             trust = TrustStore.from_directory(folder)
         except (GbcsError, OSError) as exc:
-            raise StartupError("trust-unreadable", f"trust folder {folder}: {exc}") from exc
+            raise StartupError(
+                StartupReason.TRUST_UNREADABLE, f"trust folder {folder}: {exc}"
+            ) from exc
         for name, why in trust.skipped:
             self.log.debug("trust.skipped", file=name, reason=why)
         if len(trust) == 0:
             # No signer: every CS06 would be refused and no window ever open, silently.
             raise StartupError(
-                "trust-empty",
+                StartupReason.TRUST_EMPTY,
                 f"trust folder {folder} holds no usable certificate "
                 f"({len(trust.skipped)} file(s) skipped): no command could be verified",
             )
