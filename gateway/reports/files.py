@@ -446,15 +446,16 @@ def _write_xlsx(
     from openpyxl import Workbook  # noqa: PLC0415
     from openpyxl.cell import WriteOnlyCell  # noqa: PLC0415
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # noqa: PLC0415
-    from openpyxl.worksheet._write_only import WriteOnlyWorksheet  # noqa: PLC0415
+    from openpyxl.worksheet.worksheet import Worksheet  # noqa: PLC0415
 
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet(SHEET_TITLE)
-    assert isinstance(sheet, WriteOnlyWorksheet)
+    # A write-only workbook makes write-only sheets; said through the public class, not
+    # the write-only class's private module.
+    assert not isinstance(sheet, Worksheet)
     widths = (34, 25, 25, 26, 26, 26, 26, 40, 25, 20, 13)
-    # column_dimensions exists on a write-only sheet (set up by Worksheet._setup) but is
-    # missing from types-openpyxl; widths must be set before the first row is written.
-    dimensions = sheet.column_dimensions  # type: ignore[attr-defined]
+    # Widths must be set before the first row is written.
+    dimensions = sheet.column_dimensions
     for column, width in zip("ABCDEFGHIJK", widths, strict=True):
         dimensions[column].width = width
     sheet.freeze_panes = f"A{len(XLSX_HEADER_LABELS) + 2}"  # keep the column names in view
