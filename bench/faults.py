@@ -74,7 +74,8 @@ from gateway.config import Config, load_config
 from gateway.core.engine import Engine
 from gateway.core.events import AlertDecision
 from gateway.metrics import Metrics
-from gateway.service import GC_THRESHOLDS, HANDLER_ATTEMPTS, Gateway
+from gateway.quarantine import HANDLER_ATTEMPTS
+from gateway.service import GC_THRESHOLDS, Gateway
 from gateway.state.sqlite import Store
 from tests.e2e_support import CHF, OTHER_CHF, Client, Home, cs06, now_ms
 from tests.test_faults import fill, in_process, meters, sqlite, until

@@ -49,7 +49,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -89,24 +89,30 @@ from .errors import GatewayError
 from .guids import GuidList, GuidListError
 from .logs import JsonLog
 from .metrics import Metrics
+from .quarantine import (
+    HANDLER_ATTEMPTS,
+    NOT_THE_MESSAGE,
+    Poisoned,
+    attempt,
+    describe,
+    quarantine_entry,
+    quarantine_notice,
+)
 from .reports.files import Rotation, write_report
 from .sdnotify import Notifier
 from .state.inventory import Inventory, InventoryError, from_envelope
 from .state.protocol import OpenStore, StateStore
-from .state.sqlite import QuarantineEntry, Store, StoreError, quarantine_id
+from .state.sqlite import QuarantineEntry, Store, StoreError
 from .transport.mqtt import (
     ConnectionRefusedPermanently,
     Delivery,
     MqttAdapter,
     MqttSettings,
-    NotConnected,
-    PublishRefused,
     install_exception_filter,
 )
 from .transport.protocol import DeliveryHandler, EventSink, MakeTransport, Transport
 from .wire import (
     DccAlertEnvelope,
-    QuarantineNotice,
     SuppressionRecord,
     WireError,
     decode_dcc_alert,
@@ -123,25 +129,13 @@ GC_THRESHOLDS: tuple[int, int, int] = (50_000, 20, 100)
 
 _BatchedAlert: TypeAlias = tuple[DccAlertEnvelope, bytes, int, Delivery]
 
-# How often a message's handling is tried before the message is quarantined. A bug that
-# raises on one message must not hold back the ones behind it (docs/decisions.md D24).
-HANDLER_ATTEMPTS: Final = 3
-
-# Failures of the gateway's surroundings, not of one message: the message is left with
-# the broker (not acknowledged) rather than quarantined, and comes back.
-_NOT_THE_MESSAGE: Final = (StoreError, PublishRefused, NotConnected)
-
 # While the state store cannot commit, it is retried with this backoff (seconds).
 STORE_RETRY_MIN_S: Final = 0.5
 STORE_RETRY_MAX_S: Final = 5.0
 
-_ERROR_TEXT_LIMIT: Final = 500
-
 # Housekeeping wakes at its deadlines (see Gateway._arm_housekeeping), and at least this
 # often, so that a step of the wall clock cannot leave a window open for long.
 HOUSEKEEPING_GUARD_MS: Final = 60_000
-
-_T = TypeVar("_T")
 
 
 class StartupReason(enum.StrEnum):
@@ -163,44 +157,6 @@ class StartupError(GatewayError):
     def __init__(self, reason: StartupReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
-
-
-class Poisoned(GatewayError):
-    """Handling one message raised on every attempt: the message is quarantined."""
-
-    def __init__(self, cause: BaseException, attempts: int) -> None:
-        super().__init__(f"{type(cause).__name__} after {attempts} attempt(s): {cause}")
-        self.cause = cause
-        self.attempts = attempts
-
-
-def describe(exc: BaseException) -> str:
-    """The text of an unexpected exception, clipped, for a log line or a quarantine entry;
-    never raises (``str()`` itself can: an int past the digit limit in its args)."""
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001 - whatever its __str__ does
-        text = f"<{type(exc).__name__}: its text cannot be shown>"
-    if len(text) > _ERROR_TEXT_LIMIT:
-        text = text[:_ERROR_TEXT_LIMIT] + "..."
-    return text
-
-
-def attempt(fn: Callable[..., _T], *args: Any) -> _T:
-    """``fn(*args)``, tried up to :data:`HANDLER_ATTEMPTS` times; raises :class:`Poisoned`
-    with the last error when every try raised. A failure of the surroundings (the
-    store, the broker) and a typed refusal of the input (``WireError``, ``GbcsError``)
-    are raised as they are."""
-    error: BaseException | None = None
-    for _ in range(HANDLER_ATTEMPTS):
-        try:
-            return fn(*args)
-        except (*_NOT_THE_MESSAGE, WireError, GbcsError):
-            raise  # the surroundings, or a typed refusal of the input: no bug to retry
-        except Exception as exc:  # noqa: BLE001 - any bug on one message: try again
-            error = exc
-    assert error is not None
-    raise Poisoned(error, HANDLER_ATTEMPTS) from error
 
 
 class _AlertBatch:
@@ -515,7 +471,7 @@ class Gateway:
             try:
                 await handler(payload, received)
                 await self._durable()
-            except _NOT_THE_MESSAGE as exc:
+            except NOT_THE_MESSAGE as exc:
                 delivery.fail(exc)  # not acknowledged; the adapter says why
                 return
             except Exception as exc:  # noqa: BLE001 - a bug on this message: try again
@@ -526,53 +482,22 @@ class Gateway:
         assert error is not None
         try:
             await self._quarantine(topic, payload, received, error, forward=False)
-        except _NOT_THE_MESSAGE as exc:
+        except NOT_THE_MESSAGE as exc:
             delivery.fail(exc)
             return
         self._acknowledge(delivery)
 
     # -- quarantine -------------------------------------------------------------------
 
-    def _quarantine_entry(
-        self, topic: str, payload: bytes, received: int, error: BaseException, *, forward: bool
-    ) -> QuarantineEntry:
-        cause = error.cause if isinstance(error, Poisoned) else error
-        attempts = error.attempts if isinstance(error, Poisoned) else HANDLER_ATTEMPTS
-        text = describe(cause)
-        return QuarantineEntry(
-            id=quarantine_id(topic, payload),
-            topic=topic,
-            payload=payload,
-            reason=type(cause).__name__,
-            error=text,
-            attempts=attempts,
-            received_at=received,
-            quarantined_at=self.clock(),
-            forwarded=forward,
-        )
-
     def _quarantine_notice(self, entry: QuarantineEntry) -> tuple[str, bytes]:
-        notice = QuarantineNotice(
-            v=1,
-            kind="quarantine",
-            id=entry.id,
-            topic=entry.topic,
-            payload=entry.payload,
-            reason=entry.reason,
-            error=entry.error,
-            attempts=entry.attempts,
-            received_at=entry.received_at,
-            quarantined_at=entry.quarantined_at,
-            forwarded=entry.forwarded,
-        )
-        return self.topics["quarantine"], encode(notice)
+        return self.topics["quarantine"], encode(quarantine_notice(entry))
 
     async def _quarantine(
         self, topic: str, payload: bytes, received: int, error: BaseException, *, forward: bool
     ) -> None:
         """Keep a message whose handling raised on every attempt, tell the operators, and
         (a DCC alert: the safety direction) forward it unread. The caller acknowledges."""
-        entry = self._quarantine_entry(topic, payload, received, error, forward=forward)
+        entry = quarantine_entry(topic, payload, received, error, self.clock(), forward=forward)
         publishes = [self._quarantine_notice(entry)]
         if forward:
             publishes.insert(0, (self.topics["dno_alert"], payload))
@@ -699,7 +624,7 @@ class Gateway:
     ) -> None:
         try:
             await self._quarantine(self._alert_topic, payload, received, error, forward=True)
-        except _NOT_THE_MESSAGE as failed:
+        except NOT_THE_MESSAGE as failed:
             delivery.fail(failed)
             return
         self._acknowledge(delivery)
@@ -728,7 +653,7 @@ class Gateway:
         except asyncio.CancelledError:
             batch.done.cancel()  # shutting down: nothing is acknowledged
             raise
-        except _NOT_THE_MESSAGE as exc:
+        except NOT_THE_MESSAGE as exc:
             # Every alert of the batch stays unacknowledged; on redelivery those whose
             # effect was recorded are recognised and not repeated.
             batch.done.set_exception(exc)
@@ -762,7 +687,7 @@ class Gateway:
             try:
                 try:
                     await self._decide([item])
-                except _NOT_THE_MESSAGE:
+                except NOT_THE_MESSAGE:
                     raise
                 except Exception as exc:  # noqa: BLE001 - this alert alone fails
                     poisoned = Poisoned(exc, 1)
@@ -792,8 +717,8 @@ class Gateway:
             except Poisoned as exc:
                 # This alert alone: forwarded unjudged (the safety direction) and
                 # quarantined; the rest of the batch goes on.
-                entry = self._quarantine_entry(
-                    self._alert_topic, payload, received, exc, forward=True
+                entry = quarantine_entry(
+                    self._alert_topic, payload, received, exc, self.clock(), forward=True
                 )
                 poisoned.append(entry)
                 publishes.append((self.topics["dno_alert"], payload))

@@ -31,7 +31,8 @@ from gateway.core.events import AlertDecision
 from gateway.guids import write_guid_list
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
-from gateway.service import HANDLER_ATTEMPTS, Gateway, sqlite_and_mqtt
+from gateway.quarantine import HANDLER_ATTEMPTS
+from gateway.service import Gateway, sqlite_and_mqtt
 from gateway.state.inventory import Inventory
 from gateway.state.sqlite import Store
 from gateway.transport.mqtt import MqttAdapter
