@@ -1,6 +1,6 @@
-"""Durable state: what the gateway keeps on disk.
+"""Durable state: what the gateway keeps on disk (or in PostgreSQL).
 
-The ``StateStore`` protocol the shell writes through (protocol), its SQLite
-implementation (sqlite), the Smart Metering Inventory (inventory) and the SQLite helpers
-both stores share (sqlite_util).
+The ``StateStore`` protocol the shell writes through (protocol), its SQLite and
+PostgreSQL implementations (sqlite, postgresql), the Smart Metering Inventory (inventory)
+and the SQLite helpers the SQLite stores share (sqlite_util).
 """

@@ -1,0 +1,775 @@
+"""The daemon's durable state in PostgreSQL, written by group commit (issue 12).
+
+Theory of operation
+-------------------
+The same store as gateway/state/sqlite.py, on a PostgreSQL database instead of a file:
+the same tables (activations, counters, decisions, suppressions, quarantine), the same
+row formats (counters and EUI-64s as 8-byte ``bytea``, the decision as one ``bytea`` in
+the store's own row format, reused from sqlite.py), the same idempotent writes (the same
+``ON CONFLICT`` rules) and the same contract towards the shell (gateway/state/protocol.py).
+
+**Group commit** maps one to one (docs/decisions.md D27): each write method only queues
+the write; one background task hands everything queued to a dedicated one-thread
+executor, which applies it on the *write connection* in one transaction and commits it,
+then every :meth:`PostgresStore.flush` waiting on that batch returns. A commit costs a
+round trip and the server's WAL flush, so one commit per message would cap the daemon
+the same way an fsync per message does with SQLite. A failed commit (the connection
+lost, the server restarting, a constraint) rolls back, fails every waiting flush with
+``commit-failed`` and puts the batch back at the head of the queue; the next wake-up
+reconnects if the connection is gone and retries it.
+
+Reads are synchronous, on the caller's (event loop) thread, through a second connection
+in autocommit mode, so each read sees what is committed. :meth:`last_counter` also sees
+counters queued but not yet committed (the overlay), as in sqlite.py.
+
+**Schema version.** The table ``store_meta`` holds ``schema_version`` and a random
+``store_id``. A database with no table of ours is given the schema in one transaction
+(under an advisory lock, so two gateways starting at once create it once); a schema of
+another version is refused with ``unsupported-schema`` and nothing is changed: there is
+no migration yet, and none is run silently. Tables of ours without ``store_meta`` are
+refused with ``not-a-store``.
+
+**Secrets.** The DSN carries no password (gateway/config.py refuses one); the password
+is passed separately, from the environment. Errors name the host, port and database,
+never the password.
+
+The sequence numbers of the suppression log come from an identity column. With one
+writer connection they grow in commit order, which is what ``mark_reported_range``
+relies on (sqlite.py, :meth:`~gateway.state.sqlite.Store.mark_reported_range`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
+from types import TracebackType
+from typing import Any, Final, Self, TypeAlias
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from gateway.core.events import Activation, AlertDecision
+from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
+
+from .sqlite import (
+    QuarantineEntry,
+    StoredSuppression,
+    StoreError,
+    StoreReason,
+    _activation_row,
+    _decode_decision,
+    _encode_decision,
+    _eui,
+    _i64,
+    _u64,
+)
+
+__all__ = ["PG_SCHEMA_VERSION", "PostgresStore"]
+
+PG_SCHEMA_VERSION: Final = 1
+"""``store_meta.schema_version`` of a database written by this module."""
+
+_CONNECT_TIMEOUT_S: Final = 10
+_LOCK_KEY: Final = 0x504F4153  # "POAS", as the SQLite application_id
+
+_SCHEMA: Final = """
+CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE activations (
+    esme bytea NOT NULL CHECK (length(esme) = 8),
+    originator bytea NOT NULL CHECK (length(originator) = 8),
+    counter bytea NOT NULL CHECK (length(counter) = 8),
+    chf bytea NOT NULL CHECK (length(chf) = 8),
+    start_ms bigint NOT NULL,
+    end_ms bigint NOT NULL,
+    future_dated boolean NOT NULL,
+    seen_at bigint NOT NULL,
+    closed_early boolean NOT NULL,
+    succeeded boolean NOT NULL,
+    PRIMARY KEY (esme, originator, counter)
+);
+CREATE TABLE counters (
+    originator bytea NOT NULL CHECK (length(originator) = 8),
+    device bytea NOT NULL CHECK (length(device) = 8),
+    counter bytea NOT NULL CHECK (length(counter) = 8),
+    PRIMARY KEY (originator, device)
+);
+CREATE TABLE decisions (
+    alert_id text PRIMARY KEY,
+    decided_at bigint NOT NULL,
+    effect_done boolean NOT NULL,
+    decision bytea NOT NULL
+);
+CREATE INDEX decisions_decided_at ON decisions (decided_at);
+CREATE TABLE suppressions (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alert_id text NOT NULL UNIQUE,
+    record bytea NOT NULL,
+    received_at bigint NOT NULL,
+    report_id text
+);
+CREATE INDEX suppressions_unreported ON suppressions (seq) WHERE report_id IS NULL;
+CREATE TABLE quarantine (
+    id text PRIMARY KEY,
+    topic text NOT NULL,
+    payload bytea NOT NULL,
+    reason text NOT NULL,
+    error text NOT NULL,
+    attempts bigint NOT NULL,
+    received_at bigint NOT NULL,
+    quarantined_at bigint NOT NULL,
+    forwarded boolean NOT NULL,
+    replayed_at bigint
+)
+"""
+_OUR_TABLES: Final = (
+    "store_meta",
+    "activations",
+    "counters",
+    "decisions",
+    "suppressions",
+    "quarantine",
+)
+
+# The statements of sqlite.py in PostgreSQL's dialect; the same conflict rules.
+_LOAD_ACTIVATIONS = """
+SELECT esme, originator, counter, chf, start_ms, end_ms, future_dated, seen_at,
+    closed_early, succeeded
+FROM activations ORDER BY esme, originator, counter
+"""
+_PUT_ACTIVATION = """
+INSERT INTO activations (esme, originator, counter, chf, start_ms, end_ms,
+    future_dated, seen_at, closed_early, succeeded)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (esme, originator, counter) DO UPDATE SET
+    chf = excluded.chf, start_ms = excluded.start_ms, end_ms = excluded.end_ms,
+    future_dated = excluded.future_dated, seen_at = excluded.seen_at,
+    closed_early = excluded.closed_early, succeeded = excluded.succeeded
+"""
+_DELETE_ACTIVATION = "DELETE FROM activations WHERE esme = %s AND originator = %s AND counter = %s"
+_SET_COUNTER = """
+INSERT INTO counters (originator, device, counter) VALUES (%s, %s, %s)
+ON CONFLICT (originator, device) DO UPDATE SET counter = excluded.counter
+WHERE excluded.counter > counters.counter
+"""
+_SELECT_DECISIONS = "SELECT alert_id, decided_at, effect_done, decision FROM decisions "
+_LOAD_DECISIONS = _SELECT_DECISIONS + "WHERE decided_at >= %s ORDER BY decided_at, alert_id"
+_GET_DECISION = _SELECT_DECISIONS + "WHERE alert_id = %s"
+_PUT_DECISION = """
+INSERT INTO decisions (alert_id, decided_at, effect_done, decision) VALUES (%s, %s, %s, %s)
+ON CONFLICT (alert_id) DO UPDATE SET
+    decided_at = excluded.decided_at,
+    effect_done = CASE WHEN excluded.decided_at = decisions.decided_at
+        THEN decisions.effect_done OR excluded.effect_done
+        ELSE excluded.effect_done END,
+    decision = excluded.decision
+WHERE excluded.decided_at >= decisions.decided_at
+"""
+_APPEND_SUPPRESSION = """
+INSERT INTO suppressions (alert_id, record, received_at) VALUES (%s, %s, %s)
+ON CONFLICT (alert_id) DO NOTHING
+"""
+_MARK_REPORTED_RANGE = """
+UPDATE suppressions SET report_id = %s WHERE seq BETWEEN %s AND %s AND report_id IS NULL
+"""
+_UNREPORTED = "SELECT seq, record FROM suppressions WHERE report_id IS NULL ORDER BY seq LIMIT %s"
+_PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < %s"
+_PUT_QUARANTINE = """
+INSERT INTO quarantine (id, topic, payload, reason, error, attempts, received_at,
+    quarantined_at, forwarded)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET
+    reason = excluded.reason,
+    error = excluded.error,
+    attempts = excluded.attempts,
+    received_at = excluded.received_at,
+    quarantined_at = excluded.quarantined_at,
+    replayed_at = NULL
+WHERE quarantine.replayed_at IS NOT NULL
+"""
+_MARK_REPLAYED = "UPDATE quarantine SET replayed_at = %s WHERE id = %s"
+_SELECT_QUARANTINE = """
+SELECT id, topic, payload, reason, error, attempts, received_at, quarantined_at, forwarded,
+    replayed_at
+FROM quarantine
+"""
+_COUNTS = """
+SELECT
+    (SELECT count(*) FROM activations),
+    (SELECT count(*) FROM counters),
+    (SELECT count(*) FROM decisions),
+    (SELECT count(*) FROM suppressions),
+    (SELECT count(*) FROM suppressions WHERE report_id IS NULL),
+    (SELECT count(*) FROM quarantine)
+"""
+
+# Writes to different tables commute, so a batch is applied table by table, in queue
+# order within each (as sqlite.py's _TABLE_OF).
+_TABLE_OF: Final = {
+    _PUT_ACTIVATION: 0,
+    _DELETE_ACTIVATION: 0,
+    _SET_COUNTER: 1,
+    _PUT_DECISION: 2,
+    _PRUNE_DECISIONS: 2,
+    _APPEND_SUPPRESSION: 3,
+    _MARK_REPORTED_RANGE: 3,
+    _PUT_QUARANTINE: 4,
+    _MARK_REPLAYED: 4,
+}
+
+_Op: TypeAlias = tuple[str, tuple[Any, ...]]
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/dbname`` of a DSN, for messages: never the password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable DSN)"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+class PostgresStore:
+    """The daemon's durable state in a PostgreSQL database. See the module docstring.
+
+    Open with :meth:`PostgresStore.open`; close with :meth:`aclose` (flushes first) or
+    :meth:`close`.
+
+    Attributes:
+        path: where the store is, for messages (``host:port/dbname``, no password).
+        commits: group commits that succeeded.
+        commit_failures: group commits that failed.
+        last_error: the error of the last failed commit, None once a commit succeeds.
+        store_id: the store's random id, in ``store_meta``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        password: str | None,
+        *,
+        reader: psycopg.Connection[Any],
+        writer: psycopg.Connection[Any],
+        executor: ThreadPoolExecutor,
+        store_id: str,
+    ) -> None:
+        """Internal: use :meth:`PostgresStore.open`."""
+        self._dsn = dsn
+        self._password = password
+        self.path = describe_dsn(dsn)
+        self.store_id = store_id
+        self.commits = 0
+        self.commit_failures = 0
+        self.last_error: StoreError | None = None
+        self._reader = reader
+        self._writer = writer  # used only from the executor's thread
+        self._executor = executor
+        self._closed = False
+        self._queue: list[_Op] = []
+        self._queued = 0
+        self._committed = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._overlay: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, dsn: str, *, password: str | None = None) -> Self:
+        """Connect to the database of ``dsn`` and check (or create) its schema.
+
+        Args:
+            dsn: a libpq connection string or URI, without a password.
+            password: the password, from the environment; None for none (peer, trust,
+                a .pgpass file).
+
+        Raises:
+            StoreError: ``cannot-open`` (no connection: the message names host, port and
+                database), ``unsupported-schema`` (another schema version: nothing is
+                changed) or ``not-a-store``.
+        """
+        where = describe_dsn(dsn)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poa-pg-store")
+        reader: psycopg.Connection[Any] | None = None
+        writer: psycopg.Connection[Any] | None = None
+        try:
+            writer = executor.submit(_connect, dsn, password).result()
+            store_id = executor.submit(_prepare, writer, where).result()
+            reader = _connect(dsn, password, autocommit=True)
+        except BaseException:
+            for conn in (reader, writer):
+                if conn is not None:
+                    conn.close()
+            executor.shutdown(wait=True)
+            raise
+        return cls(
+            dsn, password, reader=reader, writer=writer, executor=executor, store_id=store_id
+        )
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background commit task on the running event loop (idempotent)."""
+        self._check_open()
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="poa-pg-store-commit")
+            if self._queue:
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Return when every write queued before this call is committed.
+
+        Raises:
+            StoreError: ``commit-failed`` (the writes are retried with the next batch)
+                or ``closed``.
+        """
+        self._check_open()
+        target = self._queued
+        if target <= self._committed:
+            return
+        self.start()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        assert self._wake is not None
+        self._wake.set()
+        await future
+
+    async def aclose(self) -> None:
+        """Flush queued writes, then close, even if the flush fails."""
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close both connections; queued writes are not committed (as in a crash)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):
+            self._fail_waiters(StoreError(StoreReason.CLOSED, f"{self.path}: store closed"))
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(RuntimeError):
+                self._task.cancel()
+        self._queue.clear()
+        self._overlay.clear()
+        self._reader.close()
+        self._executor.submit(self._close_writer).result()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet committed (including those of a failed commit)."""
+        return self._queued - self._committed
+
+    # -- writes (queued; see flush) ------------------------------------------------------
+
+    def put_activation(self, a: Activation) -> None:
+        """Record an activation, replacing the one with the same (esme, originator, counter)."""
+        esme, originator, counter, chf, start, end, future, seen, closed, succeeded = (
+            _activation_row(a)
+        )
+        row = (esme, originator, counter, chf, start, end, bool(future), seen, bool(closed))
+        self._enqueue(_PUT_ACTIVATION, (*row, bool(succeeded)))
+
+    def delete_activation(self, a: Activation) -> None:
+        """Forget an activation (by esme, originator, counter); nothing if not recorded."""
+        key = (
+            _eui("esme", a.esme),
+            _eui("originator", a.originator),
+            _u64("counter", a.counter),
+        )
+        self._enqueue(_DELETE_ACTIVATION, key)
+
+    def set_counter(self, originator: bytes, device: bytes, counter: int) -> None:
+        """Record an accepted originator counter; the stored value only ever goes up."""
+        key = (_eui("originator", originator), _eui("device", device))
+        self._enqueue(_SET_COUNTER, (*key, _u64("counter", counter)))
+        previous = self._overlay.get(key)
+        best = counter if previous is None else max(counter, previous[0])
+        self._overlay[key] = (best, self._queued)
+
+    def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None:
+        """Record an alert decision (the same rules as the SQLite store)."""
+        row = (
+            decision.alert_id,
+            _i64("decided_at", decision.decided_at),
+            bool(effect_done),
+            _encode_decision(decision),
+        )
+        self._enqueue(_PUT_DECISION, row)
+
+    def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
+        """Append a record to the suppression log; the first record of an alert id stays."""
+        blob = encode(record) if encoded is None else encoded
+        row = (record.alert_id, blob, _i64("received_at", record.received_at))
+        self._enqueue(_APPEND_SUPPRESSION, row)
+
+    def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
+        """Record that a report includes every unreported entry from ``first`` to ``last``."""
+        self._enqueue(_MARK_REPORTED_RANGE, (report_id, _i64("first", first), _i64("last", last)))
+
+    def prune_decisions(self, before_ms: int) -> None:
+        """Forget the decisions made before ``before_ms``."""
+        self._enqueue(_PRUNE_DECISIONS, (_i64("before_ms", before_ms),))
+
+    def put_quarantine(self, entry: QuarantineEntry) -> None:
+        """Keep a message that could not be handled (first copy stays unless replayed)."""
+        row = (
+            entry.id,
+            entry.topic,
+            bytes(entry.payload),
+            entry.reason,
+            entry.error,
+            _i64("attempts", entry.attempts),
+            _i64("received_at", entry.received_at),
+            _i64("quarantined_at", entry.quarantined_at),
+            bool(entry.forwarded),
+        )
+        self._enqueue(_PUT_QUARANTINE, row)
+
+    def mark_replayed(self, entry_id: str, at_ms: int) -> None:
+        """Record that a quarantined message was published again at ``at_ms``."""
+        self._enqueue(_MARK_REPLAYED, (_i64("at_ms", at_ms), entry_id))
+
+    # -- reads (synchronous, committed state) ----------------------------------------------
+
+    def load_activations(self) -> list[Activation]:
+        """Every recorded activation (for ``Engine.restore``)."""
+        return [_activation(row) for row in self._fetch(_LOAD_ACTIVATIONS)]
+
+    def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:
+        """Decisions made at or after ``since_ms``, oldest first, with ``effect_done``."""
+        rows = self._fetch(_LOAD_DECISIONS, (_i64("since_ms", since_ms),))
+        return [_decision(row) for row in rows]
+
+    def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None:
+        """The recorded decision on ``alert_id`` and its ``effect_done``, or None."""
+        rows = self._fetch(_GET_DECISION, (alert_id,))
+        return _decision(rows[0]) if rows else None
+
+    def last_counter(self, originator: bytes, device: bytes) -> int | None:
+        """The highest counter accepted, including counters queued but not committed."""
+        key = (bytes(originator), bytes(device))
+        rows = self._fetch(
+            "SELECT counter FROM counters WHERE originator = %s AND device = %s", key
+        )
+        stored = int.from_bytes(rows[0][0], "big") if rows else None
+        pending = self._overlay.get(key)
+        if pending is None:
+            return stored
+        return pending[0] if stored is None else max(stored, pending[0])
+
+    def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+        """Up to ``limit`` log entries not yet in a report, as (seq, record), by seq."""
+        rows = self._fetch(_UNREPORTED, (limit,))
+        return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
+
+    async def read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+        """:meth:`unreported`, in a thread with a connection of its own."""
+        self._check_open()
+        return await asyncio.to_thread(self._read_unreported, limit)
+
+    def _read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+        with self._reading(), _connect(self._dsn, self._password, autocommit=True) as conn:
+            rows = conn.execute(_UNREPORTED, (limit,)).fetchall()
+        return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
+
+    def unreported_count(self) -> int:
+        """How many log entries are not yet in a report."""
+        rows = self._fetch("SELECT count(*) FROM suppressions WHERE report_id IS NULL")
+        return int(rows[0][0])
+
+    def suppressions_for(self, alert_id: str) -> list[StoredSuppression]:
+        """The log entry for ``alert_id``, as a list (empty, or one entry)."""
+        rows = self._fetch(
+            "SELECT seq, record, report_id FROM suppressions WHERE alert_id = %s ORDER BY seq",
+            (alert_id,),
+        )
+        return [
+            StoredSuppression(seq=int(seq), record=self._record(seq, blob), report_id=report_id)
+            for seq, blob, report_id in rows
+        ]
+
+    def quarantined(self, limit: int = 1000) -> list[QuarantineEntry]:
+        """The most recent ``limit`` quarantined messages, newest first."""
+        rows = self._fetch(
+            _SELECT_QUARANTINE + "ORDER BY quarantined_at DESC, id LIMIT %s", (limit,)
+        )
+        return [_quarantine_entry(row) for row in rows]
+
+    def quarantine_entry(self, entry_id: str) -> QuarantineEntry | None:
+        """The quarantined message ``entry_id``, or None."""
+        rows = self._fetch(_SELECT_QUARANTINE + "WHERE id = %s", (entry_id,))
+        return _quarantine_entry(rows[0]) if rows else None
+
+    def counts(self) -> dict[str, int]:
+        """Row counts, as :meth:`gateway.state.sqlite.Store.counts`."""
+        (row,) = self._fetch(_COUNTS)
+        names = (
+            "activations",
+            "counters",
+            "decisions",
+            "suppressions",
+            "unreported",
+            "quarantined",
+        )
+        return {name: int(n) for name, n in zip(names, row, strict=True)}
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(StoreReason.CLOSED, f"{self.path}: store closed")
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._reading():
+            try:
+                return self._reader.execute(sql, params).fetchall()
+            except psycopg.OperationalError:
+                if not self._reader.broken:
+                    raise
+            # The server ended the connection (a restart): reads are idempotent, so one
+            # new connection and one more try.
+            self._reader.close()
+            try:
+                self._reader = _connect(self._dsn, self._password, autocommit=True)
+            except StoreError as exc:
+                raise StoreError(StoreReason.DATABASE_ERROR, exc.detail, path=self.path) from exc
+            return self._reader.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        self._check_open()
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StoreError(
+                StoreReason.DATABASE_ERROR, f"{self.path}: state store: {exc}"
+            ) from exc
+
+    def _record(self, seq: int, blob: bytes) -> SuppressionRecord:
+        try:
+            return decode_suppression_record(bytes(blob))
+        except WireError as exc:
+            raise StoreError(
+                StoreReason.CORRUPT_RECORD, f"{self.path}: suppression {seq}: {exc}"
+            ) from exc
+
+    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._check_open()
+        self._queue.append((sql, params))
+        self._queued += 1
+        if self._task is None:
+            try:
+                self.start()
+            except RuntimeError:
+                return  # no event loop yet: the first flush() starts the task
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        wake = self._wake
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if not self._queue:
+                    continue
+                batch, self._queue = self._queue, []
+                last = self._queued
+                try:
+                    await loop.run_in_executor(self._executor, self._commit, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure fails the waiters
+                    self._queue[:0] = batch  # retried, in order, with the next batch
+                    self._failed(exc, len(batch))
+                else:
+                    self._committed_through(last)
+        except asyncio.CancelledError:
+            self._fail_waiters(StoreError(StoreReason.CLOSED, f"{self.path}: store closed"))
+            raise
+
+    def _commit(self, batch: list[_Op]) -> None:
+        # Runs in the worker thread: the only place the write connection is used.
+        if self._writer.closed or self._writer.broken:
+            # Lost (server restart, connection terminated): reconnect for the retry.
+            self._writer.close()
+            self._writer = _connect(self._dsn, self._password)
+        conn = self._writer
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                ordered = sorted(batch, key=lambda op: _TABLE_OF[op[0]])
+                for sql, ops in itertools.groupby(ordered, key=itemgetter(0)):
+                    cur.executemany(sql, [params for _, params in ops])
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.rollback()  # nothing pending: a no-op after the commit
+
+    def _close_writer(self) -> None:
+        # The attribute is read in the worker thread: _commit may have replaced it.
+        self._writer.close()
+
+    def _committed_through(self, last: int) -> None:
+        self._committed = last
+        self.commits += 1
+        self.last_error = None
+        done = [key for key, (_, ticket) in self._overlay.items() if ticket <= last]
+        for key in done:
+            del self._overlay[key]
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for target, future in self._waiters:
+            if target > last:
+                still.append((target, future))
+            elif not future.done():
+                future.set_result(None)
+        self._waiters = still
+
+    def _failed(self, exc: Exception, size: int) -> None:
+        self.commit_failures += 1
+        error = StoreError(
+            StoreReason.COMMIT_FAILED, f"{self.path}: commit of {size} write(s) failed: {exc}"
+        )
+        error.__cause__ = exc
+        self.last_error = error
+        self._fail_waiters(error)
+
+    def _fail_waiters(self, error: StoreError) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, future in waiters:
+            if not future.done():
+                mine = StoreError(error.reason, error.detail, path=error.path)
+                mine.__cause__ = error.__cause__
+                future.set_exception(mine)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _connect(
+    dsn: str, password: str | None, *, autocommit: bool = False
+) -> psycopg.Connection[Any]:
+    where = describe_dsn(dsn)
+    extra: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_S}
+    if password:
+        extra["password"] = password
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, **extra)
+    except psycopg.Error as exc:
+        # libpq's first line says what failed (refused, no such database, auth);
+        # it never contains the password.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StoreError(
+            StoreReason.CANNOT_OPEN,
+            f"cannot connect to the PostgreSQL state store at {where}: {first}",
+            path=where,
+        ) from None
+
+
+def _prepare(conn: psycopg.Connection[Any], where: str) -> str:
+    """Check the schema (creating it in an empty database); return the store id."""
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            found = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+                    (list(_OUR_TABLES),),
+                ).fetchall()
+            }
+            if not found:
+                for statement in _SCHEMA.split(";"):
+                    conn.execute(statement)
+                store_id = secrets.token_hex(16)
+                conn.execute(
+                    "INSERT INTO store_meta (key, value) VALUES ('schema_version', %s), "
+                    "('store_id', %s)",
+                    (str(PG_SCHEMA_VERSION), store_id),
+                )
+                return store_id
+            if "store_meta" not in found:
+                raise StoreError(
+                    StoreReason.NOT_A_STORE,
+                    f"{where}: not a poa-gateway state store (tables {', '.join(sorted(found))} "
+                    "but no store_meta)",
+                    path=where,
+                )
+            meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
+    except psycopg.Error as exc:
+        raise StoreError(
+            StoreReason.CANNOT_OPEN, f"{where}: cannot prepare the state store: {exc}", path=where
+        ) from exc
+    version = meta.get("schema_version")
+    if version != str(PG_SCHEMA_VERSION):
+        older = version is not None and version.isdigit() and int(version) < PG_SCHEMA_VERSION
+        age = "older" if older else "newer"
+        raise StoreError(
+            StoreReason.UNSUPPORTED_SCHEMA,
+            f"{where}: state schema version {version} is {age} than this gateway's "
+            f"({PG_SCHEMA_VERSION}); nothing was changed. Run the gateway version that "
+            "wrote it, or migrate the database first.",
+            path=where,
+        )
+    return str(meta.get("store_id", ""))
+
+
+def _activation(row: Sequence[Any]) -> Activation:
+    esme, originator, counter, chf, start, end, future, seen_at, closed, succeeded = row
+    return Activation(
+        esme=bytes(esme),
+        chf=bytes(chf),
+        originator=bytes(originator),
+        counter=int.from_bytes(counter, "big"),
+        start_ms=int(start),
+        end_ms=int(end),
+        future_dated=bool(future),
+        seen_at=int(seen_at),
+        closed_early=bool(closed),
+        succeeded=bool(succeeded),
+    )
+
+
+def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
+    alert_id, _decided_at, effect_done, blob = row
+    return _decode_decision(alert_id, bytes(blob)), bool(effect_done)
+
+
+def _quarantine_entry(row: Sequence[Any]) -> QuarantineEntry:
+    entry_id, topic, payload, reason, error, attempts, received, quarantined, fwd, replayed = row
+    return QuarantineEntry(
+        id=entry_id,
+        topic=topic,
+        payload=bytes(payload),
+        reason=reason,
+        error=error,
+        attempts=int(attempts),
+        received_at=int(received),
+        quarantined_at=int(quarantined),
+        forwarded=bool(fwd),
+        replayed_at=None if replayed is None else int(replayed),
+    )
