@@ -414,6 +414,48 @@ class PathsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             _check_not_empty(f"paths.{name}", getattr(self, name))
 
 
+STATE_BACKENDS: Final = ("sqlite", "postgresql")
+"""The values of ``state.backend``."""
+
+
+class StateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[state]``: where the durable state lives (SQLite by default, or PostgreSQL)."""
+
+    backend: str = "sqlite"  # sqlite (paths.state) | postgresql (dsn)
+    dsn: str = ""  # libpq connection string or URI, without a password
+    # The NAME of the variable holding the PostgreSQL password, never the password.
+    password_env: str = "POA_PG_PASSWORD"  # noqa: S105
+
+    def __post_init__(self) -> None:
+        if self.backend not in STATE_BACKENDS:
+            raise _fail(
+                "state.backend",
+                f"expected one of {', '.join(STATE_BACKENDS)}, got {self.backend!r}",
+            )
+        if self.password_env and not _ENV_NAME_RE.fullmatch(self.password_env):
+            raise _fail("state.password_env", f"{self.password_env!r} is not a variable name")
+        if self.backend == "postgresql" and not self.dsn.strip():
+            raise _fail("state.dsn", "backend postgresql needs a DSN")
+        if self.dsn:
+            _check_dsn(self.dsn)
+
+
+def _check_dsn(dsn: str) -> None:
+    from psycopg import ProgrammingError  # noqa: PLC0415 - only for a PostgreSQL config
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        # Never echo the DSN: it may hold the password that makes it wrong.
+        raise _fail("state.dsn", "not a valid PostgreSQL connection string") from None
+    if params.get("password"):
+        raise _fail(
+            "state.dsn",
+            "must not contain a password: put it in the variable named by state.password_env",
+        )
+
+
 class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[reports]``: rotation of the suppression reports for the DNOs."""
 
@@ -468,6 +510,7 @@ class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
     suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
     reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -495,11 +538,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     topics: TopicsConfig
     suppression: SuppressionConfig
     paths: Paths
+    state: StateConfig
     reports: ReportsConfig
     metrics: MetricsConfig
     log: LogConfig
     source: Path | None = None  # the file it came from; None for built-in defaults
     password: Secret | None = None  # from the variable named by broker.password_env
+    state_password: Secret | None = None  # from the variable named by state.password_env
 
     def broker_password(self) -> str | None:
         """The MQTT password, or None if the variable is unset or empty."""
@@ -536,6 +581,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             value = getattr(self, section)
             out[section] = {name: _plain(getattr(value, name)) for name in value.__struct_fields__}
         out["broker"]["password"] = None if self.password is None else "***"
+        out["state"]["password"] = None if self.state_password is None else "***"
         return out
 
 
@@ -654,16 +700,19 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
         },
     )
     secret = env.get(b.password_env) if b.password_env else None
+    pg_secret = env.get(file.state.password_env) if file.state.password_env else None
     return Config(
         broker=broker,
         topics=file.topics,
         suppression=file.suppression,
         paths=paths,
+        state=file.state,
         reports=file.reports,
         metrics=file.metrics,
         log=file.log,
         source=source,
         password=Secret(secret) if secret else None,
+        state_password=Secret(pg_secret) if pg_secret else None,
     )
 
 
@@ -686,6 +735,7 @@ def render_toml(config: Config) -> str:
     to the same values; the password's presence is a comment, its value never shown."""
     data = config.redacted_dict()
     password = data["broker"].pop("password")
+    data["state"].pop("password")
     env_name = config.broker.password_env
     if password is not None:
         note = f"*** (from ${env_name})"

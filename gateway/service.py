@@ -192,13 +192,32 @@ def mqtt_settings(config: Config, **overrides: Any) -> MqttSettings:
     return msgspec.structs.replace(settings, **overrides) if overrides else settings
 
 
+def state_store(config: Config) -> OpenStore:
+    """How to open the state store ``[state]`` names: the SQLite file at ``paths.state``
+    (the default), or the PostgreSQL database of ``state.dsn``, with the password from the
+    variable named by ``state.password_env``."""
+    if config.state.backend != "postgresql":
+        return Store.open
+    # Imported here: a SQLite install never loads the PostgreSQL driver.
+    from .state.postgresql import PostgresStore  # noqa: PLC0415
+
+    dsn = config.state.dsn
+    password = None if config.state_password is None else config.state_password.reveal()
+
+    def open_postgres(_path: Path) -> StateStore:
+        return PostgresStore.open(dsn, password=password)
+
+    return open_postgres
+
+
 def sqlite_and_mqtt(config: Config) -> tuple[OpenStore, MakeTransport]:
-    """The production state store (SQLite) and transport (MQTT) for ``config``."""
+    """The production state store (SQLite, or PostgreSQL when ``[state]`` says so:
+    :func:`state_store`) and transport (MQTT) for ``config``."""
 
     def make_transport(on_delivery: DeliveryHandler, on_event: EventSink) -> Transport:
         return MqttAdapter(mqtt_settings(config), on_delivery=on_delivery, on_event=on_event)
 
-    return Store.open, make_transport
+    return state_store(config), make_transport
 
 
 def wall_ms() -> int:
@@ -1123,12 +1142,14 @@ class Gateway:
         self.log.error(event, **fields)
 
 
-async def serve(config: Config, log: JsonLog, *, open_store: OpenStore = Store.open) -> None:
-    """Run one gateway until SIGTERM or SIGINT (``open_store``: see :class:`Gateway`)."""
+async def serve(config: Config, log: JsonLog, *, open_store: OpenStore | None = None) -> None:
+    """Run one gateway until SIGTERM or SIGINT (``open_store``: see :class:`Gateway`;
+    None opens the store ``[state]`` names)."""
     metrics = Metrics()
     log.flush_once_per_pass(asyncio.get_running_loop())
     server = None
-    _, make_transport = sqlite_and_mqtt(config)
+    configured, make_transport = sqlite_and_mqtt(config)
+    open_store = configured if open_store is None else open_store
     gateway = Gateway(
         config, log=log, metrics=metrics, open_store=open_store, make_transport=make_transport
     )
@@ -1176,7 +1197,7 @@ async def _serve(gateway: Gateway, log: JsonLog) -> None:
         log.info("gateway.start_abandoned", reason="stop requested")
 
 
-def run(config: Config, log: JsonLog, *, open_store: OpenStore = Store.open) -> None:
+def run(config: Config, log: JsonLog, *, open_store: OpenStore | None = None) -> None:
     """Entry point of ``poa-gateway run``: uvloop when available."""
     # Thousands of messages in flight are thousands of live tasks and futures, none of
     # them in a reference cycle that needs collecting soon: with the default first

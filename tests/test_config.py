@@ -562,8 +562,23 @@ def test_topic_applies_the_prefix_to_every_topic(tmp_path: Path) -> None:
 
 def test_redacted_dict_has_every_section_and_readable_durations() -> None:
     data = load_config(None, env={}).redacted_dict()
-    assert list(data) == ["broker", "topics", "suppression", "paths", "reports", "metrics", "log"]
+    assert list(data) == [
+        "broker",
+        "topics",
+        "suppression",
+        "paths",
+        "state",
+        "reports",
+        "metrics",
+        "log",
+    ]
     assert data["suppression"]["window"] == "30m"
+    assert data["state"] == {
+        "backend": "sqlite",
+        "dsn": "",
+        "password_env": "POA_PG_PASSWORD",
+        "password": None,
+    }
     assert data["suppression"]["manufacturers"] == ["Landis+Gyr"]
     assert data["broker"]["password"] is None
     json.dumps(data)  # plain data only
