@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from tests.e2e_support import Broker
+from tests.pg_support import Cluster, find_pg_bin
 
 # Tests never assert timings: hypothesis's per-example deadline would make results
 # depend on how loaded the machine is (CI shares 2 cores with brokers and daemons).
@@ -68,3 +69,21 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (tests/pg_support.py)."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (./dev test installs Debian's postgresql)")
+    cluster = Cluster(bin_dir)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: Cluster) -> str:
+    """The DSN of an empty database of its own for one test."""
+    return pg_cluster.new_database()
