@@ -13,10 +13,9 @@ import pytest
 import pytest_asyncio
 from gmqtt.mqtt import handler as gmqtt_handler
 
+from gateway.transport.codes import PERMANENT_REFUSALS, ConnectReason
 from gateway.transport.mqtt import (
-    PERMANENT_REFUSALS,
     ConnectionRefusedPermanently,
-    ConnectReason,
     MqttAdapter,
     MqttSettings,
     PublishRefused,
