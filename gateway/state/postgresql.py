@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 The same store as gateway/state/sqlite.py, on a PostgreSQL database instead of a file:
 the same tables (activations, counters, decisions, suppressions, quarantine), the same
-row formats (counters and EUI-64s as 8-byte ``bytea``, the decision as one ``bytea`` in
-the store's own row format, reused from sqlite.py), the same idempotent writes (the same
-``ON CONFLICT`` rules) and the same contract towards the shell (gateway/state/protocol.py).
+row formats (gateway/state/rows.py: counters and EUI-64s as 8-byte ``bytea``, the
+decision as one ``bytea`` in the stores' own row format), the same idempotent writes
+(the same ``ON CONFLICT`` rules) and the same contract towards the shell
+(gateway/state/protocol.py).
 
 **Group commit** maps one to one (docs/decisions.md D27): each write method only queues
 the write; one background task hands everything queued to a dedicated one-thread
@@ -16,7 +17,9 @@ round trip and the server's WAL flush, so one commit per message would cap the d
 the same way an fsync per message does with SQLite. A failed commit (the connection
 lost, the server restarting, a constraint) rolls back, fails every waiting flush with
 ``commit-failed`` and puts the batch back at the head of the queue; the next wake-up
-reconnects if the connection is gone and retries it.
+reconnects if the connection is gone and retries it. The queue, the flushes waiting on
+it and the life cycle are gateway/state/group_commit.py's, shared with sqlite.py; this
+module supplies the commit of one batch.
 
 Reads are synchronous, on the caller's (event loop) thread, through a second connection
 in autocommit mode, so each read sees what is committed. :meth:`last_counter` also sees
@@ -47,8 +50,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
-from types import TracebackType
-from typing import Any, Final, Self, TypeAlias
+from typing import Any, ClassVar, Final, Self
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -56,17 +58,19 @@ from psycopg.conninfo import conninfo_to_dict
 from gateway.core.events import Activation, AlertDecision
 from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
-from .sqlite import (
+from .errors import StoreError, StoreReason
+from .group_commit import GroupCommitStore, Op
+from .rows import (
     QuarantineEntry,
     StoredSuppression,
-    StoreError,
-    StoreReason,
-    _activation_row,
-    _decode_decision,
-    _encode_decision,
-    _eui,
-    _i64,
-    _u64,
+    activation_from_row,
+    activation_key,
+    activation_row,
+    check_i64,
+    decision_from_row,
+    decision_row,
+    quarantine_entry_from_row,
+    quarantine_row,
 )
 
 __all__ = ["PG_SCHEMA_VERSION", "PostgresStore"]
@@ -221,8 +225,6 @@ _TABLE_OF: Final = {
     _MARK_REPLAYED: 4,
 }
 
-_Op: TypeAlias = tuple[str, tuple[Any, ...]]
-
 
 def describe_dsn(dsn: str) -> str:
     """``host:port/dbname`` of a DSN, for messages: never the password."""
@@ -235,7 +237,7 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
 
 
-class PostgresStore:
+class PostgresStore(GroupCommitStore):
     """The daemon's durable state in a PostgreSQL database. See the module docstring.
 
     Open with :meth:`PostgresStore.open`; close with :meth:`aclose` (flushes first) or
@@ -249,6 +251,8 @@ class PostgresStore:
         store_id: the store's random id, in ``store_meta``.
     """
 
+    _TASK_NAME: ClassVar[str] = "poa-pg-store-commit"
+
     def __init__(
         self,
         dsn: str,
@@ -260,24 +264,13 @@ class PostgresStore:
         store_id: str,
     ) -> None:
         """Internal: use :meth:`PostgresStore.open`."""
+        # Errors of the commit loop name the database in their detail, not as ``path``.
+        super().__init__(describe_dsn(dsn), executor, error_path=None)
         self._dsn = dsn
         self._password = password
-        self.path = describe_dsn(dsn)
         self.store_id = store_id
-        self.commits = 0
-        self.commit_failures = 0
-        self.last_error: StoreError | None = None
         self._reader = reader
         self._writer = writer  # used only from the executor's thread
-        self._executor = executor
-        self._closed = False
-        self._queue: list[_Op] = []
-        self._queued = 0
-        self._committed = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._overlay: dict[tuple[bytes, bytes], tuple[int, int]] = {}
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, dsn: str, *, password: str | None = None) -> Self:
@@ -311,162 +304,63 @@ class PostgresStore:
             dsn, password, reader=reader, writer=writer, executor=executor, store_id=store_id
         )
 
-    # -- life cycle -------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the background commit task on the running event loop (idempotent)."""
-        self._check_open()
-        if self._task is None:
-            loop = asyncio.get_running_loop()
-            self._wake = asyncio.Event()
-            self._task = loop.create_task(self._run(), name="poa-pg-store-commit")
-            if self._queue:
-                self._wake.set()
-
-    async def flush(self) -> None:
-        """Return when every write queued before this call is committed.
-
-        Raises:
-            StoreError: ``commit-failed`` (the writes are retried with the next batch)
-                or ``closed``.
-        """
-        self._check_open()
-        target = self._queued
-        if target <= self._committed:
-            return
-        self.start()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, future))
-        assert self._wake is not None
-        self._wake.set()
-        await future
-
-    async def aclose(self) -> None:
-        """Flush queued writes, then close, even if the flush fails."""
-        if self._closed:
-            return
-        try:
-            await self.flush()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close both connections; queued writes are not committed (as in a crash)."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(RuntimeError):
-            self._fail_waiters(StoreError(StoreReason.CLOSED, f"{self.path}: store closed"))
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(RuntimeError):
-                self._task.cancel()
-        self._queue.clear()
-        self._overlay.clear()
-        self._reader.close()
-        self._executor.submit(self._close_writer).result()
-        self._executor.shutdown(wait=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def pending(self) -> int:
-        """Writes queued and not yet committed (including those of a failed commit)."""
-        return self._queued - self._committed
-
     # -- writes (queued; see flush) ------------------------------------------------------
 
     def put_activation(self, a: Activation) -> None:
         """Record an activation, replacing the one with the same (esme, originator, counter)."""
-        esme, originator, counter, chf, start, end, future, seen, closed, succeeded = (
-            _activation_row(a)
-        )
-        row = (esme, originator, counter, chf, start, end, bool(future), seen, bool(closed))
-        self._enqueue(_PUT_ACTIVATION, (*row, bool(succeeded)))
+        self._enqueue(_PUT_ACTIVATION, activation_row(a))
 
     def delete_activation(self, a: Activation) -> None:
         """Forget an activation (by esme, originator, counter); nothing if not recorded."""
-        key = (
-            _eui("esme", a.esme),
-            _eui("originator", a.originator),
-            _u64("counter", a.counter),
-        )
-        self._enqueue(_DELETE_ACTIVATION, key)
+        self._enqueue(_DELETE_ACTIVATION, activation_key(a))
 
     def set_counter(self, originator: bytes, device: bytes, counter: int) -> None:
         """Record an accepted originator counter; the stored value only ever goes up."""
-        key = (_eui("originator", originator), _eui("device", device))
-        self._enqueue(_SET_COUNTER, (*key, _u64("counter", counter)))
-        previous = self._overlay.get(key)
-        best = counter if previous is None else max(counter, previous[0])
-        self._overlay[key] = (best, self._queued)
+        self._enqueue_counter(_SET_COUNTER, originator, device, counter)
 
     def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None:
         """Record an alert decision (the same rules as the SQLite store)."""
-        row = (
-            decision.alert_id,
-            _i64("decided_at", decision.decided_at),
-            bool(effect_done),
-            _encode_decision(decision),
-        )
-        self._enqueue(_PUT_DECISION, row)
+        self._enqueue(_PUT_DECISION, decision_row(decision, effect_done=effect_done))
 
     def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
         """Append a record to the suppression log; the first record of an alert id stays."""
         blob = encode(record) if encoded is None else encoded
-        row = (record.alert_id, blob, _i64("received_at", record.received_at))
+        row = (record.alert_id, blob, check_i64("received_at", record.received_at))
         self._enqueue(_APPEND_SUPPRESSION, row)
 
     def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
         """Record that a report includes every unreported entry from ``first`` to ``last``."""
-        self._enqueue(_MARK_REPORTED_RANGE, (report_id, _i64("first", first), _i64("last", last)))
+        self._enqueue(
+            _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
+        )
 
     def prune_decisions(self, before_ms: int) -> None:
         """Forget the decisions made before ``before_ms``."""
-        self._enqueue(_PRUNE_DECISIONS, (_i64("before_ms", before_ms),))
+        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms),))
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled (first copy stays unless replayed)."""
-        row = (
-            entry.id,
-            entry.topic,
-            bytes(entry.payload),
-            entry.reason,
-            entry.error,
-            _i64("attempts", entry.attempts),
-            _i64("received_at", entry.received_at),
-            _i64("quarantined_at", entry.quarantined_at),
-            bool(entry.forwarded),
-        )
-        self._enqueue(_PUT_QUARANTINE, row)
+        self._enqueue(_PUT_QUARANTINE, quarantine_row(entry))
 
     def mark_replayed(self, entry_id: str, at_ms: int) -> None:
         """Record that a quarantined message was published again at ``at_ms``."""
-        self._enqueue(_MARK_REPLAYED, (_i64("at_ms", at_ms), entry_id))
+        self._enqueue(_MARK_REPLAYED, (check_i64("at_ms", at_ms), entry_id))
 
     # -- reads (synchronous, committed state) ----------------------------------------------
 
     def load_activations(self) -> list[Activation]:
         """Every recorded activation (for ``Engine.restore``)."""
-        return [_activation(row) for row in self._fetch(_LOAD_ACTIVATIONS)]
+        return [activation_from_row(row) for row in self._fetch(_LOAD_ACTIVATIONS)]
 
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:
         """Decisions made at or after ``since_ms``, oldest first, with ``effect_done``."""
-        rows = self._fetch(_LOAD_DECISIONS, (_i64("since_ms", since_ms),))
-        return [_decision(row) for row in rows]
+        rows = self._fetch(_LOAD_DECISIONS, (check_i64("since_ms", since_ms),))
+        return [decision_from_row(row) for row in rows]
 
     def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None:
         """The recorded decision on ``alert_id`` and its ``effect_done``, or None."""
         rows = self._fetch(_GET_DECISION, (alert_id,))
-        return _decision(rows[0]) if rows else None
+        return decision_from_row(rows[0]) if rows else None
 
     def last_counter(self, originator: bytes, device: bytes) -> int | None:
         """The highest counter accepted, including counters queued but not committed."""
@@ -474,11 +368,7 @@ class PostgresStore:
         rows = self._fetch(
             "SELECT counter FROM counters WHERE originator = %s AND device = %s", key
         )
-        stored = int.from_bytes(rows[0][0], "big") if rows else None
-        pending = self._overlay.get(key)
-        if pending is None:
-            return stored
-        return pending[0] if stored is None else max(stored, pending[0])
+        return self._with_overlay(key, int.from_bytes(rows[0][0], "big") if rows else None)
 
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
         """Up to ``limit`` log entries not yet in a report, as (seq, record), by seq."""
@@ -516,12 +406,12 @@ class PostgresStore:
         rows = self._fetch(
             _SELECT_QUARANTINE + "ORDER BY quarantined_at DESC, id LIMIT %s", (limit,)
         )
-        return [_quarantine_entry(row) for row in rows]
+        return [quarantine_entry_from_row(row) for row in rows]
 
     def quarantine_entry(self, entry_id: str) -> QuarantineEntry | None:
         """The quarantined message ``entry_id``, or None."""
         rows = self._fetch(_SELECT_QUARANTINE + "WHERE id = %s", (entry_id,))
-        return _quarantine_entry(rows[0]) if rows else None
+        return quarantine_entry_from_row(rows[0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         """Row counts, as :meth:`gateway.state.sqlite.Store.counts`."""
@@ -537,10 +427,6 @@ class PostgresStore:
         return {name: int(n) for name, n in zip(names, row, strict=True)}
 
     # -- internals ------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(StoreReason.CLOSED, f"{self.path}: store closed")
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._reading():
@@ -576,44 +462,7 @@ class PostgresStore:
                 StoreReason.CORRUPT_RECORD, f"{self.path}: suppression {seq}: {exc}"
             ) from exc
 
-    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
-        self._check_open()
-        self._queue.append((sql, params))
-        self._queued += 1
-        if self._task is None:
-            try:
-                self.start()
-            except RuntimeError:
-                return  # no event loop yet: the first flush() starts the task
-        assert self._wake is not None
-        self._wake.set()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        wake = self._wake
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                if not self._queue:
-                    continue
-                batch, self._queue = self._queue, []
-                last = self._queued
-                try:
-                    await loop.run_in_executor(self._executor, self._commit, batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any failure fails the waiters
-                    self._queue[:0] = batch  # retried, in order, with the next batch
-                    self._failed(exc, len(batch))
-                else:
-                    self._committed_through(last)
-        except asyncio.CancelledError:
-            self._fail_waiters(StoreError(StoreReason.CLOSED, f"{self.path}: store closed"))
-            raise
-
-    def _commit(self, batch: list[_Op]) -> None:
+    def _commit(self, batch: list[Op]) -> None:
         # Runs in the worker thread: the only place the write connection is used.
         if self._writer.closed or self._writer.broken:
             # Lost (server restart, connection terminated): reconnect for the retry.
@@ -629,41 +478,13 @@ class PostgresStore:
             if not conn.closed and not conn.broken:
                 conn.rollback()  # nothing pending: a no-op after the commit
 
+    def _close_connections(self) -> None:
+        self._reader.close()
+        self._executor.submit(self._close_writer).result()
+
     def _close_writer(self) -> None:
         # The attribute is read in the worker thread: _commit may have replaced it.
         self._writer.close()
-
-    def _committed_through(self, last: int) -> None:
-        self._committed = last
-        self.commits += 1
-        self.last_error = None
-        done = [key for key, (_, ticket) in self._overlay.items() if ticket <= last]
-        for key in done:
-            del self._overlay[key]
-        still: list[tuple[int, asyncio.Future[None]]] = []
-        for target, future in self._waiters:
-            if target > last:
-                still.append((target, future))
-            elif not future.done():
-                future.set_result(None)
-        self._waiters = still
-
-    def _failed(self, exc: Exception, size: int) -> None:
-        self.commit_failures += 1
-        error = StoreError(
-            StoreReason.COMMIT_FAILED, f"{self.path}: commit of {size} write(s) failed: {exc}"
-        )
-        error.__cause__ = exc
-        self.last_error = error
-        self._fail_waiters(error)
-
-    def _fail_waiters(self, error: StoreError) -> None:
-        waiters, self._waiters = self._waiters, []
-        for _, future in waiters:
-            if not future.done():
-                mine = StoreError(error.reason, error.detail, path=error.path)
-                mine.__cause__ = error.__cause__
-                future.set_exception(mine)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -736,40 +557,3 @@ def _prepare(conn: psycopg.Connection[Any], where: str) -> str:
             path=where,
         )
     return str(meta.get("store_id", ""))
-
-
-def _activation(row: Sequence[Any]) -> Activation:
-    esme, originator, counter, chf, start, end, future, seen_at, closed, succeeded = row
-    return Activation(
-        esme=bytes(esme),
-        chf=bytes(chf),
-        originator=bytes(originator),
-        counter=int.from_bytes(counter, "big"),
-        start_ms=int(start),
-        end_ms=int(end),
-        future_dated=bool(future),
-        seen_at=int(seen_at),
-        closed_early=bool(closed),
-        succeeded=bool(succeeded),
-    )
-
-
-def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
-    alert_id, _decided_at, effect_done, blob = row
-    return _decode_decision(alert_id, bytes(blob)), bool(effect_done)
-
-
-def _quarantine_entry(row: Sequence[Any]) -> QuarantineEntry:
-    entry_id, topic, payload, reason, error, attempts, received, quarantined, fwd, replayed = row
-    return QuarantineEntry(
-        id=entry_id,
-        topic=topic,
-        payload=bytes(payload),
-        reason=reason,
-        error=error,
-        attempts=int(attempts),
-        received_at=int(received),
-        quarantined_at=int(quarantined),
-        forwarded=bool(fwd),
-        replayed_at=None if replayed is None else int(replayed),
-    )

@@ -21,7 +21,7 @@ from typing import Protocol
 from gateway.core.events import Activation, AlertDecision
 from gateway.wire import SuppressionRecord
 
-from .sqlite import QuarantineEntry
+from .rows import QuarantineEntry
 
 __all__ = ["OpenStore", "StateStore"]
 

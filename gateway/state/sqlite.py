@@ -30,6 +30,9 @@ it and commits it as one transaction, then resolves every :meth:`Store.flush` wa
 that batch. Writes that arrive while a batch commits form the next batch. There is no
 timer: an idle store commits a lone write at once, and under load each batch grows to
 whatever arrived during the previous commit, so one fsync covers many messages.
+The loop (queue, tickets, waiters, the counter overlay below, retries, the life cycle)
+is gateway/state/group_commit.py's, shared with the PostgreSQL store; this module
+supplies the SQLite side: how a batch is applied and committed.
 
 **Why a worker thread.** sqlite3 calls block, and a commit blocks for its fsync; the
 event loop must keep reading from the broker meanwhile. The write connection is owned
@@ -120,27 +123,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import enum
-import hashlib
 import itertools
 import os
 import secrets
 import sqlite3
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeAlias
+from typing import Final, Literal, Self, TypeAlias
 
-import msgspec
-
-from gateway.core.events import Activation, AlertDecision, AlertReason
-from gateway.errors import GatewayError
-from gateway.eui import EUI64_LENGTH
+from gateway.core.events import Activation, AlertDecision
 from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
+from .errors import StoreError, StoreReason
+from .group_commit import GroupCommitStore, Op
+from .rows import (
+    QuarantineEntry,
+    StoredSuppression,
+    activation_from_row,
+    activation_key,
+    activation_row,
+    check_i64,
+    decision_from_row,
+    decision_row,
+    quarantine_entry_from_row,
+    quarantine_id,
+    quarantine_row,
+)
 from .sqlite_util import create_schema_once, immediate, schema_marks
 
 __all__ = [
@@ -164,103 +174,11 @@ APPLICATION_ID: Final = 0x504F4153  # "POAS": poa-gateway state
 Synchronous: TypeAlias = Literal["FULL", "NORMAL"]
 """The SQLite ``synchronous`` levels a store may use (see the module docstring)."""
 
-
-class StoreReason(enum.StrEnum):
-    """The stable reason codes of :class:`StoreError`."""
-
-    CANNOT_OPEN = "cannot-open"
-    NOT_A_STORE = "not-a-store"
-    UNSUPPORTED_SCHEMA = "unsupported-schema"
-    DATABASE_ERROR = "database-error"
-    CORRUPT_RECORD = "corrupt-record"
-    INVALID_VALUE = "invalid-value"
-    COMMIT_FAILED = "commit-failed"
-    CLOSED = "closed"
-    STATE_EMPTY = "state-empty"
-    STATE_LOST = "state-lost"
-    STATE_MISMATCH = "state-mismatch"
-
-
 MARKER_SUFFIX: Final = ".created"
 """The marker of a state store is the state file's name with this suffix, beside it."""
 
-_U64_MAX: Final = (1 << 64) - 1
-_I64_MIN: Final = -(1 << 63)
-_I64_MAX: Final = (1 << 63) - 1
 _BUSY_TIMEOUT_S: Final = 10.0
 _WAL_LIMIT_BYTES: Final = 64 * 1024 * 1024  # WAL size kept after a checkpoint
-
-
-class StoreError(GatewayError):
-    """The state store cannot be opened, read or written.
-
-    Attributes:
-        reason: stable, machine-readable code (a log field and a metric label):
-
-            - ``cannot-open``: the file cannot be opened or created, or is not SQLite;
-            - ``not-a-store``: a SQLite file, but another application's (wrong
-              ``application_id``, or tables and no schema version);
-            - ``unsupported-schema``: written by a newer gateway (``user_version``
-              above :data:`SCHEMA_VERSION`);
-            - ``database-error``: a read failed;
-            - ``corrupt-record``: a stored suppression record does not decode;
-            - ``invalid-value``: a value that cannot be stored (raised by the write
-              method; nothing is queued), or an unknown ``synchronous`` level;
-            - ``commit-failed``: a group commit failed; the writes it covered are not
-              known to be durable (the daemon must not acknowledge their messages);
-            - ``closed``: the store is closed, or was closed while a flush waited;
-            - ``state-empty``: the state file is zero bytes long (the store never leaves
-              one: its state was lost);
-            - ``state-lost``: the marker says a store was created here, but the state
-              file is missing or holds no poa-gateway state;
-            - ``state-mismatch``: the state file is not the store its marker was written
-              for (another store's, an older backup), or the marker is unreadable.
-        detail: the human-readable explanation (also ``str(error)``).
-        path: the file concerned, when there is one.
-    """
-
-    def __init__(self, reason: StoreReason, detail: str, *, path: str | None = None) -> None:
-        self.reason: StoreReason = reason
-        self.detail = detail
-        self.path = path
-        super().__init__(detail)
-
-
-class QuarantineEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """A message the daemon could not handle, kept with its exact bytes.
-
-    ``id`` is derived from the topic and the bytes (:func:`quarantine_id`), so a
-    redelivered copy names the same entry and is kept once.
-    """
-
-    id: str
-    topic: str
-    payload: bytes
-    reason: str
-    """The exception's class name: a bounded vocabulary, a metric label."""
-    error: str
-    attempts: int
-    received_at: int
-    quarantined_at: int
-    forwarded: bool
-    """True for a DCC alert, which is forwarded to the DNOs all the same."""
-    replayed_at: int | None = None
-
-
-def quarantine_id(topic: str, payload: bytes) -> str:
-    """The entry id of a message: ``q-`` and 20 hex digits of SHA-256 over topic and bytes."""
-    digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass") + b"\x00" + payload)
-    return "q-" + digest.hexdigest()[:20]
-
-
-class StoredSuppression(msgspec.Struct, frozen=True, kw_only=True):
-    """One entry of the suppression log as stored."""
-
-    seq: int
-    """Position in the log: increasing in commit order, never reused."""
-    record: SuppressionRecord
-    report_id: str | None
-    """The report file that includes it; None while unreported."""
 
 
 # -- schema and statements -------------------------------------------------------------
@@ -271,8 +189,8 @@ class StoredSuppression(msgspec.Struct, frozen=True, kw_only=True):
 # The decisions table keeps a copy of the activation a decision names rather than a
 # reference: the window may be closed early or expire (and its row be deleted) while the
 # decision is still within the dedupe horizon, and a redelivered alert must get the
-# decision as it was made. The decision is one packed BLOB (_encode_decision, "The
-# decisions row" below) rather than 17 columns: a row is written for every alert, and the
+# decision as it was made. The decision is one packed BLOB (gateway/state/rows.py,
+# "The decisions row") rather than 17 columns: a row is written for every alert, and the
 # narrow row costs SQLite 3.5 us of CPU instead of 9 (schema version 2; version 1 files
 # are migrated on open).
 _SCHEMA = f"""
@@ -415,14 +333,11 @@ _TABLE_OF: Final = {
     _MARK_REPLAYED: 4,
 }
 
-_Op: TypeAlias = tuple[str, tuple[Any, ...]]
-_ActivationRow: TypeAlias = tuple[bytes, bytes, bytes, bytes, int, int, int, int, int, int]
-
 
 # -- the store ---------------------------------------------------------------------------
 
 
-class Store:
+class Store(GroupCommitStore):
     """The daemon's durable state in one SQLite file. See the module docstring.
 
     Open with :meth:`Store.open`; close with :meth:`aclose` (flushes first) or
@@ -452,24 +367,11 @@ class Store:
         busy_timeout_s: float = _BUSY_TIMEOUT_S,
     ) -> None:
         """Internal: use :meth:`Store.open`."""
-        self.path = path
+        super().__init__(path, executor, error_path=path)
         self._busy_timeout_s = busy_timeout_s
         self.synchronous: Synchronous = synchronous
-        self.commits = 0
-        self.commit_failures = 0
-        self.last_error: StoreError | None = None
         self._reader = reader
         self._writer = writer  # used only from the executor's thread
-        self._executor = executor
-        self._closed = False
-        self._queue: list[_Op] = []
-        self._queued = 0  # writes ever queued; write n has ticket n
-        self._committed = 0  # every ticket up to this one is committed
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        # (originator, device) -> (highest counter queued, ticket of its last write)
-        self._overlay: dict[tuple[bytes, bytes], tuple[int, int]] = {}
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def open(
@@ -521,137 +423,22 @@ class Store:
         store.marker = marker
         return store
 
-    # -- life cycle -------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the background commit task on the running event loop.
-
-        Optional: the first write or :meth:`flush` made on an event loop starts it.
-        Idempotent. Raises RuntimeError when called with no running loop.
-        """
-        self._check_open()
-        if self._task is None:
-            loop = asyncio.get_running_loop()
-            self._wake = asyncio.Event()
-            self._task = loop.create_task(self._run(), name="poa-store-commit")
-            if self._queue:
-                self._wake.set()
-
-    async def flush(self) -> None:
-        """Return when every write queued before this call is committed to disk.
-
-        Raises:
-            StoreError: ``commit-failed`` when the commit covering those writes failed
-                (they are retried with the next batch; see the module docstring), or
-                ``closed`` when the store was closed meanwhile.
-        """
-        self._check_open()
-        target = self._queued
-        if target <= self._committed:
-            return
-        self.start()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, future))
-        assert self._wake is not None
-        self._wake.set()
-        await future
-
-    async def aclose(self) -> None:
-        """Flush queued writes, then close. The store is closed even if the flush fails.
-
-        Raises:
-            StoreError: ``commit-failed`` when the final flush failed (those writes are
-                lost, as in a crash).
-        """
-        if self._closed:
-            return
-        try:
-            await self.flush()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close both connections and the worker thread (idempotent).
-
-        Writes still queued are *not* committed (as in a crash: see the module
-        docstring); flushes still waiting raise ``StoreError(StoreReason.CLOSED)``. A commit already
-        running in the worker thread is waited for, so its outcome is whatever SQLite
-        made of it.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        # The loop may already be closed (a store closed after asyncio.run returned).
-        with contextlib.suppress(RuntimeError):
-            self._fail_waiters(
-                StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self.path)
-            )
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(RuntimeError):
-                self._task.cancel()
-        self._queue.clear()
-        self._overlay.clear()
-        # The reader first: the last connection to close checkpoints the WAL, and the
-        # writer's synchronous setting is the one that should apply.
-        self._reader.close()
-        self._executor.submit(self._writer.close).result()
-        self._executor.shutdown(wait=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            await self.aclose()
-        else:
-            self.close()
-
-    @property
-    def pending(self) -> int:
-        """Writes queued and not yet committed (including those of a failed commit)."""
-        return self._queued - self._committed
-
     # -- writes (queued; see flush) ------------------------------------------------------
 
     def put_activation(self, a: Activation) -> None:
         """Record an activation, replacing the one with the same (esme, originator, counter)."""
-        self._enqueue(_PUT_ACTIVATION, _activation_row(a))
+        self._enqueue(_PUT_ACTIVATION, activation_row(a))
 
     def delete_activation(self, a: Activation) -> None:
         """Forget an activation (by esme, originator, counter); nothing if not recorded."""
-        key = (
-            _eui("esme", a.esme),
-            _eui("originator", a.originator),
-            _u64("counter", a.counter),
-        )
-        self._enqueue(_DELETE_ACTIVATION, key)
+        self._enqueue(_DELETE_ACTIVATION, activation_key(a))
 
     def set_counter(self, originator: bytes, device: bytes, counter: int) -> None:
         """Record an accepted originator counter; the stored value only ever goes up.
 
         Visible to :meth:`last_counter` at once, before it is committed.
         """
-        key = (_eui("originator", originator), _eui("device", device))
-        self._enqueue(_SET_COUNTER, (*key, _u64("counter", counter)))
-        previous = self._overlay.get(key)
-        best = counter if previous is None else max(counter, previous[0])
-        self._overlay[key] = (best, self._queued)
+        self._enqueue_counter(_SET_COUNTER, originator, device, counter)
 
     def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None:
         """Record an alert decision and whether its effect is done.
@@ -660,13 +447,7 @@ class Store:
         raises ``effect_done``, never lowers it; a later decision on the same alert id
         replaces it; an earlier one is ignored. ``duplicate`` is not stored.
         """
-        row = (
-            decision.alert_id,
-            _i64("decided_at", decision.decided_at),
-            int(effect_done),
-            _encode_decision(decision),
-        )
-        self._enqueue(_PUT_DECISION, row)
+        self._enqueue(_PUT_DECISION, decision_row(decision, effect_done=effect_done))
 
     def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
         """Append a record to the suppression log (CBOR, as :func:`gateway.wire.encode`;
@@ -675,7 +456,7 @@ class Store:
         A second record for an alert id already in the log is ignored: the first stays.
         """
         blob = encode(record) if encoded is None else encoded
-        row = (record.alert_id, blob, _i64("received_at", record.received_at))
+        row = (record.alert_id, blob, check_i64("received_at", record.received_at))
         self._enqueue(_APPEND_SUPPRESSION, row)
 
     def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
@@ -685,31 +466,22 @@ class Store:
         entry committed after that read lies beyond ``last`` and stays unreported. One
         statement instead of one per entry (a report holds up to 50,000).
         """
-        self._enqueue(_MARK_REPORTED_RANGE, (report_id, _i64("first", first), _i64("last", last)))
+        self._enqueue(
+            _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
+        )
 
     def prune_decisions(self, before_ms: int) -> None:
         """Forget the decisions made before ``before_ms`` (past the dedupe horizon)."""
-        self._enqueue(_PRUNE_DECISIONS, (_i64("before_ms", before_ms),))
+        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms),))
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled. A second entry with its id (a
         redelivered copy) is ignored, unless the first was replayed: then it replaces it."""
-        row = (
-            entry.id,
-            entry.topic,
-            bytes(entry.payload),
-            entry.reason,
-            entry.error,
-            _i64("attempts", entry.attempts),
-            _i64("received_at", entry.received_at),
-            _i64("quarantined_at", entry.quarantined_at),
-            int(entry.forwarded),
-        )
-        self._enqueue(_PUT_QUARANTINE, row)
+        self._enqueue(_PUT_QUARANTINE, quarantine_row(entry))
 
     def mark_replayed(self, entry_id: str, at_ms: int) -> None:
         """Record that a quarantined message was published again at ``at_ms``."""
-        self._enqueue(_MARK_REPLAYED, (_i64("at_ms", at_ms), entry_id))
+        self._enqueue(_MARK_REPLAYED, (check_i64("at_ms", at_ms), entry_id))
 
     # -- reads (synchronous, committed state) ----------------------------------------------
 
@@ -717,19 +489,21 @@ class Store:
         """Every recorded activation (for ``Engine.restore``)."""
         with self._reading():
             rows = self._reader.execute(_LOAD_ACTIVATIONS).fetchall()
-        return [_activation(row) for row in rows]
+        return [activation_from_row(row) for row in rows]
 
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:
         """Decisions made at or after ``since_ms``, oldest first, with ``effect_done``."""
         with self._reading():
-            rows = self._reader.execute(_LOAD_DECISIONS, (_i64("since_ms", since_ms),)).fetchall()
-        return [_decision(row) for row in rows]
+            rows = self._reader.execute(
+                _LOAD_DECISIONS, (check_i64("since_ms", since_ms),)
+            ).fetchall()
+        return [decision_from_row(row) for row in rows]
 
     def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None:
         """The recorded decision on ``alert_id`` and its ``effect_done``, or None."""
         with self._reading():
             row = self._reader.execute(_GET_DECISION, (alert_id,)).fetchone()
-        return None if row is None else _decision(row)
+        return None if row is None else decision_from_row(row)
 
     def last_counter(self, originator: bytes, device: bytes) -> int | None:
         """The highest originator counter accepted from ``originator`` for ``device``,
@@ -739,11 +513,7 @@ class Store:
             row = self._reader.execute(
                 "SELECT counter FROM counters WHERE originator = ? AND device = ?", key
             ).fetchone()
-        stored = None if row is None else int.from_bytes(row[0], "big")
-        pending = self._overlay.get(key)
-        if pending is None:
-            return stored
-        return pending[0] if stored is None else max(stored, pending[0])
+        return self._with_overlay(key, None if row is None else int.from_bytes(row[0], "big"))
 
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
         """Up to ``limit`` log entries not yet in a report, as (seq, record), by seq."""
@@ -794,13 +564,13 @@ class Store:
             rows = self._reader.execute(
                 _SELECT_QUARANTINE + "ORDER BY quarantined_at DESC, id LIMIT ?", (limit,)
             ).fetchall()
-        return [_quarantine_entry(row) for row in rows]
+        return [quarantine_entry_from_row(row) for row in rows]
 
     def quarantine_entry(self, entry_id: str) -> QuarantineEntry | None:
         """The quarantined message ``entry_id``, or None."""
         with self._reading():
             row = self._reader.execute(_SELECT_QUARANTINE + "WHERE id = ?", (entry_id,)).fetchone()
-        return None if row is None else _quarantine_entry(row)
+        return None if row is None else quarantine_entry_from_row(row)
 
     def counts(self) -> dict[str, int]:
         """Row counts for ``poa-gateway status``: ``activations``, ``counters``,
@@ -820,49 +590,7 @@ class Store:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self.path)
-
-    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
-        self._check_open()
-        self._queue.append((sql, params))
-        self._queued += 1
-        if self._task is None:
-            try:
-                self.start()
-            except RuntimeError:
-                return  # no event loop yet: the first flush() starts the task
-        assert self._wake is not None
-        self._wake.set()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        wake = self._wake
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                if not self._queue:
-                    continue
-                batch, self._queue = self._queue, []
-                last = self._queued
-                try:
-                    await loop.run_in_executor(self._executor, self._commit, batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any failure fails the waiters
-                    self._queue[:0] = batch  # retried, in order, with the next batch
-                    self._failed(exc, len(batch))
-                else:
-                    self._committed_through(last)
-        except asyncio.CancelledError:
-            error = StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self.path)
-            self._fail_waiters(error)
-            raise
-
-    def _commit(self, batch: list[_Op]) -> None:
+    def _commit(self, batch: list[Op]) -> None:
         # Runs in the worker thread: the only place the write connection is used.
         conn = self._writer
         with immediate(conn):
@@ -870,42 +598,11 @@ class Store:
             for sql, ops in itertools.groupby(ordered, key=itemgetter(0)):
                 conn.executemany(sql, [params for _, params in ops])
 
-    def _committed_through(self, last: int) -> None:
-        self._committed = last
-        self.commits += 1
-        self.last_error = None
-        done = [key for key, (_, ticket) in self._overlay.items() if ticket <= last]
-        for key in done:
-            del self._overlay[key]
-        still: list[tuple[int, asyncio.Future[None]]] = []
-        for target, future in self._waiters:
-            if target > last:
-                still.append((target, future))
-            elif not future.done():
-                future.set_result(None)
-        self._waiters = still
-
-    def _failed(self, exc: Exception, size: int) -> None:
-        self.commit_failures += 1
-        error = StoreError(
-            StoreReason.COMMIT_FAILED,
-            f"{self.path}: commit of {size} write(s) failed: {exc}",
-            path=self.path,
-        )
-        error.__cause__ = exc
-        self.last_error = error
-        # Every waiter fails, also those waiting on later writes: those cannot be
-        # committed before the failed ones, and a retry waits for the next wake-up.
-        self._fail_waiters(error)
-
-    def _fail_waiters(self, error: StoreError) -> None:
-        waiters, self._waiters = self._waiters, []
-        for _, future in waiters:
-            if not future.done():
-                # One exception object per waiter: each raise adds to its traceback.
-                mine = StoreError(error.reason, error.detail, path=error.path)
-                mine.__cause__ = error.__cause__
-                future.set_exception(mine)
+    def _close_connections(self) -> None:
+        # The reader first: the last connection to close checkpoints the WAL, and the
+        # writer's synchronous setting is the one that should apply.
+        self._reader.close()
+        self._executor.submit(self._writer.close).result()
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -1029,11 +726,11 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
             reason=reason,
             judged_at=judged_at,
             decided_at=decided_at,
-            activation=None if a[0] is None else _activation(a),
+            activation=None if a[0] is None else activation_from_row(a),
         )
         conn.execute(
             _PUT_DECISION,
-            (alert_id, decided_at, int(effect_done), _encode_decision(decision)),
+            decision_row(decision, effect_done=bool(effect_done)),
         )
 
 
@@ -1045,167 +742,6 @@ def _foreign(path: str, what: str) -> StoreError:
 
 def _cannot_open(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(StoreReason.CANNOT_OPEN, f"{path}: cannot open state store: {exc}", path=path)
-
-
-def _invalid(name: str, detail: str) -> StoreError:
-    return StoreError(StoreReason.INVALID_VALUE, f"{name}: {detail}")
-
-
-def _eui(name: str, value: bytes) -> bytes:
-    if len(value) != EUI64_LENGTH:
-        raise _invalid(name, f"expected {EUI64_LENGTH} bytes, got {len(value)}")
-    return bytes(value)
-
-
-def _u64(name: str, value: int) -> bytes:
-    if not 0 <= value <= _U64_MAX:
-        raise _invalid(name, f"{value} is not an unsigned 64-bit integer")
-    return value.to_bytes(8, "big")
-
-
-def _i64(name: str, value: int) -> int:
-    if not _I64_MIN <= value <= _I64_MAX:
-        raise _invalid(name, f"{value} is outside SQLite's 64-bit integer range")
-    return int(value)
-
-
-def _activation_row(a: Activation) -> _ActivationRow:
-    return (
-        _eui("esme", a.esme),
-        _eui("originator", a.originator),
-        _u64("counter", a.counter),
-        _eui("chf", a.chf),
-        _i64("start_ms", a.start_ms),
-        _i64("end_ms", a.end_ms),
-        int(a.future_dated),
-        _i64("seen_at", a.seen_at),
-        int(a.closed_early),
-        int(a.succeeded),
-    )
-
-
-def _activation(row: Sequence[Any]) -> Activation:
-    esme, originator, counter, chf, start, end, future, seen_at, closed, succeeded = row
-    return Activation(
-        esme=esme,
-        chf=chf,
-        originator=originator,
-        counter=int.from_bytes(counter, "big"),
-        start_ms=start,
-        end_ms=end,
-        future_dated=bool(future),
-        seen_at=seen_at,
-        closed_early=bool(closed),
-        succeeded=bool(succeeded),
-    )
-
-
-def _decision(row: Sequence[Any]) -> tuple[AlertDecision, bool]:
-    alert_id, _decided_at, effect_done, blob = row  # decided_at is in the blob too
-    return _decode_decision(alert_id, blob), bool(effect_done)
-
-
-def _quarantine_entry(row: Sequence[Any]) -> QuarantineEntry:
-    entry_id, topic, payload, reason, error, attempts, received, quarantined, fwd, replayed = row
-    return QuarantineEntry(
-        id=entry_id,
-        topic=topic,
-        payload=bytes(payload),
-        reason=reason,
-        error=error,
-        attempts=int(attempts),
-        received_at=int(received),
-        quarantined_at=int(quarantined),
-        forwarded=bool(fwd),
-        replayed_at=None if replayed is None else int(replayed),
-    )
-
-
-# -- the decisions row -------------------------------------------------------------------
-#
-# The store's own format for the ``decision`` BLOB of a ``decisions`` row (schema versions
-# 2 and 3; docs/decisions.md D21). It is a format on disk: changing it needs a new schema
-# version and a migration, whatever the engine does with its in-memory memo (the same
-# bytes today, by descent, and free to change apart). All little-endian:
-#
-#   head        8s  chf
-#               ?   suppressed (0 or 1)
-#               q   judged_at (ms)
-#               q   decided_at (ms; also the row's own column)
-#               B   length of the reason
-#   reason      the AlertReason's value in ASCII (that many bytes)
-#   activation  only when the decision names one, to the end of the BLOB:
-#               8s esme, 8s chf, 8s originator, Q counter, q start_ms, q end_ms,
-#               q seen_at, B flags (1 future-dated, 2 closed early, 4 succeeded)
-#
-# ``alert_id`` is the row's key and ``duplicate`` is not stored.
-
-_ROW_HEAD: Final = struct.Struct("<8s?qqB")
-_ROW_ACTIVATION: Final = struct.Struct("<8s8s8sQqqqB")
-_ROW_FUTURE: Final = 0x01
-_ROW_CLOSED: Final = 0x02
-_ROW_SUCCEEDED: Final = 0x04
-_ROW_REASONS: Final = {reason: reason.value.encode("ascii") for reason in AlertReason}
-_ROW_REASON_OF: Final = {text: reason for reason, text in _ROW_REASONS.items()}
-
-
-def _encode_decision(d: AlertDecision) -> bytes:
-    """``d`` as the BLOB of its decisions row. Raises StoreError ``invalid-value`` for a
-    value the row cannot hold: an EUI-64 not of 8 bytes, a reason that is not an
-    :class:`AlertReason`, a time outside 64 bits, a counter outside 0 .. 2**64 - 1."""
-    reason = _ROW_REASONS.get(d.reason)
-    if reason is None:
-        raise _invalid("decision", f"not an alert reason: {str(d.reason)[:40]!r}")
-    a = d.activation
-    euis = (d.chf,) if a is None else (d.chf, a.esme, a.chf, a.originator)
-    if any(len(e) != EUI64_LENGTH for e in euis):
-        raise _invalid("decision", f"EUI-64s must be 8 bytes: {euis!r}")
-    try:
-        head = _ROW_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason))
-        if a is None:
-            return head + reason
-        flags = (_ROW_FUTURE if a.future_dated else 0) | (_ROW_CLOSED if a.closed_early else 0)
-        flags |= _ROW_SUCCEEDED if a.succeeded else 0
-        return (
-            head
-            + reason
-            + _ROW_ACTIVATION.pack(
-                a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
-            )
-        )
-    except struct.error as exc:
-        raise _invalid("decision", f"a value is out of range: {exc}") from exc
-
-
-def _decode_decision(alert_id: str, blob: bytes) -> AlertDecision:
-    """The decision :func:`_encode_decision` wrote. Raises ValueError when its reason is
-    not an :class:`AlertReason` (a damaged row), like struct.error for a short one."""
-    chf, suppressed, judged_at, decided_at, length = _ROW_HEAD.unpack_from(blob)
-    at = _ROW_HEAD.size
-    text = blob[at : at + length]
-    reason = _ROW_REASON_OF.get(text)
-    if reason is None:
-        raise ValueError(f"not an alert reason: {text[:40]!r}")
-    at += length
-    activation = None
-    if len(blob) > at:
-        fields = _ROW_ACTIVATION.unpack_from(blob, at)
-        esme, a_chf, originator, counter, start, end, seen_at, flags = fields
-        activation = Activation(
-            esme=esme,
-            chf=a_chf,
-            originator=originator,
-            counter=counter,
-            start_ms=start,
-            end_ms=end,
-            future_dated=bool(flags & _ROW_FUTURE),
-            seen_at=seen_at,
-            closed_early=bool(flags & _ROW_CLOSED),
-            succeeded=bool(flags & _ROW_SUCCEEDED),
-        )
-    return AlertDecision(
-        alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
-    )
 
 
 # -- the marker: a lost store is not a new one (module docstring, D22) -------------------
