@@ -19,13 +19,12 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.exits import Exit
-from gateway.state.sqlite import QuarantineEntry, Store
+from gateway.state.sqlite import QuarantineEntry, Store, StoreError
 
 from .daemon import with_state
 from .support import (
     add_config_option,
     add_json_option,
-    load_cli_config,
     print_result,
     when,
 )
@@ -116,14 +115,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return with_state(args, "quarantine list", read)
 
 
+def _lookup(store: Store, entry_id: str, command: str) -> QuarantineEntry | None:
+    entry = store.quarantine_entry(entry_id)
+    if entry is None:
+        print(f"poa-gateway {command}: no quarantined message {entry_id!r}", file=sys.stderr)
+    return entry
+
+
 def _entry(args: argparse.Namespace, command: str) -> QuarantineEntry | int:
     """The entry ``args.id``, or the exit status after saying why there is none."""
     found: list[QuarantineEntry] = []
 
     def read(_config: Config, store: Store) -> int:
-        entry = store.quarantine_entry(args.id)
+        entry = _lookup(store, args.id, command)
         if entry is None:
-            print(f"poa-gateway {command}: no quarantined message {args.id!r}", file=sys.stderr)
             return Exit.FAILED
         found.append(entry)
         return Exit.OK
@@ -145,55 +150,59 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    entry = _entry(args, "quarantine replay")
-    if isinstance(entry, int):
-        return entry
-    config = load_cli_config(args, "quarantine replay")
-    if config is None:
-        return Exit.CONFIG
-    from gateway import service  # noqa: PLC0415 - the MQTT client is only needed here
-    from gateway.transport.mqtt import ConnectionRefusedPermanently, MqttAdapter  # noqa: PLC0415
+    command = "quarantine replay"
 
-    # A client id of its own (the daemon's would take over its session) and a session
-    # that ends with the connection.
-    settings = service.mqtt_settings(
-        config,
-        client_id=f"{config.broker.client_id}-replay-{os.getpid()}",
-        session_expiry_s=0,
-        reconnect_max_s=2.0,
-    )
-
-    async def noop(_topic: str, _payload: bytes) -> None:
-        return None
-
-    async def publish() -> None:
-        adapter = MqttAdapter(settings, noop)
-        try:
-            await asyncio.wait_for(adapter.connect(), timeout=30)
-            await asyncio.wait_for(adapter.publish(entry.topic, entry.payload), timeout=30)
-        finally:
-            await adapter.close()
-
-    try:
-        asyncio.run(publish())
-    except (TimeoutError, OSError, ConnectionRefusedPermanently) as exc:
-        b = config.broker
-        print(
-            f"poa-gateway quarantine replay: cannot publish to {b.host}:{b.port}: {exc!r}",
-            file=sys.stderr,
+    def replay(config: Config, store: Store) -> int:
+        # One configuration and one store for the look-up, the publish and the mark.
+        entry = _lookup(store, args.id, command)
+        if entry is None:
+            return Exit.FAILED
+        from gateway import service  # noqa: PLC0415 - the MQTT client is only needed here
+        from gateway.transport.mqtt import (  # noqa: PLC0415
+            ConnectionRefusedPermanently,
+            MqttAdapter,
         )
-        return Exit.FAILED
 
-    def mark(_config: Config, store: Store) -> int:
-        async def flush() -> None:
+        # A client id of its own (the daemon's would take over its session) and a
+        # session that ends with the connection.
+        settings = service.mqtt_settings(
+            config,
+            client_id=f"{config.broker.client_id}-replay-{os.getpid()}",
+            session_expiry_s=0,
+            reconnect_max_s=2.0,
+        )
+
+        async def noop(_topic: str, _payload: bytes) -> None:
+            return None
+
+        async def publish() -> None:
+            adapter = MqttAdapter(settings, noop)
+            try:
+                await asyncio.wait_for(adapter.connect(), timeout=30)
+                await asyncio.wait_for(adapter.publish(entry.topic, entry.payload), timeout=30)
+            finally:
+                await adapter.close()
+
+        try:
+            asyncio.run(publish())
+        except (TimeoutError, OSError, ConnectionRefusedPermanently) as exc:
+            b = config.broker
+            print(
+                f"poa-gateway {command}: cannot publish to {b.host}:{b.port}: {exc!r}",
+                file=sys.stderr,
+            )
+            return Exit.FAILED
+
+        async def mark() -> None:
             store.mark_replayed(entry.id, service.wall_ms())
             await store.flush()
 
-        asyncio.run(flush())
+        try:
+            asyncio.run(mark())
+        except StoreError as exc:
+            print(f"poa-gateway {command}: published, but not marked: {exc}", file=sys.stderr)
+            return Exit.FAILED
+        print(f"replayed {entry.id} to {entry.topic} ({len(entry.payload)} bytes)")
         return Exit.OK
 
-    if with_state(args, "quarantine replay", mark) != Exit.OK:
-        print("poa-gateway quarantine replay: published, but not marked replayed", file=sys.stderr)
-        return Exit.FAILED
-    print(f"replayed {entry.id} to {entry.topic} ({len(entry.payload)} bytes)")
-    return Exit.OK
+    return with_state(args, command, replay)
