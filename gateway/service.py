@@ -42,8 +42,6 @@ import asyncio
 import contextlib
 import enum
 import gc
-import json
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -85,6 +83,7 @@ from .core.events import (
     WindowEnded,
     WindowOpened,
 )
+from .daemon_status import write_status
 from .errors import GatewayError
 from .guids import GuidList, GuidListError
 from .logs import JsonLog
@@ -290,7 +289,6 @@ class Gateway:
         self._housekeeping_timer: asyncio.TimerHandle | None = None
         self._housekeeping_due: int | None = None  # wall ms the timer is set for
         self._started_at = clock()
-        self._status_path = Path(config.paths.state).with_name("daemon-status.json")
 
     # -- start-up and shut-down -----------------------------------------------------
 
@@ -1114,26 +1112,19 @@ class Gateway:
         self._write_status()
 
     def _write_status(self, *, running: bool = True) -> None:
-        """The daemon's own view for ``poa-gateway status`` (which reads the state file,
-        not the daemon): written atomically on every change of connection or store."""
         b = self.config.broker
-        status = {
-            "pid": os.getpid(),
-            "version": __version__,
-            "running": running,
-            "started_at": self._started_at,
-            "updated_at": self.clock(),
-            "broker": {
-                "host": b.host,
-                "port": b.port,
-                "connected": running and hasattr(self, "mqtt") and self.mqtt.connected,
-            },
-            "store": {"ok": self._store_ok.is_set()},
-        }
-        tmp = self._status_path.with_name(self._status_path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(status) + "\n")
-            os.replace(tmp, self._status_path)
+            write_status(
+                Path(self.config.paths.state),
+                version=__version__,
+                running=running,
+                started_at=self._started_at,
+                updated_at=self.clock(),
+                host=b.host,
+                port=b.port,
+                connected=running and hasattr(self, "mqtt") and self.mqtt.connected,
+                store_ok=self._store_ok.is_set(),
+            )
         except OSError as exc:
             # A full disk must not stop the daemon; status then shows the last view.
             self.log.debug("status.unwritten", reason=type(exc).__name__, detail=str(exc))

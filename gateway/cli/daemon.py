@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sqlite3
 import sys
 import time
@@ -14,6 +12,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.core.events import AlertOutcome, AlertReason
+from gateway.daemon_status import read_status
 from gateway.eui import format_eui64, parse_eui64
 from gateway.exits import Exit
 from gateway.state.sqlite import MARKER_SUFFIX, Store, StoreError
@@ -128,61 +127,13 @@ def _status(args: argparse.Namespace, config: Config, store: Store) -> int:
         "windows_active": len(active),
         "windows_pending": len(pending),
         "counts": store.counts(),
-        "daemon": daemon_status(config.paths.state),
+        "daemon": read_status(config.paths.state),
     }
     if args.windows:
         out["active"] = [_activation(a) for a in active]
         out["pending"] = [_activation(a) for a in pending]
     print_result(args, out)
     return Exit.OK
-
-
-def daemon_status(state: Path) -> dict[str, Any]:
-    """The running daemon's own view (``daemon-status.json`` beside the state file,
-    written on every change of broker connection or store health): whether it runs,
-    whether it is connected to the broker, whether its store commits."""
-    path = state.with_name("daemon-status.json")
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"running": False, "detail": "never started with this state"}
-    except (OSError, ValueError) as exc:
-        return {"running": None, "detail": f"{path}: unreadable: {exc}"}
-    if not isinstance(raw, dict):
-        return {"running": None, "detail": f"{path}: not a status object"}
-    pid = raw.get("pid")
-    running = bool(raw.get("running")) and isinstance(pid, int) and _alive(pid)
-    broker = raw.get("broker")
-    broker = broker if isinstance(broker, dict) else {}
-    store = raw.get("store")
-    store = store if isinstance(store, dict) else {}
-    out: dict[str, Any] = {
-        "running": running,
-        "pid": pid if running else None,
-        "version": raw.get("version"),
-        "broker_connected": bool(broker.get("connected")) if running else False,
-        "broker": f"{broker.get('host')}:{broker.get('port')}",
-        "store_ok": bool(store.get("ok")) if running else None,
-    }
-    for key in ("started_at", "updated_at"):
-        value = raw.get(key)
-        if isinstance(value, int) and 0 <= value < 253402300800000:  # before year 10000
-            out[key] = when(value)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's (status run as an operator, not the daemon)
-    except (OSError, OverflowError):
-        return False  # OverflowError: a pid no process can have (a mangled file)
-    return True
 
 
 def _activation(a: Any) -> dict[str, Any]:
