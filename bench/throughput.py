@@ -39,8 +39,24 @@ unique ``alert_id`` and ``raised_at`` = ``sent_at`` = the time it was written (m
    ``--backlog-max`` s of draining or beyond ``--rss-abort`` MB, and reports how far it
    got, the daemon's other log events and keepalive disconnections.
 
+**State backend** (issue 12, point 5): ``--state sqlite`` (the default) keeps the
+daemon's state in its SQLite file (``synchronous=FULL``: the WAL fsynced at every
+commit); ``--state postgresql`` puts it in a throwaway PostgreSQL cluster that the bench
+starts itself (tests/pg_support.py's ``Cluster``, imported as the e2e helpers are, but
+started with PostgreSQL's durable defaults: ``fsync=on``, ``synchronous_commit=on``,
+``full_page_writes=on``; the tests turn them off for speed), a fresh database per
+daemon, on the same disk as the SQLite files. ``--state both`` (or
+``sqlite,postgresql``) alternates the storms, SQLite then PostgreSQL, ``--storm-runs``
+pairs, so that the machine's drift hits both alike, and reports each backend's median
+and the ratio PostgreSQL / SQLite against the 0.8 goal (and the median of the paired
+ratios). The latency and backlog parts use the first backend listed.
+``--pg-statements`` loads pg_stat_statements and prints the statements that took the
+server's time after each PostgreSQL storm.
+
 Every process started here is stopped by PID at the end, and runs under ``setpriv
---pdeathsig KILL`` so that it cannot outlive a benchmark killed outright.
+--pdeathsig KILL`` so that it cannot outlive a benchmark killed outright. The
+PostgreSQL server (pg_ctl's daemon) is stopped and its folder deleted at the end and on
+SIGTERM; only a benchmark killed with SIGKILL leaves it running.
 
 Latencies use the wall clock of one host on both sides. Run from the repository root:
 ``.venv/bin/python bench/throughput.py`` (``--quick`` for a small smoke run,
@@ -75,6 +91,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from throughput_clients import esme_id, read_records, windowed_chf
@@ -84,6 +103,8 @@ from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.guids import write_guid_list
 from gateway.state.inventory import Inventory
 from tests.e2e_support import Broker, Client, Daemon, Home, cs06
+from tests.pg_support import USER as PG_USER
+from tests.pg_support import Cluster, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = Path(__file__).resolve().parent / "throughput_clients.py"
@@ -96,6 +117,13 @@ GOALS = {
     "bridge_ratio": 0.35,  # gateway / mosquitto's C bridge
     "latency_p99_ms": 5.0,  # at 1,000 alerts/s
     "backlog_rss_mb": 300.0,  # peak RSS while draining 1,000,000 queued alerts
+    "pg_sqlite_ratio": 0.8,  # storm rate on PostgreSQL / on SQLite, same machine and run
+}
+
+STATES = ("sqlite", "postgresql")
+STATE_LABELS = {
+    "sqlite": "SQLite (synchronous=FULL)",
+    "postgresql": "PostgreSQL (fsync=on, synchronous_commit=on)",
 }
 
 
@@ -160,6 +188,66 @@ class TunedBroker(Broker):
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+class DurableCluster(Cluster):
+    """tests/pg_support.py's throwaway cluster with PostgreSQL's durable defaults.
+
+    The tests start theirs with ``fsync=off`` and ``synchronous_commit=off`` for speed;
+    a benchmark compared with SQLite at ``synchronous=FULL`` must not: a commit here
+    waits for its WAL flush (``fsync=on``, ``synchronous_commit=on``,
+    ``full_page_writes=on``, each set explicitly rather than trusted to the defaults).
+    """
+
+    def __init__(self, bin_dir: Path, *, statements: bool = False) -> None:
+        super().__init__(bin_dir)
+        self.statements = statements
+
+    def start(self) -> None:
+        """initdb and start, waiting until it accepts connections."""
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", PG_USER, "-E", "UTF8")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c fsync=on "
+            "-c full_page_writes=on -c synchronous_commit=on"
+        )
+        if self.statements:
+            options += " -c shared_preload_libraries=pg_stat_statements"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w",
+            "start",
+        )  # fmt: skip
+        if self.statements:
+            self.execute(self.dsn(), "CREATE EXTENSION pg_stat_statements")
+
+    def settings(self) -> str:
+        """The server's durability settings, as it reports them (for the output)."""
+        names = ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(names),)
+            ).fetchall()
+            version = conn.execute("SELECT current_setting('server_version')").fetchall()
+        shown: dict[str, str] = dict(rows)
+        return f"PostgreSQL {version[0][0]}: " + ", ".join(f"{n}={shown.get(n)}" for n in names)
+
+    def top_statements(self, dsn: str, limit: int = 8) -> list[str]:
+        """The statements that took the most server time in ``dsn``'s database (the
+        view is in the database the extension was created in, ``postgres``)."""
+        query = """
+            SELECT calls, rows, total_exec_time, mean_exec_time,
+                regexp_replace(left(query, 90), '\\s+', ' ', 'g')
+            FROM pg_stat_statements
+            WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s)
+            ORDER BY total_exec_time DESC LIMIT %s
+        """
+        dbname = conninfo_to_dict(dsn)["dbname"]
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            rows = conn.execute(query, (dbname, limit)).fetchall()
+        return [
+            f"{total:8.0f} ms {calls:>8,} calls {nrows:>8,} rows {mean * 1000:7.1f} us/call  {q}"
+            for calls, nrows, total, mean, q in rows
+        ]
 
 
 class BenchDaemon(Daemon):
@@ -351,6 +439,8 @@ class Run:
         self.brokers: list[TunedBroker] = []
         self.daemons: list[BenchDaemon] = []
         self.children: list[Child] = []
+        self.pg: DurableCluster | None = None  # started by main() when a state needs it
+        self.dsns: dict[Path, str] = {}  # a home's folder -> its PostgreSQL database
 
     def broker(self, name: str, **kw: Any) -> TunedBroker:
         broker = TunedBroker(self.root / name, **kw)
@@ -392,13 +482,19 @@ class Run:
             daemon.kill()
         for broker in self.brokers:
             broker.kill()
+        if self.pg is not None:
+            pg, self.pg = self.pg, None
+            pg.stop()
 
 
 # -- the gateway's home ------------------------------------------------------------------
 
 
-def make_home(run: Run, name: str, port: int) -> Home:
-    """A home whose GUID list and inventory hold ``--windowed`` listed ESMEs, one per CHF."""
+def make_home(run: Run, name: str, port: int, state: str | None = None) -> Home:
+    """A home whose GUID list and inventory hold ``--windowed`` listed ESMEs, one per CHF,
+    its state in SQLite or in a fresh database of the bench's PostgreSQL cluster
+    (``state``; the first of ``--state`` when not given)."""
+    state = state or run.args.states[0]
     home = Home(run.root / name, port)
     n = run.args.windowed
     write_guid_list(
@@ -425,6 +521,10 @@ def make_home(run: Run, name: str, port: int) -> Home:
     text = home.config.read_text()
     if run.args.gateway_inflight:
         text = text.replace("[broker]\n", f"[broker]\ninflight = {run.args.gateway_inflight}\n", 1)
+    if state == "postgresql":
+        assert run.pg is not None, "main() starts the cluster for --state postgresql"
+        dsn = run.dsns[home.root] = run.pg.new_database()
+        text += f'[state]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
     home.config.write_text(text)
     return home
 
@@ -673,26 +773,67 @@ def show(name: str, o: Outputs) -> None:
 
 def part_storm(run: Run, results: dict[str, Any]) -> None:
     """``--storm-runs`` storms (fresh broker and daemon each); the median is reported,
-    as for the bridge: this 2-CPU VM's speed wanders by +-20 % from run to run."""
+    as for the bridge: this 2-CPU VM's speed wanders by +-20 % from run to run.
+
+    With more than one ``--state``, each run is a round of one storm per backend, in
+    the order given (SQLite, PostgreSQL, SQLite, PostgreSQL, ...), so that a slow spell
+    of the machine falls on both rather than on one backend's storms.
+    ``results["storm"]`` is the first backend's median (the figure of a one-backend
+    run); ``results["storms"]`` holds every backend's."""
     args = run.args
-    runs = [storm_once(run, i, last=i == args.storm_runs - 1) for i in range(args.storm_runs)]
-    ranked = sorted(runs, key=lambda r: float(r["rate_rx"]))
-    median = ranked[len(ranked) // 2]
-    results["storm"] = median | {"runs_rate_rx": [r["rate_rx"] for r in runs]}
-    if "latency" in args.parts and "latency_after_storm" in runs[-1]:
-        results["latency_after_storm"] = runs[-1].pop("latency_after_storm")
+    states: list[str] = args.states
+    runs: dict[str, list[dict[str, Any]]] = {state: [] for state in states}
+    for i in range(args.storm_runs):
+        for state in states:
+            last = i == args.storm_runs - 1 and state == states[-1]
+            runs[state].append(storm_once(run, i, state, last=last))
+    medians: dict[str, dict[str, Any]] = {}
+    for state, done in runs.items():
+        ranked = sorted(done, key=lambda r: float(r["rate_rx"]))
+        medians[state] = ranked[len(ranked) // 2] | {"runs_rate_rx": [r["rate_rx"] for r in done]}
+    results["storm"] = medians[states[0]]
+    if len(states) > 1:
+        results["storms"] = medians
+        show_state_ratio(medians)
+    if "latency" in args.parts and "latency_after_storm" in runs[states[-1]][-1]:
+        results["latency_after_storm"] = runs[states[-1]][-1].pop("latency_after_storm")
 
 
-def storm_once(run: Run, index: int, *, last: bool) -> dict[str, Any]:
-    """One storm; after the last one, the latency part runs through the same daemon."""
+def show_state_ratio(medians: dict[str, dict[str, Any]]) -> None:
+    """Print each backend's storm rates and median, and PostgreSQL / SQLite."""
+    log("storm rates by state backend (alternated, same machine and run):")
+    for state, median in medians.items():
+        rates = ", ".join(f"{r:,.0f}" for r in median["runs_rate_rx"])
+        log(f"  {STATE_LABELS[state]}: {rates} /s; median {median['rate_rx']:,.0f}/s")
+    if "sqlite" in medians and "postgresql" in medians:
+        pg, lite = medians["postgresql"], medians["sqlite"]
+        ratio = pg["rate_rx"] / lite["rate_rx"] if lite["rate_rx"] else 0.0
+        pairs = [p / q for p, q in zip(pg["runs_rate_rx"], lite["runs_rate_rx"], strict=True) if q]
+        paired = sorted(pairs)[len(pairs) // 2] if pairs else 0.0
+        goal = GOALS["pg_sqlite_ratio"]
+        log(
+            f"  PostgreSQL / SQLite: {ratio:.2f} (ratio of the medians; median of the "
+            f"{len(pairs)} paired runs {paired:.2f}), goal >= {goal}: "
+            f"{'met' if ratio >= goal else 'MISSED'}"
+        )
+        medians["postgresql"]["ratio_to_sqlite"] = round(ratio, 3)
+        medians["postgresql"]["paired_ratios_to_sqlite"] = [round(r, 3) for r in pairs]
+
+
+def storm_once(run: Run, index: int, state: str, *, last: bool) -> dict[str, Any]:
+    """One storm with the state in ``state``; after the last one, the latency part runs
+    through the same daemon."""
     args = run.args
-    log(f"storm run {index + 1}: {args.alerts:,} AD1s, {args.windowed} windows")
-    broker = run.broker(f"storm{index}-broker")
-    home = make_home(run, f"storm{index}-gw", broker.port)
-    daemon = start_daemon(run, home, profile=profile_path(args, f"storm{index}"))
+    several = len(args.states) > 1
+    on = f", state on {STATE_LABELS[state]}" if several or state != "sqlite" else ""
+    log(f"storm run {index + 1}: {args.alerts:,} AD1s, {args.windowed} windows{on}")
+    # One backend: the names of a run before --state existed (storm0, ...).
+    name = f"storm{index}" + (f"-{state}" if several else "")
+    broker = run.broker(f"{name}-broker")
+    home = make_home(run, f"{name}-gw", broker.port, state)
+    daemon = start_daemon(run, home, profile=profile_path(args, name))
     open_windows(run, home, daemon, broker.port)
     log(f"  daemon pid {daemon.pid} ready, {args.windowed} windows open")
-    name = f"storm{index}"
     sink, sink_out = run.sink(broker.port, name, args.alerts)
     cpu0, bcpu0 = cpu_seconds(daemon.pid), cpu_seconds(broker.proc.pid if broker.proc else 0)
     decisions = DecisionLog(home.log_path)
@@ -706,7 +847,8 @@ def storm_once(run: Run, index: int, *, last: bool) -> dict[str, Any]:
     bcpu = cpu_seconds(broker.proc.pid if broker.proc else 0) - bcpu0
     hwm = proc_status_kb(daemon.pid, "VmHWM")
     out = collect(sink, sink_out, pub, times, prefix=name, sent=args.alerts)
-    show(f"storm run {index + 1} (gateway)", out)
+    label = f"storm run {index + 1} (gateway{', ' + state if several else ''})"
+    show(label, out)
     durable_s = show_durable(decisions, out)
     log(f"  other daemon log events during the storm: {decisions.others()}")
     log(
@@ -714,7 +856,12 @@ def storm_once(run: Run, index: int, *, last: bool) -> dict[str, Any]:
         f"{1e6 * cpu / max(out.unique, 1):.0f} us/alert); broker CPU {bcpu:.1f} s; "
         f"daemon peak RSS {hwm / 1024:.0f} MB"
     )
+    if state == "postgresql" and run.pg is not None and run.pg.statements:
+        log("  PostgreSQL's time by statement (pg_stat_statements):")
+        for line in run.pg.top_statements(run.dsns[home.root]):
+            log(f"    {line}")
     result = out.summary() | {
+        "state": state,
         "daemon_cpu_s": round(cpu, 2),
         "daemon_us_per_alert": round(1e6 * cpu / max(out.unique, 1), 1),
         "broker_cpu_s": round(bcpu, 2),
@@ -966,26 +1113,46 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
             verdicts[goal] = ok
 
     storm, bridge = results.get("storm"), results.get("bridge")
-    if storm:
-        ok = storm["rate_rx"] >= GOALS["storm_rate"] and storm["lost"] == 0
-        runs = "/".join(f"{r / 1000:.1f}k" for r in storm["runs_rate_rx"])
+    storms: dict[str, dict[str, Any]] = results.get("storms") or (
+        {args.states[0]: storm} if storm else {}
+    )
+
+    def on(state: str) -> str:
+        # The rows of a SQLite-only run keep their names.
+        return f" ({state})" if len(storms) > 1 or state != "sqlite" else ""
+
+    for state, one in storms.items():
+        ok = one["rate_rx"] >= GOALS["storm_rate"] and one["lost"] == 0
+        runs = "/".join(f"{r / 1000:.1f}k" for r in one["runs_rate_rx"])
         got = (
-            f"{storm['rate_rx']:,.0f}/s (median of {runs}), lost {storm['lost']}, "
-            f"dups {storm['duplicates']}"
+            f"{one['rate_rx']:,.0f}/s (median of {runs}), lost {one['lost']}, "
+            f"dups {one['duplicates']}"
         )
-        row("storm AD1/s at QoS 1 (sink)", ">= 10,000/s, 0 lost", got, ok)
-        got = f"{storm['durable_rate']:,.0f}/s (first publish -> last suppression committed)"
-        row("storm AD1/s to durability", "(info)", got, None)
-        split = f"{storm['suppressed']:,} / {storm['forwarded']:,}"
-        row("storm suppressed / forwarded", "~half / half, 0 wrong", split, None)
-        row("storm daemon peak RSS", "(info)", f"{storm['daemon_peak_rss_mb']:.0f} MB", None)
+        row(f"storm AD1/s at QoS 1 (sink){on(state)}", ">= 10,000/s, 0 lost", got, ok)
+        got = f"{one['durable_rate']:,.0f}/s (first publish -> last suppression committed)"
+        row(f"storm AD1/s to durability{on(state)}", "(info)", got, None)
+        split = f"{one['suppressed']:,} / {one['forwarded']:,}"
+        row(f"storm suppressed / forwarded{on(state)}", "~half / half, 0 wrong", split, None)
+        rss = f"{one['daemon_peak_rss_mb']:.0f} MB, {one['daemon_us_per_alert']:.0f} us CPU/alert"
+        row(f"storm daemon peak RSS, CPU{on(state)}", "(info)", rss, None)
+    pg = storms.get("postgresql", {})
+    if "ratio_to_sqlite" in pg:
+        ratio = pg["ratio_to_sqlite"]
+        paired = sorted(pg["paired_ratios_to_sqlite"])
+        got = (
+            f"{ratio:.2f} (medians {pg['rate_rx']:,.0f} / {storms['sqlite']['rate_rx']:,.0f}; "
+            f"paired runs {'/'.join(f'{r:.2f}' for r in paired)})"
+        )
+        goal = GOALS["pg_sqlite_ratio"]
+        row("storm PostgreSQL / SQLite", f">= {goal}", got, ratio >= goal)
     if bridge:
         runs = "/".join(f"{r / 1000:.1f}k" for r in bridge["runs_rate_rx"])
         got = f"{bridge['rate_rx']:,.0f}/s (median of {runs}), lost {bridge['lost']}"
         row("C bridge AD1/s", "(reference)", got, None)
     if storm and bridge and bridge["rate_rx"]:
         ratio = storm["rate_rx"] / bridge["rate_rx"]
-        row("gateway / C bridge", ">= 0.35", f"{ratio:.2f}", ratio >= GOALS["bridge_ratio"])
+        name = f"gateway / C bridge{on(args.states[0])}"
+        row(name, ">= 0.35", f"{ratio:.2f}", ratio >= GOALS["bridge_ratio"])
     for key, label in (("latency", "fresh daemon"), ("latency_after_storm", "after the storm")):
         latency = results.get(key)
         if latency and latency["exact_latency_ms"]:
@@ -1054,6 +1221,28 @@ def revision() -> str:
     return head + (" (gateway/gbcs modified)" if dirty else "")
 
 
+def parse_states(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--state``'s backends, in order; a usage error naming any unknown one."""
+    names = list(STATES) if text.strip() == "both" else [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in STATES]
+    if unknown or not names or len(set(names)) != len(names):
+        parser.error(
+            f"--state: expected sqlite, postgresql, both or a comma list of them once each, "
+            f"got {text!r}"
+        )
+    return names
+
+
+def start_cluster(run: Run, parser: argparse.ArgumentParser) -> None:
+    """Start the throwaway PostgreSQL cluster for ``--state postgresql``."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        parser.error("--state postgresql: PostgreSQL is not installed (no initdb found)")
+    run.pg = DurableCluster(bin_dir, statements=run.args.pg_statements)
+    run.pg.start()
+    log(f"state: a throwaway cluster in {run.pg.root}, {run.pg.settings()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--alerts", type=int, default=50_000, help="storm and bridge size")
@@ -1082,7 +1271,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print a JSON object")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--profile-daemon", type=Path, default=None, metavar="FILE")
+    parser.add_argument(
+        "--state",
+        default="sqlite",
+        help="the daemon's state backend: sqlite, postgresql, or both (= sqlite,postgresql: "
+        "storms alternate, and the ratio is reported)",
+    )
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="PostgreSQL: print pg_stat_statements' top statements after each storm",
+    )
     args = parser.parse_args()
+    args.states = parse_states(parser, args.state)
     if args.quick:
         args.alerts, args.latency_seconds, args.backlog = 5_000, 3.0, 20_000
         args.storm_runs = args.bridge_runs = 1
@@ -1100,6 +1301,8 @@ def main() -> None:
     run = Run(root, args)
     results: dict[str, Any] = {}
     try:
+        if "postgresql" in args.states and {"storm", "latency", "backlog"} & set(args.parts):
+            start_cluster(run, parser)
         if "storm" in args.parts:
             part_storm(run, results)
         if "latency" in args.parts:
