@@ -289,3 +289,64 @@ async def test_a_gateway_on_postgresql_suppresses_and_keeps_its_state_there(
     with PostgresStore.open(pg_dsn) as store:
         assert store.counts()["suppressions"] == 10
         assert len(store.load_activations()) == 1
+
+
+# -- a batch of distinct keys (PostgreSQL: one statement per run; postgresql.py) ---------
+
+
+@pytest.mark.asyncio
+async def test_decisions_committed_together_meet_earlier_rows_as_one_by_one(
+    open_store: Opener,
+) -> None:
+    a = activation(1)
+    store = open_store()
+    try:
+        store.put_decision(suppressed("older-kept", a), effect_done=True)
+        store.put_decision(suppressed("done-kept", a), effect_done=True)
+        store.put_decision(suppressed("done-now", a), effect_done=False)
+        store.put_decision(forwarded("replaced"), effect_done=True)
+        await store.flush()
+        # One batch, every alert id once: each row meets the committed one.
+        store.put_decision(forwarded("older-kept", decided_at=T0), effect_done=False)
+        store.put_decision(suppressed("done-kept", a), effect_done=False)
+        store.put_decision(suppressed("done-now", a), effect_done=True)
+        store.put_decision(suppressed("replaced", a, decided_at=T0 + 2 * 60_000), effect_done=False)
+        for i in range(20):
+            store.put_decision(forwarded(f"new-{i}", decided_at=T0 + i), effect_done=i % 2 == 0)
+        await store.flush()
+        assert store.decision("older-kept") == (suppressed("older-kept", a), True)
+        assert store.decision("done-kept") == (suppressed("done-kept", a), True)
+        assert store.decision("done-now") == (suppressed("done-now", a), True)
+        assert store.decision("replaced") == (
+            suppressed("replaced", a, decided_at=T0 + 2 * 60_000),
+            False,
+        )
+        loaded = store.load_decisions(0)
+        news = [(d.alert_id, done) for d, done in loaded if d.alert_id.startswith("new-")]
+        assert news == [(f"new-{i}", i % 2 == 0) for i in range(20)]
+        assert store.counts()["decisions"] == 24
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_suppressions_committed_together_keep_queue_order_and_the_first_record(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    try:
+        store.append_suppression(record("logged", received_at=T0 + 1))
+        await store.flush()
+        # Ids not in sorted order, so an insert by id would show; one already logged.
+        ids = [f"s-{(i * 7) % 30:02}" for i in range(30)]
+        for n, alert_id in enumerate(ids):
+            store.append_suppression(record(alert_id, received_at=T0 + 100 + n))
+            if n == 10:
+                store.append_suppression(record("logged", received_at=T0 + 2))
+        await store.flush()
+        rows = store.unreported(100)
+        assert [r.alert_id for _, r in rows] == ["logged", *ids]
+        assert rows[0][1].received_at == T0 + 1
+        assert [seq for seq, _ in rows] == sorted(seq for seq, _ in rows)
+    finally:
+        store.close()
