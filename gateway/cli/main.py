@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.exits import Exit
 from gateway.render import render_frame
 
-from . import config, daemon, guids, inventory, quarantine, report, simulate
+from . import config, daemon, guids, inventory, quarantine, report, simulate, state
 
 
 class CliError(GatewayError):
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_parser(sub)
     report.add_parser(sub)
     quarantine.add_parser(sub)
+    state.add_parser(sub)
     simulate.add_parser(sub)
     return parser
 
