@@ -49,6 +49,7 @@ __all__ = [
     "ConfigFile",
     "ConfigReason",
     "Duration",
+    "HaConfig",
     "LogConfig",
     "MetricsConfig",
     "Paths",
@@ -456,6 +457,35 @@ def _check_dsn(dsn: str) -> None:
         )
 
 
+class HaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[ha]``: the leader lease of instances sharing a PostgreSQL state store
+    (docs/ha.md); unused with SQLite."""
+
+    # How long a lease lasts unless renewed: a dead leader is replaced after at most this
+    # (plus one ``renew``). Longer rides out longer database or host stalls; shorter
+    # fails over sooner.
+    lease: Duration = _d("5s")
+    # How often the leader renews (and a standby tries to take the lease). At most a
+    # third of ``lease``, so that two renewals in a row can fail without losing it.
+    renew: Duration = _d("1s")
+    # This instance's name in ``poa-gateway status``; empty: the host name.
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.lease < 1000:
+            raise _fail("ha.lease", "must be at least 1s", ConfigReason.OUT_OF_RANGE)
+        if self.renew < 100:
+            raise _fail("ha.renew", "must be at least 100ms", ConfigReason.OUT_OF_RANGE)
+        if self.renew * 3 > self.lease:
+            raise _fail(
+                "ha.renew",
+                f"must be at most a third of ha.lease ({format_duration(self.lease)})",
+                ConfigReason.OUT_OF_RANGE,
+            )
+        if len(self.name) > 200 or not self.name.isprintable():
+            raise _fail("ha.name", "use at most 200 printable characters")
+
+
 class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[reports]``: rotation of the suppression reports for the DNOs."""
 
@@ -511,6 +541,7 @@ class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
+    ha: HaConfig = msgspec.field(default_factory=HaConfig)
     reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -541,6 +572,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     state: StateConfig
     reports: ReportsConfig
     metrics: MetricsConfig
+    ha: HaConfig = HaConfig()
     log: LogConfig
     source: Path | None = None  # the file it came from; None for built-in defaults
     password: Secret | None = None  # from the variable named by broker.password_env
@@ -707,6 +739,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
         suppression=file.suppression,
         paths=paths,
         state=file.state,
+        ha=file.ha,
         reports=file.reports,
         metrics=file.metrics,
         log=file.log,

@@ -40,6 +40,7 @@ from .core.events import (
     OutcomeKind,
     RefusalReason,
 )
+from .ha import LossReason
 from .state.inventory import InventoryReason
 from .wire import ActivationKind, WireReason
 
@@ -222,6 +223,26 @@ class Metrics:
             ["topic", "message_code", "reason"],
             registry=reg,
         )
+        self.leader = Gauge(
+            "poa_leader",
+            "1 while this instance holds the leader lease (PostgreSQL state, docs/ha.md) or "
+            "runs alone on SQLite, 0 while it waits as a standby. Across the instances of "
+            "a deployment exactly one should say 1: alert when the sum is not 1.",
+            registry=reg,
+        )
+        self.lease_epoch = Gauge(
+            "poa_lease_epoch",
+            "The epoch of the leader lease this instance last held (0: never). It grows by "
+            "one at every change of leader: its rate counts failovers.",
+            registry=reg,
+        )
+        self.stepped_down = Counter(
+            "poa_stepped_down_total",
+            "Times this instance lost the leader lease while leading, by reason (taken, "
+            "deadline, fenced). Each is a failover: find out why.",
+            ["reason"],
+            registry=reg,
+        )
         self.store_ok = Gauge(
             "poa_store_ok",
             "1 while the state store commits, 0 while its commits fail (a full disk, an I/O "
@@ -381,6 +402,12 @@ class Metrics:
         if child is None:
             child = self._quarantined[(topic, reason)] = self.quarantined.labels(topic, reason)
         child.inc()
+
+    def count_stepped_down(self, reason: LossReason) -> None:
+        """Count one loss of the leader lease while leading."""
+        if reason not in LossReason:
+            raise ValueError(f"not a LossReason: {reason!r}")
+        self.stepped_down.labels(reason.value).inc()
 
     def set_windows(self, *, active: int, pending: int, ended: int = 0) -> None:
         """Set the window gauges from the engine's counts (``ended``: ended windows kept

@@ -19,6 +19,7 @@ from typing import Any, Final, TypeVar
 from gbcs import GbcsError
 
 from .errors import GatewayError
+from .ha import LeaseLost
 from .state.sqlite import QuarantineEntry, StoreError, quarantine_id
 from .transport.mqtt import NotConnected, PublishRefused
 from .wire import QuarantineNotice, WireError
@@ -36,7 +37,7 @@ __all__ = [
 HANDLER_ATTEMPTS: Final = 3
 """How often a message's handling is tried before the message is quarantined."""
 
-NOT_THE_MESSAGE: Final = (StoreError, PublishRefused, NotConnected)
+NOT_THE_MESSAGE: Final = (StoreError, PublishRefused, NotConnected, LeaseLost)
 """Failures of the gateway's surroundings, not of one message: the message is left with
 the broker (not acknowledged) rather than quarantined, and comes back."""
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import gc
 import signal
 import time
@@ -84,8 +83,9 @@ from .core.events import (
     WindowOpened,
 )
 from .daemon_status import write_status
-from .errors import GatewayError
+from .errors import StartupError, StartupReason
 from .guids import GuidList, GuidListError
+from .ha import LeaseKeeper, LeaseLost, LossReason
 from .logs import JsonLog
 from .metrics import Metrics
 from .quarantine import (
@@ -99,7 +99,8 @@ from .quarantine import (
 )
 from .reports.files import Rotation, write_report
 from .sdnotify import Notifier
-from .state.inventory import Inventory, InventoryError, from_envelope
+from .state.inventory import InventoryError, InventoryStore, from_envelope
+from .state.inventory_store import open_inventory
 from .state.protocol import OpenStore, StateStore
 from .state.sqlite import QuarantineEntry, Store, StoreError
 from .transport.mqtt import (
@@ -135,27 +136,6 @@ STORE_RETRY_MAX_S: Final = 5.0
 # Housekeeping wakes at its deadlines (see Gateway._arm_housekeeping), and at least this
 # often, so that a step of the wall clock cannot leave a window open for long.
 HOUSEKEEPING_GUARD_MS: Final = 60_000
-
-
-class StartupReason(enum.StrEnum):
-    """Why the gateway cannot start with its configuration (a log field)."""
-
-    TRUST_MISSING = "trust-missing"  # paths.trust_dir is not a folder
-    TRUST_UNREADABLE = "trust-unreadable"  # a certificate file cannot be read
-    TRUST_EMPTY = "trust-empty"  # no usable certificate: no command could be verified
-
-
-class StartupError(GatewayError):
-    """The gateway cannot start with this configuration (a missing or empty trust store):
-    retrying unchanged can never work, so ``run`` exits ``Exit.CONFIG`` (78).
-
-    Attributes:
-        reason: stable code, a :class:`StartupReason`.
-    """
-
-    def __init__(self, reason: StartupReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 class _AlertBatch:
@@ -243,8 +223,11 @@ class Gateway:
         open_store: OpenStore,
         make_transport: MakeTransport,
         clock: Callable[[], int] = wall_ms,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.config = config
+        # The leader lease (PostgreSQL state, gateway/ha.py); None: the only instance.
+        self._lease = lease
         self._open_store = open_store
         self._make_transport = make_transport
         self.log = log
@@ -270,7 +253,7 @@ class Gateway:
         self.notifier = Notifier()
         self.trust: TrustStore
         self.guids: GuidList | None = None
-        self.inventory: Inventory
+        self.inventory: InventoryStore
         self.store: StateStore
         self.engine: Engine
         self.mqtt: Transport
@@ -306,7 +289,7 @@ class Gateway:
             self.log.error("guids.unavailable", reason=exc.reason, detail=str(exc))
         else:
             self.metrics.guid_list_imported.set(self.guids.imported_at_ms / 1000)
-        self.inventory = Inventory.open(paths.inventory)
+        self.inventory = open_inventory(self.config)
         self.store = self._open_store(paths.state)
         now = self.clock()
         self.engine = Engine(self.config.engine_config(), now)
@@ -357,7 +340,12 @@ class Gateway:
 
     async def start(self) -> None:
         """Load state, connect, subscribe, and tell systemd we are ready."""
-        self.load()
+        if self._lease is not None:
+            # A promotion: a big state takes seconds to load, so in a thread, while the
+            # event loop keeps renewing the lease. Nothing else runs on this gateway yet.
+            await asyncio.to_thread(self.load)
+        else:
+            self.load()
         install_exception_filter(asyncio.get_running_loop(), self._lib_event)
         b = self.config.broker
         self.mqtt = self._make_transport(self._on_delivery, self._mqtt_event)
@@ -392,14 +380,20 @@ class Gateway:
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
         failed = asyncio.ensure_future(self.mqtt.wait_failed())
+        lost = asyncio.ensure_future(self._lease.lost.wait()) if self._lease else None
         try:
             stopping = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
+            waits = {stopping, failed} | ({lost} if lost else set())
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
             if failed.done() and not failed.cancelled():
                 self._failure = failed.result()
+            elif lost is not None and lost.done() and not self._stopping.is_set():
+                self._failure = self.lease_lost()
         finally:
             failed.cancel()
+            if lost is not None:
+                lost.cancel()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -413,8 +407,21 @@ class Gateway:
         self._stopping.set()
 
     async def stopped(self) -> None:
-        """Return once a stop has been asked for."""
-        await self._stopping.wait()
+        """Return once a stop has been asked for, or the leader lease is lost."""
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if self._lease is not None:
+            waits.append(asyncio.ensure_future(self._lease.lost.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    def lease_lost(self) -> LeaseLost | None:
+        """Why this gateway may no longer act (its lease is lost), or None."""
+        if self._lease is None or self._lease.lost_reason is None:
+            return None
+        return LeaseLost(self._lease.lost_reason, self._lease.epoch)
 
     async def close(self) -> None:
         """Disconnect (unacknowledged messages stay with the broker) and close the stores.
@@ -444,7 +451,12 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await m.close()
         if hasattr(self, "store"):
-            await self.store.aclose()
+            if self._may_act():
+                await self.store.aclose()
+            else:
+                # Stepped down: what is queued belongs to messages not acknowledged,
+                # which the new leader gets from the broker; it must not be written.
+                self.store.close()
         if hasattr(self, "inventory"):
             self.inventory.close()
         if self.guids is not None:
@@ -462,7 +474,7 @@ class Gateway:
         handler = self._handlers.get(topic)
         if handler is None:
             self.log.warning("message.unexpected_topic", topic=topic)
-            delivery.ack()
+            self._acknowledge(delivery)
             return
         self._spawn(self._handle(handler, topic, payload, received, delivery))
 
@@ -554,6 +566,9 @@ class Gateway:
             try:
                 await self.store.flush()
             except StoreError as exc:
+                if exc.reason == "fenced" and self._lease is not None:
+                    # The database says another instance leads: step down now.
+                    self._lease.lose(LossReason.FENCED)
                 if exc.reason != "commit-failed":
                     raise
                 self._store_failed(exc)
@@ -594,7 +609,16 @@ class Gateway:
             self.mqtt.release_intake()
         self._write_status()
 
+    def _may_act(self) -> bool:
+        """False once this instance may no longer acknowledge, publish or write reports:
+        it lost the leader lease (then another instance has the broker session)."""
+        return self._lease is None or self._lease.valid()
+
     def _acknowledge(self, delivery: Delivery) -> None:
+        if not self._may_act():
+            # The new leader gets it from the broker session; acknowledging it here
+            # could acknowledge it on the new leader's connection's behalf.
+            return
         self.metrics.ack_latency.observe(time.monotonic() - delivery.started)
         delivery.ack()
 
@@ -1038,11 +1062,15 @@ class Gateway:
             self.log.error("report.failed", reason=repr(task.exception()))
 
     async def _rotate_reports(self, now: int) -> None:
+        if not self._may_act():
+            return  # exactly one instance writes reports: the leader
         rows = await self.store.read_unreported(self.config.reports.max_records)
         records = [r for _, r in rows]
         seqs = [seq for seq, _ in rows]
         start = self._rotation.period_start(self._report_opened_at)
         report_id = f"{seqs[0]}-{seqs[-1]}" if seqs else f"empty-{start}"
+        if not self._may_act():
+            return
         report = await asyncio.to_thread(
             write_report,
             self.config.paths.outbox,
@@ -1134,19 +1162,23 @@ class Gateway:
 
 
 async def serve(config: Config, log: JsonLog, *, open_store: OpenStore | None = None) -> None:
-    """Run one gateway until SIGTERM or SIGINT (``open_store``: see :class:`Gateway`;
-    None opens the store ``[state]`` names)."""
+    """Run until SIGTERM or SIGINT (``open_store``: see :class:`Gateway`; None opens the
+    store ``[state]`` names). With the state in PostgreSQL the process is one instance
+    of a deployment: a standby until it takes the leader lease (:func:`_serve_ha`)."""
     metrics = Metrics()
     log.flush_once_per_pass(asyncio.get_running_loop())
     server = None
-    configured, make_transport = sqlite_and_mqtt(config)
-    open_store = configured if open_store is None else open_store
-    gateway = Gateway(
-        config, log=log, metrics=metrics, open_store=open_store, make_transport=make_transport
-    )
+    stopping = asyncio.Event()
+    current: list[Gateway] = []  # the gateway running now, for the signal handler
+
+    def stop() -> None:
+        stopping.set()
+        for gateway in current:
+            gateway.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, gateway.stop)
+        loop.add_signal_handler(sig, stop)
     # No live reload: say so instead of dying on SIGHUP (systemctl reload, a closed tty).
     loop.add_signal_handler(
         signal.SIGHUP, lambda: log.warning("signal.ignored", reason="reload-not-supported")
@@ -1154,7 +1186,20 @@ async def serve(config: Config, log: JsonLog, *, open_store: OpenStore | None = 
     try:
         if config.metrics.enabled:
             server = metrics.serve(config.metrics.host, config.metrics.port)
-        await _serve(gateway, log)
+        if config.state.backend == "postgresql" and open_store is None:
+            await _serve_ha(config, log, metrics, stopping, current)
+        else:
+            configured, make_transport = sqlite_and_mqtt(config)
+            gateway = Gateway(
+                config,
+                log=log,
+                metrics=metrics,
+                open_store=configured if open_store is None else open_store,
+                make_transport=make_transport,
+            )
+            current.append(gateway)
+            metrics.leader.set(1)
+            await _serve(gateway, log)
     except Exception as exc:
         # Said before gateway.stopped, so the journal reads in order: why, then stopped.
         fields: dict[str, Any] = {"reason": getattr(exc, "reason", type(exc).__name__)}
@@ -1163,10 +1208,116 @@ async def serve(config: Config, log: JsonLog, *, open_store: OpenStore | None = 
         log.error("gateway.failed", error=type(exc).__name__, detail=describe(exc), **fields)
         raise
     finally:
-        await gateway.close()
+        for gateway in current:
+            await gateway.close()
         if server is not None:
             await asyncio.to_thread(server.close)
         log.flush()
+
+
+async def _serve_ha(
+    config: Config,
+    log: JsonLog,
+    metrics: Metrics,
+    stopping: asyncio.Event,
+    current: list[Gateway],
+) -> None:
+    """One instance of a deployment on PostgreSQL: wait as a standby for the lease, lead
+    until it is lost or a stop is asked for, and wait again (gateway/ha.py, docs/ha.md)."""
+    from .state.lease import LeaseTable, default_name, new_run_id  # noqa: PLC0415
+    from .state.postgresql import PostgresStore  # noqa: PLC0415
+
+    ha = config.ha
+    dsn = config.state.dsn
+    password = None if config.state_password is None else config.state_password.reveal()
+    name = ha.name or default_name()
+    table = LeaseTable(
+        dsn,
+        password,
+        run_id=new_run_id(name),
+        name=name,
+        client_id=config.broker.client_id,
+        lease_ms=int(ha.lease),
+        lock_timeout_ms=max(50, int(ha.renew * 0.8)),
+    )
+    keeper = LeaseKeeper(
+        table, lease_ms=int(ha.lease), renew_ms=int(ha.renew), log=log, version=__version__
+    )
+    keeper.on_lost(lambda lost: _stepped_down(metrics, lost))
+    notifier = Notifier()
+    watchdog = asyncio.create_task(_watchdog(notifier), name="standby-watchdog")
+
+    def open_fenced(_path: Path) -> StateStore:
+        store = PostgresStore.open(dsn, password=password)
+        assert keeper.epoch is not None
+        # A frozen commit holding the lease row is ended by the server well before the
+        # lease runs out, so a standby can take it.
+        store.fence(keeper.run_id, keeper.epoch, idle_timeout_ms=int(ha.lease) // 2)
+        return store
+
+    def make_transport(on_delivery: DeliveryHandler, on_event: EventSink) -> Transport:
+        return MqttAdapter(
+            mqtt_settings(config), on_delivery=on_delivery, on_event=on_event, may_act=keeper.valid
+        )
+
+    try:
+        while not stopping.is_set():
+            metrics.leader.set(0)
+            notifier.ready("standby: waiting for the leader lease")
+            acquiring = asyncio.create_task(keeper.acquire(), name="acquire-lease")
+            halt = asyncio.create_task(stopping.wait(), name="stop-signal")
+            await asyncio.wait({acquiring, halt}, return_when=asyncio.FIRST_COMPLETED)
+            halt.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquiring
+                break
+            epoch = acquiring.result()  # a client id conflict raises StartupError
+            metrics.leader.set(1)
+            metrics.lease_epoch.set(epoch)
+            gateway = Gateway(
+                config,
+                log=log,
+                metrics=metrics,
+                open_store=open_fenced,
+                make_transport=make_transport,
+                lease=keeper,
+            )
+            current[:] = [gateway]
+            renewing = asyncio.create_task(keeper.run(), name="renew-lease")
+            try:
+                await _serve(gateway, log)
+            except LeaseLost:
+                pass  # said by the keeper (ha.stepped_down); a standby again
+            finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+            # Closed here when stopped or stepped down; after a failure, by serve, once
+            # gateway.failed is logged (the journal then reads: why, then stopped).
+            current.clear()
+            await gateway.close()
+    finally:
+        metrics.leader.set(0)
+        watchdog.cancel()
+        await keeper.close()
+
+
+def _stepped_down(metrics: Metrics, lost: LeaseLost) -> None:
+    metrics.leader.set(0)
+    if lost.reason is not LossReason.STOPPING:
+        metrics.count_stepped_down(lost.reason)
+
+
+async def _watchdog(notifier: Notifier) -> None:
+    # A standby has no gateway, whose loop pings the watchdog: this one does meanwhile.
+    interval = notifier.watchdog_ping_s()
+    if interval is None:
+        return
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
 
 
 async def _serve(gateway: Gateway, log: JsonLog) -> None:
@@ -1185,7 +1336,10 @@ async def _serve(gateway: Gateway, log: JsonLog) -> None:
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
-        log.info("gateway.start_abandoned", reason="stop requested")
+        lost = gateway.lease_lost()
+        log.info("gateway.start_abandoned", reason="lease lost" if lost else "stop requested")
+        if lost is not None:
+            raise lost
 
 
 def run(config: Config, log: JsonLog, *, open_store: OpenStore | None = None) -> None:

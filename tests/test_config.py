@@ -568,11 +568,13 @@ def test_redacted_dict_has_every_section_and_readable_durations() -> None:
         "suppression",
         "paths",
         "state",
+        "ha",
         "reports",
         "metrics",
         "log",
     ]
     assert data["suppression"]["window"] == "30m"
+    assert data["ha"] == {"lease": "5s", "renew": "1s", "name": ""}
     assert data["state"] == {
         "backend": "sqlite",
         "dsn": "",
@@ -691,3 +693,20 @@ def test_the_configuration_file_is_found_from_config_then_the_environment_then_e
     err = capsys.readouterr().err
     assert "/etc/poa-gateway/poa-gateway.toml" in err
     assert "POA_GATEWAY_CONFIG" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("lease = '500ms'", "ha.lease"),
+        ("renew = '50ms'", "ha.renew"),
+        ("lease = '3s'\nrenew = '2s'", "ha.renew"),
+        ('name = "a\\nb"', "ha.name"),
+    ],
+)
+def test_ha_settings_that_could_lose_the_lease_are_refused_by_name(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, f"[ha]\n{text}\n"), env={})
+    assert caught.value.key == key

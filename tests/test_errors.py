@@ -16,10 +16,10 @@ import pytest
 import gateway
 import gbcs
 from gateway.config import ConfigError, ConfigReason, load_config
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StartupError, StartupReason
 from gateway.guids import GuidList, GuidListError, GuidListReason
 from gateway.guids_import import GuidRowReason, read_guid_list
-from gateway.service import StartupError, StartupReason
+from gateway.ha import LeaseLost, LossReason
 from gateway.state.inventory import InvalidRowReason, Inventory, InventoryError, InventoryReason
 from gateway.state.sqlite import Store, StoreError, StoreReason
 from gateway.wire import WireError, WireReason, decode_gbcs
@@ -127,6 +127,7 @@ REASON_VALUES: dict[type[enum.StrEnum], set[str]] = {
         "invalid-value",
         "commit-failed",
         "closed",
+        "fenced",
         "state-empty",
         "state-lost",
         "state-mismatch",
@@ -166,7 +167,8 @@ REASON_VALUES: dict[type[enum.StrEnum], set[str]] = {
         "unsorted",
     },
     GuidRowReason: {"not-eui64", "number", "not-text", "empty-guid"},
-    StartupReason: {"trust-missing", "trust-unreadable", "trust-empty"},
+    StartupReason: {"trust-missing", "trust-unreadable", "trust-empty", "client-id-conflict"},
+    LossReason: {"taken", "deadline", "fenced", "stopping"},
 }
 
 # The gateway's errors that take a reason, and the enum it comes from.
@@ -177,6 +179,7 @@ REASON_OF: dict[type[GatewayError], type[enum.StrEnum]] = {
     GuidListError: GuidListReason,
     WireError: WireReason,
     StartupError: StartupReason,
+    LeaseLost: LossReason,
 }
 
 # Errors that take a reason not yet typed by an enum of their own (none left).

@@ -87,6 +87,9 @@ class FakeStore:
     async def aclose(self) -> None:
         return None
 
+    def close(self) -> None:
+        self.queued = []
+
     def load_activations(self) -> list[Activation]:
         return []
 

@@ -25,6 +25,7 @@ class StoreReason(enum.StrEnum):
     INVALID_VALUE = "invalid-value"
     COMMIT_FAILED = "commit-failed"
     CLOSED = "closed"
+    FENCED = "fenced"
     STATE_EMPTY = "state-empty"
     STATE_LOST = "state-lost"
     STATE_MISMATCH = "state-mismatch"
@@ -48,6 +49,9 @@ class StoreError(GatewayError):
             - ``commit-failed``: a group commit failed; the writes it covered are not
               known to be durable (the daemon must not acknowledge their messages);
             - ``closed``: the store is closed, or was closed while a flush waited;
+            - ``fenced``: this process no longer holds the leader lease (another
+              instance took it: gateway/state/lease.py); nothing of the refused commit
+              was written, and no later commit of this store can succeed;
             - ``state-empty``: the state file is zero bytes long (the store never leaves
               one: its state was lost);
             - ``state-lost``: the marker says a store was created here, but the state

@@ -77,6 +77,7 @@ class GroupCommitStore(abc.ABC):
         self._overlay: dict[tuple[bytes, bytes], tuple[int, int]] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._fenced: StoreError | None = None  # set for good by a fenced commit
 
     # -- what a backend supplies ----------------------------------------------------------
 
@@ -117,6 +118,8 @@ class GroupCommitStore(abc.ABC):
         target = self._queued
         if target <= self._committed:
             return
+        if self._fenced is not None:
+            raise self._copy(self._fenced)
         self.start()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
@@ -197,6 +200,8 @@ class GroupCommitStore(abc.ABC):
 
     def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
         self._check_open()
+        if self._fenced is not None:
+            raise self._copy(self._fenced)
         self._queue.append((sql, params))
         self._queued += 1
         if self._task is None:
@@ -266,6 +271,16 @@ class GroupCommitStore(abc.ABC):
 
     def _failed(self, exc: Exception, size: int) -> None:
         self.commit_failures += 1
+        if isinstance(exc, StoreError) and exc.reason is StoreReason.FENCED:
+            # Another instance leads now: no retry can ever succeed, and the writes
+            # belong to messages that are not acknowledged (the broker keeps them for
+            # the new leader). Dropped, and every flush from now on says why.
+            self._fenced = exc
+            self._queue.clear()
+            self._overlay.clear()
+            self.last_error = exc
+            self._fail_waiters(exc)
+            return
         error = StoreError(
             StoreReason.COMMIT_FAILED,
             f"{self.path}: commit of {size} write(s) failed: {exc}",
@@ -281,10 +296,19 @@ class GroupCommitStore(abc.ABC):
         waiters, self._waiters = self._waiters, []
         for _, future in waiters:
             if not future.done():
-                # One exception object per waiter: each raise adds to its traceback.
-                mine = StoreError(error.reason, error.detail, path=error.path)
-                mine.__cause__ = error.__cause__
-                future.set_exception(mine)
+                future.set_exception(self._copy(error))
+
+    @staticmethod
+    def _copy(error: StoreError) -> StoreError:
+        # One exception object per raise: each raise adds to its traceback.
+        mine = StoreError(error.reason, error.detail, path=error.path)
+        mine.__cause__ = error.__cause__
+        return mine
+
+    @property
+    def fenced(self) -> bool:
+        """True once a commit was refused because this process lost the leader lease."""
+        return self._fenced is not None
 
     def _closed_error(self) -> StoreError:
         return StoreError(StoreReason.CLOSED, f"{self.path}: store closed", path=self._error_path)

@@ -108,6 +108,11 @@ _DISCONNECT = b"\xe0"  # the fixed header's first byte of an MQTT DISCONNECT
 # The publishing connection's client id is the configured one with this suffix.
 OUT_SUFFIX = "-out"
 
+# The reconnect delay of a link that may no longer act (see MqttAdapter's ``may_act``):
+# long enough never to come, since gmqtt has no public way to cancel a reconnect it
+# has already scheduled.
+_NEVER_S = 10.0**7
+
 
 class MqttSettings(msgspec.Struct, frozen=True):
     """Connection settings (built from the configuration's ``[broker]`` section)."""
@@ -241,8 +246,11 @@ class _Link:
         *,
         receives: bool,
         storage: PersistentStorage | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.name = name
+        self._may_act = may_act
+        self._leaving: asyncio.Future[Any] | None = None  # a disconnect after a fence
         self._settings = settings
         self._client_id = client_id
         self._on_event = on_event
@@ -345,6 +353,14 @@ class _Link:
         return random.uniform(s.reconnect_min_s, max(ceiling, s.reconnect_min_s))  # noqa: S311
 
     def _on_connect(self, _client: Any, session_present: Any, _rc: Any, properties: Any) -> None:
+        if not self._may_act():
+            # A reconnect that was already scheduled when this process lost the right to
+            # act (gmqtt cannot cancel one): leave at once, so the broker session goes
+            # back to the instance that holds it, and say so.
+            self._on_event("mqtt.fenced", {"link": self.name, "reason": "connected-after-fence"})
+            self._stop_reconnecting()
+            self._leaving = asyncio.ensure_future(self.client.disconnect())
+            return
         self.generation += 1
         self._attempt = 0
         self.up = True
@@ -368,6 +384,14 @@ class _Link:
         )
 
     def _on_disconnect(self, _client: Any, _packet: Any, exc: Any = None) -> None:
+        if not self._may_act():
+            self.up = False
+            self._stop_reconnecting()
+            self._on_event(
+                "mqtt.disconnected",
+                {"link": self.name, "reason": repr(exc) if exc else "closed", "reconnect": False},
+            )
+            return
         if self.up:
             self.up = False
             self.client.reconnect_delay = self._next_delay()
@@ -381,7 +405,16 @@ class _Link:
             # The connection closed before its CONNACK: a failed attempt.
             self._retry_reported("closed-before-connack")
 
+    def _stop_reconnecting(self) -> None:
+        # Synchronous, before gmqtt schedules its reconnect: with no retries left it does
+        # not start one, and one already sleeping waits _NEVER_S.
+        self.client.stop_reconnect()
+        self.client.reconnect_delay = _NEVER_S
+
     def _retry_reported(self, reason: str, **fields: Any) -> None:
+        if not self._may_act():
+            self._stop_reconnecting()
+            return
         # Re-drawn here, before gmqtt's reconnect sleeps: the backoff grows with every
         # failed attempt, not only with every lost connection.
         delay = self._next_delay()
@@ -621,10 +654,17 @@ class MqttAdapter:
         *,
         on_delivery: DeliveryHandler | None = None,
         on_event: EventSink | None = None,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         """``on_message(topic, payload)``: a coroutine per message, acknowledged when it
         returns. Or ``on_delivery(topic, payload, delivery)``: called at once, on the event
-        loop, and acknowledged when ``delivery.ack()`` is called (the daemon's way)."""
+        loop, and acknowledged when ``delivery.ack()`` is called (the daemon's way).
+
+        ``may_act()``, asked synchronously before every acknowledgement, publish and
+        reconnection: once it says False (a leader that lost its lease, gateway/ha.py)
+        nothing more is acknowledged or published, and neither link reconnects (a
+        reconnect under the deployment's client id would take the broker session from
+        the new leader)."""
         if (on_message is None) == (on_delivery is None):
             raise ValueError("give exactly one of on_message and on_delivery")
         self._settings = settings
@@ -634,7 +674,15 @@ class MqttAdapter:
         self._on_event: EventSink = on_event or (lambda _event, _fields: None)
         self._storage = _AckStorage(self._acked, self._session_lost)
         self._topics: list[str] = []
-        self._in = _Link("in", settings, settings.client_id, self._on_event, receives=True)
+        self._may_act: Callable[[], bool] = may_act or (lambda: True)
+        self._in = _Link(
+            "in",
+            settings,
+            settings.client_id,
+            self._on_event,
+            receives=True,
+            may_act=self._may_act,
+        )
         self._out = _Link(
             "out",
             settings,
@@ -642,6 +690,7 @@ class MqttAdapter:
             self._on_event,
             receives=False,
             storage=self._storage,
+            may_act=self._may_act,
         )
         if not self._in.take_qos1(self._deliver):
             raise RuntimeError("gmqtt's internals moved: cannot take inbound QoS 1 messages")
@@ -843,6 +892,12 @@ class MqttAdapter:
         if self.paused and not self._held and self.inbound <= self.inbound_limit // 2:
             self._gate.set()
         generation = delivery.generation
+        if not self._may_act():
+            # Another instance leads: it gets this message from the broker session.
+            self._on_event(
+                "mqtt.ack_withheld", {"reason": "not the leader", "topic": delivery.topic}
+            )
+            return
         if exc is not None:
             # Not acknowledged; the broker redelivers it only on a new session, so
             # start one (once per failing connection).
@@ -922,6 +977,8 @@ class MqttAdapter:
         """
         if not self._window_ready:
             raise NotConnected("publish before the first connection")
+        if not self._may_act():
+            raise NotConnected("not the leader: publishing is fenced")
         if not messages:
             return
         group = _Group(asyncio.get_running_loop(), len(messages))
@@ -936,6 +993,10 @@ class MqttAdapter:
 
     def _send(self, topic: str, payload: bytes, group: _Group) -> None:
         # The caller holds a window slot, which the acknowledgement releases.
+        if not self._may_act():
+            self._release()
+            group.fail(NotConnected("not the leader: publishing is fenced"))
+            return
         try:
             self._out.client.publish(topic, payload, qos=1)
         except Exception as exc:  # noqa: BLE001 - any failure to send fails the group
