@@ -60,6 +60,7 @@ from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
+from .lease import FENCE_SQL
 from .rows import (
     QuarantineEntry,
     StoredSuppression,
@@ -73,7 +74,7 @@ from .rows import (
     quarantine_row,
 )
 
-__all__ = ["PG_SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["PG_SCHEMA_VERSION", "PostgresStore", "connect"]
 
 PG_SCHEMA_VERSION: Final = 1
 """``store_meta.schema_version`` of a database written by this module."""
@@ -271,6 +272,8 @@ class PostgresStore(GroupCommitStore):
         self.store_id = store_id
         self._reader = reader
         self._writer = writer  # used only from the executor's thread
+        self._fence: tuple[str, int] | None = None  # (holder, epoch): see fence()
+        self._idle_timeout_ms: int | None = None  # set on every new write connection
 
     @classmethod
     def open(cls, dsn: str, *, password: str | None = None) -> Self:
@@ -303,6 +306,29 @@ class PostgresStore(GroupCommitStore):
         return cls(
             dsn, password, reader=reader, writer=writer, executor=executor, store_id=store_id
         )
+
+    def fence(self, holder: str, epoch: int, *, idle_timeout_ms: int) -> None:
+        """Fence every later commit with the leader lease (gateway/state/lease.py).
+
+        From now on each group commit first checks, in its own transaction and with the
+        lease row share-locked, that ``holder`` still holds the lease at ``epoch``; if
+        not, nothing is written and the commit fails with ``StoreError`` ``fenced``, for
+        good. ``idle_timeout_ms`` becomes the write connection's
+        ``idle_in_transaction_session_timeout``: a process frozen inside a commit (SIGSTOP,
+        a VM pause) would otherwise hold the lease row's lock, and so keep every standby
+        from taking over, until it woke; the server ends its transaction instead.
+        """
+        self._fence = (holder, epoch)
+        self._idle_timeout_ms = int(idle_timeout_ms)
+        self._executor.submit(self._setup_writer).result()
+
+    def _setup_writer(self) -> None:
+        if self._idle_timeout_ms is not None:
+            self._writer.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (str(self._idle_timeout_ms),),
+            )
+            self._writer.commit()
 
     # -- writes (queued; see flush) ------------------------------------------------------
 
@@ -468,9 +494,19 @@ class PostgresStore(GroupCommitStore):
             # Lost (server restart, connection terminated): reconnect for the retry.
             self._writer.close()
             self._writer = _connect(self._dsn, self._password)
+            self._setup_writer()
         conn = self._writer
         try:
             with conn.transaction(), conn.cursor() as cur:
+                if self._fence is not None:
+                    cur.execute(FENCE_SQL, self._fence)
+                    if cur.fetchone() is None:
+                        holder, epoch = self._fence
+                        raise StoreError(
+                            StoreReason.FENCED,
+                            f"{self.path}: commit refused: this instance ({holder}) no "
+                            f"longer holds the leader lease at epoch {epoch}",
+                        )
                 ordered = sorted(batch, key=lambda op: _TABLE_OF[op[0]])
                 for sql, ops in itertools.groupby(ordered, key=itemgetter(0)):
                     _write_rows(cur, sql, [params for _, params in ops])
@@ -488,6 +524,12 @@ class PostgresStore(GroupCommitStore):
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def connect(dsn: str, password: str | None, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A connection to the database of ``dsn`` (``StoreError`` ``cannot-open`` naming
+    host, port and database, never the password, when it cannot be made)."""
+    return _connect(dsn, password, autocommit=autocommit)
 
 
 def _connect(
