@@ -8,11 +8,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gateway.config import Config
 from gateway.core.events import AlertOutcome, AlertReason
 from gateway.daemon_status import read_status
+from gateway.errors import StartupError
 from gateway.eui import format_eui64, parse_eui64
 from gateway.exits import Exit
 from gateway.state.sqlite import MARKER_SUFFIX, Store, StoreError
@@ -25,10 +26,18 @@ from .support import (
     when,
 )
 
+if TYPE_CHECKING:
+    from gateway.state.postgresql import PostgresStore
+
+CliStore: TypeAlias = "Store | PostgresStore"
+"""The state store a command reads: the one ``[state]`` names (:func:`with_state`)."""
+
 _MAX_DETAIL = 300  # characters of an error's text quoted on stderr
 
 
-def _open_state(config: Config, command: str) -> Store | None:
+def _open_state(config: Config, command: str) -> CliStore | None:
+    if config.state.backend == "postgresql":
+        return _open_postgres(config, command)
     path = config.paths.state
     # A missing state file with its marker still beside it is a lost store: Store.open
     # says so (state-lost). Without the marker there is simply no state yet.
@@ -42,14 +51,34 @@ def _open_state(config: Config, command: str) -> Store | None:
         return None
 
 
-def _unreadable_state(command: str, path: Path, exc: Exception) -> int:
-    """Report a state database that cannot be opened or read in one line; Exit.FAILED.
+def _open_postgres(config: Config, command: str) -> CliStore | None:
+    # Imported here: a SQLite deployment's commands never load the PostgreSQL driver.
+    from gateway.state.postgresql import PostgresStore  # noqa: PLC0415
 
-    The file is outside input: a damaged page can hold any bytes, and the rows read
-    from it any values, so whatever opening, reading or rendering it raises (StoreError,
-    sqlite3's errors, or a decoding error of a mangled row) means "unreadable state",
-    never a traceback.
-    """
+    password = None if config.state_password is None else config.state_password.reveal()
+    try:
+        return PostgresStore.open(config.state.dsn, password=password)
+    except StoreError as exc:
+        # cannot-open (unreachable, refused, no such database), unsupported-schema,
+        # not-a-store: each names host:port/db and never the password.
+        print(f"poa-gateway {command}: {_one_line(exc)}", file=sys.stderr)
+        return None
+    except Exception as exc:  # noqa: BLE001 - see _unreadable_state
+        _unreadable_state(command, _where(config), exc)
+        return None
+
+
+def _where(config: Config) -> str:
+    """The state store of ``config``, for messages: the SQLite file, or
+    ``postgresql:host:port/db`` (never the password)."""
+    if config.state.backend != "postgresql":
+        return str(config.paths.state)
+    from gateway.state.postgresql import describe_dsn  # noqa: PLC0415
+
+    return f"postgresql:{describe_dsn(config.state.dsn)}"
+
+
+def _one_line(exc: Exception) -> str:
     try:
         detail = " ".join(str(exc).split())  # SQLite quotes schema text over many lines
     except Exception:  # noqa: BLE001 - an error built from a mangled row may not print
@@ -58,7 +87,20 @@ def _unreadable_state(command: str, path: Path, exc: Exception) -> int:
         detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     if len(detail) > _MAX_DETAIL:
         detail = detail[: _MAX_DETAIL - 3] + "..."
-    where = "" if detail.startswith(str(path)) else f"{path}: "
+    return detail
+
+
+def _unreadable_state(command: str, path: Path | str, exc: Exception) -> int:
+    """Report a state database that cannot be opened or read in one line; Exit.FAILED.
+
+    The file is outside input: a damaged page can hold any bytes, and the rows read
+    from it any values, so whatever opening, reading or rendering it raises (StoreError,
+    sqlite3's errors, or a decoding error of a mangled row) means "unreadable state",
+    never a traceback. (``path`` is the SQLite file, or :func:`_where` of a PostgreSQL
+    store.)
+    """
+    detail = _one_line(exc)
+    where = "" if detail.startswith(str(path).removeprefix("postgresql:")) else f"{path}: "
     print(
         f"poa-gateway {command}: {where}{detail} (unreadable state database: if it is "
         "damaged, restore it from a backup, docs/operations.md)",
@@ -80,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         service.run(config, log)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled; this is belt and braces
         return Exit.OK
-    except service.StartupError:
+    except StartupError:
         return Exit.CONFIG  # logged as gateway.failed; restarting cannot help
     except Exception:  # noqa: BLE001 - the process boundary: logged as gateway.failed
         # A failure (an unreadable state database, a broker that refuses the
@@ -92,8 +134,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def with_state(args: argparse.Namespace, command: str, read: Callable[[Config, Store], int]) -> int:
-    """Load ``--config``, open its state store, and return ``read(config, store)`` (which
+def with_state(
+    args: argparse.Namespace, command: str, read: Callable[[Config, CliStore], int]
+) -> int:
+    """Load ``--config``, open the state store its ``[state]`` names (the SQLite file
+    ``paths.state``, or the PostgreSQL database of ``state.dsn`` with the password from
+    the variable ``state.password_env`` names), and return ``read(config, store)`` (which
     prints and returns the exit status); whatever fails is one line on stderr and
     Exit.FAILED, never a traceback (see :func:`_unreadable_state`)."""
     config = load_cli_config(args, command)
@@ -105,7 +151,7 @@ def with_state(args: argparse.Namespace, command: str, read: Callable[[Config, S
     try:
         return read(config, store)
     except Exception as exc:  # noqa: BLE001 - see _unreadable_state
-        return _unreadable_state(command, config.paths.state, exc)
+        return _unreadable_state(command, _where(config), exc)
     finally:
         store.close()
 
@@ -114,14 +160,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return with_state(args, "status", lambda config, store: _status(args, config, store))
 
 
-def _status(args: argparse.Namespace, config: Config, store: Store) -> int:
+def _status(args: argparse.Namespace, config: Config, store: CliStore) -> int:
+    # One section per source: the configuration, the store's windows and counts, the
+    # local daemon's own status file.
     now = int(time.time() * 1000)
     lead = config.engine_config().lead_ms
     activations = store.load_activations()
     active = [a for a in activations if a.start_ms - lead <= now < a.end_ms]
     pending = [a for a in activations if a.start_ms - lead > now]
     out: dict[str, Any] = {
-        "state": str(config.paths.state),
+        "state": _where(config),
         "now": when(now),
         "feature_enabled": config.suppression.enabled,
         "windows_active": len(active),
@@ -150,7 +198,7 @@ def _activation(a: Any) -> dict[str, Any]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    def read(_config: Config, store: Store) -> int:
+    def read(_config: Config, store: CliStore) -> int:
         out = _explain(store, args.subject)
         if out is None:
             print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
@@ -161,7 +209,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return with_state(args, "explain", read)
 
 
-def _explain(store: Store, subject: str) -> dict[str, Any] | None:
+def _explain(store: CliStore, subject: str) -> dict[str, Any] | None:
     stored = store.decision(subject)
     if stored is not None:
         decision, effect_done = stored

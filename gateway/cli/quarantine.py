@@ -19,9 +19,9 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.exits import Exit
-from gateway.state.sqlite import QuarantineEntry, Store, StoreError
+from gateway.state.sqlite import QuarantineEntry, StoreError
 
-from .daemon import with_state
+from .daemon import CliStore, with_state
 from .support import (
     add_config_option,
     add_json_option,
@@ -96,7 +96,7 @@ def entry_json(entry: QuarantineEntry, *, payload: bool) -> dict[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    def read(_config: Config, store: Store) -> int:
+    def read(_config: Config, store: CliStore) -> int:
         entries = store.quarantined(max(1, args.limit))
         if args.json:
             print(json.dumps([entry_json(e, payload=False) for e in entries], indent=2))
@@ -115,7 +115,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return with_state(args, "quarantine list", read)
 
 
-def _lookup(store: Store, entry_id: str, command: str) -> QuarantineEntry | None:
+def _lookup(store: CliStore, entry_id: str, command: str) -> QuarantineEntry | None:
     entry = store.quarantine_entry(entry_id)
     if entry is None:
         print(f"poa-gateway {command}: no quarantined message {entry_id!r}", file=sys.stderr)
@@ -126,7 +126,7 @@ def _entry(args: argparse.Namespace, command: str) -> QuarantineEntry | int:
     """The entry ``args.id``, or the exit status after saying why there is none."""
     found: list[QuarantineEntry] = []
 
-    def read(_config: Config, store: Store) -> int:
+    def read(_config: Config, store: CliStore) -> int:
         entry = _lookup(store, args.id, command)
         if entry is None:
             return Exit.FAILED
@@ -152,7 +152,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     command = "quarantine replay"
 
-    def replay(config: Config, store: Store) -> int:
+    def replay(config: Config, store: CliStore) -> int:
         # One configuration and one store for the look-up, the publish and the mark.
         entry = _lookup(store, args.id, command)
         if entry is None:
