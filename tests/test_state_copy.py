@@ -401,3 +401,17 @@ def test_every_table_of_both_stores_is_copied_whole_or_named_as_not_copied(
         assert {n: cols for n, cols in schema.items() if n not in NOT_COPIED} == copied
     assert {"lease", "instances", "store_meta"} <= NOT_COPIED
     assert not NOT_COPIED & copied.keys()
+
+
+def test_state_copy_has_help_naming_both_forms_and_the_password_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["state", "copy", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sqlite:PATH or postgresql:DSN" in text
+    assert "POA_PG_PASSWORD" in text
+    assert "Moving a deployment between SQLite and PostgreSQL" in text
+    operations = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    assert "### Moving a deployment between SQLite and PostgreSQL\n" in operations
