@@ -329,6 +329,14 @@ def test_a_source_that_is_not_a_store_is_refused_and_nothing_is_created(
     assert "no poa-gateway state store in this database" in capsys.readouterr().err
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT to_regclass('store_meta')").fetchone() == (None,)
+        # Nor is a database whose store_meta records no state schema (another store's
+        # mark, as the inventory's).
+        conn.execute("CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL)")
+        conn.execute("INSERT INTO store_meta VALUES ('inventory_version', '1')")
+    assert copy("--from", f"postgresql:{pg_dsn}", "--to", f"sqlite:{target}") == Exit.USAGE
+    assert "no poa-gateway state store in this database" in capsys.readouterr().err
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('activations')").fetchone() == (None,)
 
 
 def test_the_same_store_as_source_and_target_is_refused(

@@ -374,16 +374,28 @@ def _open_store(spec: StoreSpec, password: str | None, *, must_exist: bool) -> s
             raise NoSource(f"{spec.describe()}: no state database there")
         with Store.open(path) as store:
             return store.store_id
-    if must_exist:
-        with contextlib.closing(_pg_connect(spec.location, password, autocommit=True)) as conn:
-            row = conn.execute("SELECT to_regclass('store_meta') IS NOT NULL").fetchone()
-        if not row or not row[0]:
-            raise NoSource(f"{spec.describe()}: no poa-gateway state store in this database")
+    if must_exist and not _pg_has_store(spec, password):
+        raise NoSource(f"{spec.describe()}: no poa-gateway state store in this database")
     pg = PostgresStore.open(spec.location, password=password)
     try:
         return pg.store_id
     finally:
         pg.close()
+
+
+def _pg_has_store(spec: StoreSpec, password: str | None) -> bool:
+    # A store's store_meta holds its schema_version; PostgresStore.open would give a
+    # database without one (empty, or holding only the inventory's store_meta) a new,
+    # empty store, and the copy would move nothing.
+    where = spec.describe()
+    with contextlib.closing(_pg_connect(spec.location, password, autocommit=True)) as conn:
+        try:
+            if conn.execute("SELECT to_regclass('store_meta')").fetchone() == (None,):
+                return False
+            found = conn.execute("SELECT 1 FROM store_meta WHERE key = 'schema_version'")
+            return found.fetchone() is not None
+        except psycopg.Error as exc:
+            raise _failed(where, "cannot read", exc) from None
 
 
 def _same(a: StoreSpec, b: StoreSpec, a_id: str, b_id: str) -> bool:
