@@ -33,6 +33,13 @@ import: each is reported (line, column, value, reason) and skipped.
 Times are passed in by the caller (milliseconds since the Unix epoch, UTC); this module
 never reads a clock.
 
+Where the inventory lives: :class:`Inventory` is the SQLite file above, the default.
+With ``[state] backend = "postgresql"`` it is the table ``inventory`` of the state
+database instead (gateway/state/pg_inventory.py), so that every gateway instance sees the
+same devices. The two implement :class:`InventoryStore` and share this module's
+validation (:func:`from_envelope`, the record checks) and CSV reading
+(:func:`read_inventory_csv`), so that both accept and refuse the same things the same way.
+
 Threads: an :class:`Inventory` owns one :mod:`sqlite3` connection and must be used from the
 thread that opened it (sqlite3's ``check_same_thread`` enforces this). It is not
 thread-safe and does not need to be: the daemon uses one connection from its event-loop
@@ -46,7 +53,7 @@ import enum
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -73,7 +80,9 @@ __all__ = [
     "InventoryFields",
     "InventoryImportReport",
     "InventoryReason",
+    "InventoryStore",
     "from_envelope",
+    "read_inventory_csv",
     "write_inventory_csv",
 ]
 
@@ -240,6 +249,64 @@ class InventoryFields(Protocol):
     def status(self) -> str: ...
     @property
     def supplier_id(self) -> bytes | None: ...
+
+
+class InventoryStore(Protocol):
+    """What the daemon and ``poa-gateway inventory`` need of an inventory, wherever it is.
+
+    :class:`Inventory` (a SQLite file) and
+    :class:`~gateway.state.pg_inventory.PostgresInventory` (a table of the PostgreSQL
+    state database) implement it with the same records, validation, errors and import
+    report; :func:`gateway.state.inventory_store.open_inventory` opens the one the
+    configuration names. Every write is committed when the method returns. One thread
+    only.
+    """
+
+    path: str
+    """Where the inventory is, for messages: a file, or ``host:port/dbname`` (never a
+    password)."""
+
+    def get(self, device_id: bytes) -> DeviceRecord | None:
+        """The device with this EUI-64, or None if the inventory does not list it."""
+        ...
+
+    def chf_of(self, device_id: bytes) -> bytes | None:
+        """The CHF on whose HAN this device sits; None if unknown or not recorded."""
+        ...
+
+    def devices_on_chf(self, chf_id: bytes) -> list[DeviceRecord]:
+        """Every device whose ``chf_id`` is this CHF, ordered by EUI-64."""
+        ...
+
+    def count(self) -> int:
+        """Number of devices in the inventory."""
+        ...
+
+    def upsert(self, record: DeviceRecord, updated_at_ms: int) -> None:
+        """Insert the device, or replace everything known about it (``invalid-record``:
+        nothing written)."""
+        ...
+
+    def upsert_many(self, records: Iterable[DeviceRecord], updated_at_ms: int) -> int:
+        """Upsert every record in one transaction (all or nothing); how many were written."""
+        ...
+
+    def import_csv(self, path: str | os.PathLike[str], updated_at_ms: int) -> InventoryImportReport:
+        """Upsert every valid row of an inventory CSV; report and skip the invalid ones."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (idempotent)."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 def from_envelope(env: InventoryFields) -> DeviceRecord:
@@ -485,58 +552,13 @@ class Inventory:
             InventoryError: ``unreadable-file``, ``missing-column``, ``duplicate-column``
                 (nothing written), or ``database-error``.
         """
-        name = os.fspath(path)
-        issues: list[ImportIssue] = []
-        rows_read = imported = 0
         with self._errors():
             self._conn.execute(f"PRAGMA cache_size = -{_IMPORT_CACHE_KIB}")
         try:
-            # surrogateescape: a bad byte makes its row invalid, not the whole file.
-            with open(name, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-                reader = csv.reader(f, strict=True)
-                parser = _RowParser(*_header_index(_first_row(reader, name), name))
-                batch: list[tuple[object, ...]] = []
-                last_line = reader.line_num
-                while True:
-                    line = last_line + 1
-                    try:
-                        fields = next(reader)
-                    except StopIteration:
-                        break
-                    except csv.Error as exc:
-                        rows_read += 1
-                        issues.append(
-                            _issue(
-                                line, None, "", InvalidRowReason.BAD_CSV, f"not valid CSV: {exc}"
-                            )
-                        )
-                        last_line = reader.line_num
-                        continue
-                    last_line = reader.line_num
-                    if not fields:
-                        continue  # blank line
-                    rows_read += 1
-                    row = parser.parse(fields) or parser.check(fields, line, issues)
-                    if row is not None:
-                        batch.append((*row, updated_at_ms))
-                        if len(batch) >= IMPORT_BATCH_ROWS:
-                            self._write_batch(batch)
-                            imported += len(batch)
-                            batch.clear()
-                self._write_batch(batch)
-                imported += len(batch)
-        except OSError as exc:
-            raise InventoryError(
-                InventoryReason.UNREADABLE_FILE,
-                f"{name}: cannot read: {exc.strerror or exc}",
-                path=name,
-            ) from exc
+            return read_inventory_csv(path, updated_at_ms, self._write_batch)
         finally:
             with self._errors():
                 self._conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        return InventoryImportReport(
-            path=name, rows_read=rows_read, rows_imported=imported, issues=tuple(issues)
-        )
 
     def _write_batch(self, rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
@@ -665,6 +687,84 @@ def _row(record: DeviceRecord) -> _Row:
 
 
 # CSV parsing -------------------------------------------------------------------------
+
+
+def read_inventory_csv(
+    path: str | os.PathLike[str],
+    updated_at_ms: int,
+    write_batch: Callable[[list[tuple[object, ...]]], None],
+    *,
+    refuse: Callable[[_Row], str | None] | None = None,
+) -> InventoryImportReport:
+    """Read an inventory CSV for :meth:`InventoryStore.import_csv`, whatever the backend.
+
+    Every valid row, as ``(device_id, device_type, smets, manufacturer, model, chf_id,
+    status, supplier_id, updated_at_ms)``, is handed to ``write_batch`` in batches of
+    :data:`IMPORT_BATCH_ROWS`, in file order (a device listed twice: the later row
+    wins); the list is reused, so ``write_batch`` must copy what it keeps. Invalid rows
+    are reported and skipped, as :meth:`Inventory.import_csv` describes.
+
+    ``refuse``: a backend's own limit on an otherwise valid row: it returns why the row
+    cannot be stored (the row is then reported as ``bad-csv`` and skipped), or None.
+
+    Raises:
+        InventoryError: ``unreadable-file``, ``missing-column``, ``duplicate-column``
+            (nothing written), or whatever ``write_batch`` raises.
+    """
+    name = os.fspath(path)
+    issues: list[ImportIssue] = []
+    rows_read = imported = 0
+    try:
+        # surrogateescape: a bad byte makes its row invalid, not the whole file.
+        with open(name, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            reader = csv.reader(f, strict=True)
+            parser = _RowParser(*_header_index(_first_row(reader, name), name))
+            batch: list[tuple[object, ...]] = []
+            last_line = reader.line_num
+            while True:
+                line = last_line + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    rows_read += 1
+                    issues.append(
+                        _issue(line, None, "", InvalidRowReason.BAD_CSV, f"not valid CSV: {exc}")
+                    )
+                    last_line = reader.line_num
+                    continue
+                last_line = reader.line_num
+                if not fields:
+                    continue  # blank line
+                rows_read += 1
+                row = parser.parse(fields) or parser.check(fields, line, issues)
+                if row is not None:
+                    why = None if refuse is None else refuse(row)
+                    if why is not None:
+                        issues.append(
+                            _issue(
+                                line, None, "", InvalidRowReason.BAD_CSV, f"not valid CSV: {why}"
+                            )
+                        )
+                        continue
+                    batch.append((*row, updated_at_ms))
+                    if len(batch) >= IMPORT_BATCH_ROWS:
+                        write_batch(batch)
+                        imported += len(batch)
+                        batch.clear()
+            write_batch(batch)
+            imported += len(batch)
+    except OSError as exc:
+        raise InventoryError(
+            InventoryReason.UNREADABLE_FILE,
+            f"{name}: cannot read: {exc.strerror or exc}",
+            path=name,
+        ) from exc
+    return InventoryImportReport(
+        path=name, rows_read=rows_read, rows_imported=imported, issues=tuple(issues)
+    )
+
 
 # Keyed by the casefolded text; values are what the database stores. The fast path looks
 # the raw field up directly, which finds the usual spellings ("ESME" and "esme" alike).

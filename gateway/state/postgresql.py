@@ -83,7 +83,7 @@ _CONNECT_TIMEOUT_S: Final = 10
 _LOCK_KEY: Final = 0x504F4153  # "POAS", as the SQLite application_id
 
 _SCHEMA: Final = """
-CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE activations (
     esme bytea NOT NULL CHECK (length(esme) = 8),
     originator bytea NOT NULL CHECK (length(originator) = 8),
@@ -565,7 +565,13 @@ def _prepare(conn: psycopg.Connection[Any], where: str) -> str:
                     (list(_OUR_TABLES),),
                 ).fetchall()
             }
-            if not found:
+            # store_meta without a schema_version is no store yet: it holds only the
+            # inventory's mark (gateway/state/pg_inventory.py may be opened first).
+            if found <= {"store_meta"} and (
+                not found
+                or conn.execute("SELECT 1 FROM store_meta WHERE key = 'schema_version'").fetchone()
+                is None
+            ):
                 for statement in _SCHEMA.split(";"):
                     conn.execute(statement)
                 store_id = secrets.token_hex(16)
