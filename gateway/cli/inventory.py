@@ -1,5 +1,10 @@
 """``poa-gateway inventory``: import a Smart Metering Inventory CSV, show one device.
 
+Which inventory: ``--db FILE`` names a SQLite file; without it, the one the
+configuration names (:func:`gateway.state.inventory_store.open_inventory`): the SQLite
+file ``paths.inventory``, or with ``[state] backend = "postgresql"`` the state database,
+which every gateway instance reads.
+
 The import stamps every row with the wall-clock time of the run (the one clock read in
 the inventory code: :mod:`gateway.state.inventory` itself takes times as arguments).
 """
@@ -13,7 +18,8 @@ from pathlib import Path
 
 from gateway.eui import format_eui64, parse_eui64
 from gateway.exits import Exit
-from gateway.state.inventory import ImportIssue, Inventory, InventoryError
+from gateway.state.inventory import ImportIssue, Inventory, InventoryError, InventoryStore
+from gateway.state.inventory_store import open_inventory
 
 from .support import add_config_option, add_json_option, load_cli_config, print_result
 
@@ -25,7 +31,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     inventory = sub.add_parser(
         "inventory",
         help="import and inspect the Smart Metering Inventory",
-        description="Import and inspect the Smart Metering Inventory (a SQLite file).",
+        description=(
+            "Import and inspect the Smart Metering Inventory: a SQLite file, or the "
+            'PostgreSQL state database with [state] backend = "postgresql".'
+        ),
     )
     commands = inventory.add_subparsers(dest="inventory_command", metavar="COMMAND", required=True)
 
@@ -66,17 +75,44 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
         "--db",
         type=Path,
         metavar="PATH",
-        help="the inventory SQLite file (default: paths.inventory of the configuration)",
+        help=(
+            "an inventory SQLite file (default: the configuration's inventory: the file "
+            "paths.inventory, or the PostgreSQL state database)"
+        ),
     )
     add_config_option(parser)
 
 
-def _db(args: argparse.Namespace, command: str) -> Path | Exit:
-    """``--db``, else ``paths.inventory`` of the configuration (the daemon's inventory)."""
+def _open(args: argparse.Namespace, command: str, *, create: bool) -> InventoryStore | Exit:
+    """``--db`` (a SQLite file), else the inventory of the configuration (the daemon's).
+
+    With ``create``, the folder of a SQLite file is made if missing. A failure to load
+    the configuration or to make the folder is printed here, and its status returned.
+
+    Raises:
+        InventoryError: the inventory cannot be opened.
+    """
     if args.db is not None:
-        return Path(args.db)
+        db = Path(args.db)
+        if create and not _make_folder(command, db):
+            return Exit.FAILED
+        return Inventory.open(db, create=create)
     config = load_cli_config(args, f"inventory {command}")
-    return Exit.CONFIG if config is None else config.paths.inventory
+    if config is None:
+        return Exit.CONFIG
+    file = config.paths.inventory if config.state.backend == "sqlite" else None
+    if create and file is not None and not _make_folder(command, file):
+        return Exit.FAILED
+    return open_inventory(config, create=create)
+
+
+def _make_folder(command: str, file: Path) -> bool:
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(command, f"{file.parent}: cannot create folder: {exc.strerror or exc}")
+        return False
+    return True
 
 
 def _fail(command: str, message: str, status: Exit = Exit.USAGE) -> int:
@@ -85,27 +121,23 @@ def _fail(command: str, message: str, status: Exit = Exit.USAGE) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    db = _db(args, "import")
-    if isinstance(db, Exit):
-        return db
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        message = f"{db.parent}: cannot create folder: {exc.strerror or exc}"
-        return _fail("import", message, Exit.FAILED)
     now_ms = time.time_ns() // 1_000_000
     started = time.monotonic()
     try:
-        with Inventory.open(db) as inventory:
+        opened = _open(args, "import", create=True)
+        if isinstance(opened, Exit):
+            return opened
+        with opened as inventory:
             report = inventory.import_csv(args.csv, now_ms)
             total = inventory.count()
+            where = inventory.path
     except InventoryError as exc:
         return _fail("import", str(exc))
     elapsed = time.monotonic() - started
     print(
         f"{report.path}: {report.rows_read} rows read, {report.rows_imported} imported, "
         f"{report.rows_invalid} invalid ({len(report.issues)} problems) in {elapsed:.1f} s; "
-        f"{db} now holds {total} devices"
+        f"{where} now holds {total} devices"
     )
     for issue in report.issues:
         print(_describe(report.path, issue))
@@ -124,16 +156,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
         device_id = parse_eui64(args.eui)
     except ValueError as exc:
         return _fail("show", str(exc))
-    db = _db(args, "show")
-    if isinstance(db, Exit):
-        return db
     try:
-        with Inventory.open(db, create=False) as inventory:
+        opened = _open(args, "show", create=False)
+        if isinstance(opened, Exit):
+            return opened
+        with opened as inventory:
             record = inventory.get(device_id)
+            where = inventory.path
     except InventoryError as exc:
         return _fail("show", str(exc), Exit.FAILED)
     if record is None:
-        message = f"{format_eui64(device_id)} is not in the inventory {db}"
+        message = f"{format_eui64(device_id)} is not in the inventory {where}"
         return _fail("show", message, Exit.FAILED)
     out = {
         "device_id": format_eui64(record.device_id),
