@@ -14,10 +14,12 @@ import psycopg
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.state.inventory import Inventory
+from gateway.state.inventory_store import open_inventory
 from gateway.state.postgresql import PostgresStore
 from gateway.state.sqlite import QuarantineEntry, Store, StoreError, StoreReason, quarantine_id
 
-from .e2e_support import CHF, OTHER_CHF, Broker, Client, Home, cs06, now_ms
+from .e2e_support import CHF, ESME, OTHER_CHF, UNLISTED_ESME, Broker, Client, Home, cs06, now_ms
 from .pg_support import Cluster
 from .test_faults import in_process, until
 from .test_store import SUPPLIER, T0, activation, forwarded, record, suppressed
@@ -271,6 +273,9 @@ async def test_a_gateway_on_postgresql_suppresses_and_keeps_its_state_there(
     with home.config.open("a") as f:
         f.write(f'[state]\nbackend = "postgresql"\ndsn = "{pg_dsn}"\n')
     config = load_config(home.config, env={})
+    # On PostgreSQL the inventory is there too: the devices Home put in its SQLite file.
+    with Inventory.open(home.root / "inventory.sqlite") as local, open_inventory(config) as shared:
+        shared.upsert_many([d for d in map(local.get, (ESME, UNLISTED_ESME)) if d], 0)
     client = Client(broker.port, "pg")
     await client.start()
     try:
