@@ -102,6 +102,7 @@ from gateway import wire
 from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.guids import write_guid_list
 from gateway.state.inventory import Inventory
+from gateway.state.pg_inventory import PostgresInventory
 from tests.e2e_support import Broker, Client, Daemon, Home, cs06
 from tests.pg_support import USER as PG_USER
 from tests.pg_support import Cluster, find_pg_bin
@@ -503,21 +504,19 @@ def make_home(run: Run, name: str, port: int, state: str | None = None) -> Home:
         sha256=bytes(32),
         imported_at_ms=0,
     )
-    with Inventory.open(home.root / "inventory.sqlite") as inventory:
-        inventory.upsert_many(
-            (
-                DeviceRecord(
-                    device_id=esme_id(i),
-                    device_type=DeviceType.ESME,
-                    smets=2,
-                    manufacturer="Landis+Gyr",
-                    status=DeviceStatus.COMMISSIONED,
-                    chf_id=windowed_chf(i),
-                )
-                for i in range(n)
-            ),
-            0,
+    devices = [
+        DeviceRecord(
+            device_id=esme_id(i),
+            device_type=DeviceType.ESME,
+            smets=2,
+            manufacturer="Landis+Gyr",
+            status=DeviceStatus.COMMISSIONED,
+            chf_id=windowed_chf(i),
         )
+        for i in range(n)
+    ]
+    with Inventory.open(home.root / "inventory.sqlite") as inventory:
+        inventory.upsert_many(devices, 0)
     text = home.config.read_text()
     if run.args.gateway_inflight:
         text = text.replace("[broker]\n", f"[broker]\ninflight = {run.args.gateway_inflight}\n", 1)
@@ -525,6 +524,9 @@ def make_home(run: Run, name: str, port: int, state: str | None = None) -> Home:
         assert run.pg is not None, "main() starts the cluster for --state postgresql"
         dsn = run.dsns[home.root] = run.pg.new_database()
         text += f'[state]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+        # On PostgreSQL the daemon reads the inventory from that database.
+        with PostgresInventory.open(dsn) as shared:
+            shared.upsert_many(devices, 0)
     home.config.write_text(text)
     return home
 
