@@ -102,6 +102,7 @@ from .sdnotify import Notifier
 from .state.inventory import InventoryError, InventoryStore, from_envelope
 from .state.inventory_store import open_inventory
 from .state.protocol import OpenStore, StateStore
+from .state.rows import PendingReport, ReportCursor
 from .state.sqlite import QuarantineEntry, Store, StoreError
 from .transport.mqtt import (
     ConnectionRefusedPermanently,
@@ -258,6 +259,9 @@ class Gateway:
         self.engine: Engine
         self.mqtt: Transport
         self._report_opened_at = 0
+        # A report marked in the store whose file is not known to be written (the last
+        # leader stopped in between): written again, first (see _rotate_reports).
+        self._pending_report: PendingReport | None = None
         self._unreported = 0
         self._rotating: asyncio.Task[None] | None = None
         # The store's health: set while commits succeed. While it is clear, intake is
@@ -298,8 +302,15 @@ class Gateway:
         for decision, _done in self.store.load_decisions(dedupe_since):
             self.engine.remember_decision(decision)
         self._apply_housekeeping(due)
-        pending = self.store.unreported(1)
-        self._report_opened_at = pending[0][1].received_at if pending else now
+        cursor = self.store.report_cursor()
+        if cursor is not None:
+            # Reporting goes on where the last leader (or the last run) left it: the
+            # next period starts where the last report ended, even after downtime.
+            self._report_opened_at = cursor.opened_at_ms
+            self._pending_report = cursor.pending
+        else:
+            pending = self.store.unreported(1)
+            self._report_opened_at = pending[0][1].received_at if pending else now
         # Counted here, not with COUNT(*) per alert: that scan grows with the log.
         self._unreported = self.store.unreported_count()
         self.log.info(
@@ -362,6 +373,13 @@ class Gateway:
         await self.mqtt.connect()
         await self.mqtt.subscribe([self.topics[t] for t in self._subscribed_topics()])
         self._connection_changed()
+        if self._pending_report is not None:
+            # The last leader (or run) marked this report and stopped before its file
+            # was known to be written: write it now, from the same records.
+            self._rotating = asyncio.create_task(
+                self._write_report(self._pending_report, None), name="rotate"
+            )
+            self._rotating.add_done_callback(self._rotation_done)
         self.notifier.ready(f"suppressing; {self.engine.tracked_count} activations tracked")
         self.log.info("gateway.ready", version=__version__, topics=self._subscribed_topics())
 
@@ -1062,36 +1080,68 @@ class Gateway:
             self.log.error("report.failed", reason=repr(task.exception()))
 
     async def _rotate_reports(self, now: int) -> None:
+        """Close the open report: mark its records and record it as pending in the store
+        (one fenced commit), then write its file, then clear the pending mark.
+
+        In that order so that, whatever instance stops wherever, every record is in
+        exactly one report: a report marked but not known to be written is written again
+        by whoever leads next, from the same records and under the same name (an
+        identical file), never re-read as unreported into another one.
+        """
         if not self._may_act():
             return  # exactly one instance writes reports: the leader
+        if self._pending_report is not None:
+            await self._write_report(self._pending_report, None)
         rows = await self.store.read_unreported(self.config.reports.max_records)
-        records = [r for _, r in rows]
         seqs = [seq for seq, _ in rows]
         start = self._rotation.period_start(self._report_opened_at)
-        report_id = f"{seqs[0]}-{seqs[-1]}" if seqs else f"empty-{start}"
+        report = PendingReport(
+            report_id=f"{seqs[0]}-{seqs[-1]}" if seqs else f"empty-{start}",
+            first_seq=seqs[0] if seqs else None,
+            last_seq=seqs[-1] if seqs else None,
+            period_start_ms=start,
+            period_end_ms=now,
+            records=len(rows),
+        )
+        if seqs:
+            self.store.mark_reported_range(seqs[0], seqs[-1], report.report_id)
+        self.store.set_report_cursor(ReportCursor(opened_at_ms=now, pending=report))
+        await self._durable()
+        self._pending_report = report
+        self._report_opened_at = now
+        self._unreported = self.store.unreported_count()
+        await self._write_report(report, [r for _, r in rows])
+
+    async def _write_report(
+        self, report: PendingReport, records: list[SuppressionRecord] | None
+    ) -> None:
+        """Write the file of a report already marked in the store, then clear its mark."""
+        if records is None:
+            records = self.store.reported(report)
         if not self._may_act():
             return
-        report = await asyncio.to_thread(
+        written = await asyncio.to_thread(
             write_report,
             self.config.paths.outbox,
             records,
-            report_id=report_id,
-            period_start_ms=start,
-            period_end_ms=now,
+            report_id=report.report_id,
+            period_start_ms=report.period_start_ms,
+            period_end_ms=report.period_end_ms,
             name_prefix=self.config.reports.name_prefix,
             version=__version__,
             xlsx=self.config.reports.xlsx,
         )
-        if seqs:
-            self.store.mark_reported_range(seqs[0], seqs[-1], report_id)
-            await self._durable()
-        self._unreported = self.store.unreported_count()
-        self._report_opened_at = now
-        self.mqtt.publish_soon(self.topics["reports"], encode(report.notice()))
+        self.store.set_report_cursor(ReportCursor(opened_at_ms=self._report_opened_at))
+        await self._durable()
+        self._pending_report = None
+        self.mqtt.publish_soon(self.topics["reports"], encode(written.notice()))
         self.metrics.reports.inc()
         self.metrics.report_last_written.set(self.clock() / 1000)
         self.log.info(
-            "report.written", file=str(report.path), records=report.records, sha256=report.sha256
+            "report.written",
+            file=str(written.path),
+            records=written.records,
+            sha256=written.sha256,
         )
 
     async def _watchdog_loop(self) -> None:

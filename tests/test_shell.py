@@ -24,6 +24,7 @@ from gateway.core.events import Activation, AlertDecision
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.service import Gateway
+from gateway.state.rows import PendingReport, ReportCursor
 from gateway.state.sqlite import QuarantineEntry, StoreError, StoreReason
 from gateway.transport.mqtt import PublishRefused
 from gateway.transport.protocol import DeliveryHandler, EventSink, Transport
@@ -70,6 +71,9 @@ class FakeStore:
     def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
         self._queue("reported", report_id)
 
+    def set_report_cursor(self, cursor: ReportCursor) -> None:
+        self._queue("cursor", cursor)
+
     def prune_decisions(self, before_ms: int) -> None:
         self._queue("prune", before_ms)
 
@@ -110,6 +114,12 @@ class FakeStore:
 
     def unreported_count(self) -> int:
         return 0
+
+    def report_cursor(self) -> ReportCursor | None:
+        return None
+
+    def reported(self, pending: PendingReport) -> list[SuppressionRecord]:
+        return []
 
 
 class FakeTransport:

@@ -62,12 +62,17 @@ from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .lease import FENCE_SQL
 from .rows import (
+    REPORT_CURSOR_KEY,
+    PendingReport,
     QuarantineEntry,
+    ReportCursor,
     StoredSuppression,
     activation_from_row,
     activation_key,
     activation_row,
     check_i64,
+    cursor_from_value,
+    cursor_value,
     decision_from_row,
     decision_row,
     quarantine_entry_from_row,
@@ -212,6 +217,16 @@ SELECT
     (SELECT count(*) FROM quarantine)
 """
 
+_SET_META = """
+INSERT INTO store_meta (key, value) VALUES (%s, %s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+_GET_META = "SELECT value FROM store_meta WHERE key = %s"
+_REPORTED = (
+    "SELECT seq, record FROM suppressions "
+    "WHERE seq BETWEEN %s AND %s AND report_id = %s ORDER BY seq"
+)
+
 # Writes to different tables commute, so a batch is applied table by table, in queue
 # order within each (as sqlite.py's _TABLE_OF).
 _TABLE_OF: Final = {
@@ -224,6 +239,7 @@ _TABLE_OF: Final = {
     _MARK_REPORTED_RANGE: 3,
     _PUT_QUARANTINE: 4,
     _MARK_REPLAYED: 4,
+    _SET_META: 5,
 }
 
 
@@ -360,6 +376,10 @@ class PostgresStore(GroupCommitStore):
             _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
         )
 
+    def set_report_cursor(self, cursor: ReportCursor) -> None:
+        """Record where reporting stands (:class:`~gateway.state.rows.ReportCursor`)."""
+        self._enqueue(_SET_META, (REPORT_CURSOR_KEY, cursor_value(cursor)))
+
     def prune_decisions(self, before_ms: int) -> None:
         """Forget the decisions made before ``before_ms``."""
         self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms),))
@@ -411,6 +431,18 @@ class PostgresStore(GroupCommitStore):
             rows = conn.execute(_UNREPORTED, (limit,)).fetchall()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
+    def report_cursor(self) -> ReportCursor | None:
+        """Where reporting stands, None before the first report."""
+        rows = self._meta_rows()
+        return cursor_from_value(str(rows[0][0]), self.path) if rows else None
+
+    def reported(self, pending: PendingReport) -> list[SuppressionRecord]:
+        """The records marked with ``pending``'s id, by seq (to write its file again)."""
+        if pending.first_seq is None or pending.last_seq is None:
+            return []
+        rows = self._report_rows(pending)
+        return [self._record(seq, blob) for seq, blob in rows]
+
     def unreported_count(self) -> int:
         """How many log entries are not yet in a report."""
         rows = self._fetch("SELECT count(*) FROM suppressions WHERE report_id IS NULL")
@@ -453,6 +485,12 @@ class PostgresStore(GroupCommitStore):
         return {name: int(n) for name, n in zip(names, row, strict=True)}
 
     # -- internals ------------------------------------------------------------------------
+
+    def _meta_rows(self) -> list[tuple[Any, ...]]:
+        return self._fetch(_GET_META, (REPORT_CURSOR_KEY,))
+
+    def _report_rows(self, pending: PendingReport) -> list[tuple[Any, ...]]:
+        return self._fetch(_REPORTED, (pending.first_seq, pending.last_seq, pending.report_id))
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._reading():

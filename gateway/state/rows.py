@@ -29,8 +29,11 @@ from gateway.wire import SuppressionRecord
 from .errors import StoreError, StoreReason
 
 __all__ = [
+    "REPORT_CURSOR_KEY",
     "ActivationRow",
+    "PendingReport",
     "QuarantineEntry",
+    "ReportCursor",
     "StoredSuppression",
     "activation_from_row",
     "activation_key",
@@ -38,6 +41,8 @@ __all__ = [
     "check_eui",
     "check_i64",
     "check_u64",
+    "cursor_from_value",
+    "cursor_value",
     "decision_from_row",
     "decision_row",
     "decode_decision",
@@ -303,3 +308,46 @@ def decode_decision(alert_id: str, blob: bytes) -> AlertDecision:
     return AlertDecision(
         alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
     )
+
+
+# -- the report cursor (a row of store_meta) ----------------------------------------------
+
+REPORT_CURSOR_KEY: Final = "report_cursor"
+"""The ``store_meta`` key of the :class:`ReportCursor`."""
+
+
+class PendingReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A report whose records are marked with its id in the suppression log, and whose
+    file may not be written yet (gateway/service.py, report rotation)."""
+
+    report_id: str
+    first_seq: int | None  # None: an empty period
+    last_seq: int | None
+    period_start_ms: int
+    period_end_ms: int
+    records: int
+
+
+class ReportCursor(msgspec.Struct, frozen=True, kw_only=True):
+    """Where reporting stands, kept in the state store so that whichever instance leads
+    next continues it: the next report's period begins at ``opened_at_ms`` (no gap), and
+    a report marked but not known to be written is written again, from the same records
+    under the same name (no record in two reports)."""
+
+    opened_at_ms: int
+    pending: PendingReport | None = None
+
+
+def cursor_value(cursor: ReportCursor) -> str:
+    """The cursor as stored (JSON text)."""
+    return msgspec.json.encode(cursor).decode()
+
+
+def cursor_from_value(value: str, where: str) -> ReportCursor:
+    """The cursor stored as ``value``; ``StoreError`` ``corrupt-record`` if unreadable."""
+    try:
+        return msgspec.json.decode(value, type=ReportCursor)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(
+            StoreReason.CORRUPT_RECORD, f"{where}: report cursor: {exc}", path=None
+        ) from exc

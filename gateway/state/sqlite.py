@@ -139,12 +139,17 @@ from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .rows import (
+    REPORT_CURSOR_KEY,
+    PendingReport,
     QuarantineEntry,
+    ReportCursor,
     StoredSuppression,
     activation_from_row,
     activation_key,
     activation_row,
     check_i64,
+    cursor_from_value,
+    cursor_value,
     decision_from_row,
     decision_row,
     quarantine_entry_from_row,
@@ -321,6 +326,15 @@ SELECT
 # Which table each write statement touches. Writes to different tables commute (no
 # triggers, no foreign keys), so a batch is applied table by table, keeping the queue
 # order within each table; runs of one statement then go to SQLite in one executemany.
+_SET_META = """
+INSERT INTO store_meta (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+_GET_META = "SELECT value FROM store_meta WHERE key = ?"
+_REPORTED = (
+    "SELECT seq, record FROM suppressions WHERE seq BETWEEN ? AND ? AND report_id = ? ORDER BY seq"
+)
+
 _TABLE_OF: Final = {
     _PUT_ACTIVATION: 0,
     _DELETE_ACTIVATION: 0,
@@ -331,6 +345,7 @@ _TABLE_OF: Final = {
     _MARK_REPORTED_RANGE: 3,
     _PUT_QUARANTINE: 4,
     _MARK_REPLAYED: 4,
+    _SET_META: 5,
 }
 
 
@@ -470,6 +485,10 @@ class Store(GroupCommitStore):
             _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
         )
 
+    def set_report_cursor(self, cursor: ReportCursor) -> None:
+        """Record where reporting stands (:class:`~gateway.state.rows.ReportCursor`)."""
+        self._enqueue(_SET_META, (REPORT_CURSOR_KEY, cursor_value(cursor)))
+
     def prune_decisions(self, before_ms: int) -> None:
         """Forget the decisions made before ``before_ms`` (past the dedupe horizon)."""
         self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms),))
@@ -538,6 +557,18 @@ class Store(GroupCommitStore):
             conn.close()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
+    def report_cursor(self) -> ReportCursor | None:
+        """Where reporting stands, None before the first report."""
+        rows = self._meta_rows()
+        return cursor_from_value(str(rows[0][0]), self.path) if rows else None
+
+    def reported(self, pending: PendingReport) -> list[SuppressionRecord]:
+        """The records marked with ``pending``'s id, by seq (to write its file again)."""
+        if pending.first_seq is None or pending.last_seq is None:
+            return []
+        rows = self._report_rows(pending)
+        return [self._record(seq, blob) for seq, blob in rows]
+
     def unreported_count(self) -> int:
         """How many log entries are not yet in a report."""
         with self._reading():
@@ -603,6 +634,16 @@ class Store(GroupCommitStore):
         # writer's synchronous setting is the one that should apply.
         self._reader.close()
         self._executor.submit(self._writer.close).result()
+
+    def _meta_rows(self) -> list[tuple[object, ...]]:
+        with self._reading():
+            return self._reader.execute(_GET_META, (REPORT_CURSOR_KEY,)).fetchall()
+
+    def _report_rows(self, pending: PendingReport) -> list[tuple[int, bytes]]:
+        with self._reading():
+            return self._reader.execute(
+                _REPORTED, (pending.first_seq, pending.last_seq, pending.report_id)
+            ).fetchall()
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
