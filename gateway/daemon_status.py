@@ -33,6 +33,8 @@ def write_status(
     port: int,
     connected: bool,
     store_ok: bool,
+    role: str | None = None,
+    epoch: int | None = None,
 ) -> None:
     """Replace the view atomically (a rename). Raises OSError (a full disk): the caller
     carries on, and ``status`` shows the last view written."""
@@ -45,6 +47,9 @@ def write_status(
         "broker": {"host": host, "port": port, "connected": connected},
         "store": {"ok": store_ok},
     }
+    if role is not None:
+        # With the state in PostgreSQL: leader or standby (docs/ha.md).
+        status["ha"] = {"role": role, "epoch": epoch}
     path = status_path(state)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(status) + "\n")

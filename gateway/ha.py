@@ -152,12 +152,25 @@ class LeaseKeeper:
                 broker session (its unacknowledged messages would stay there).
         """
         announced = False
+        failures = 0
         while True:
             try:
                 epoch = await self._call(self._try_take)
             except StoreError as exc:
-                self.log.warning("ha.lease_unreachable", reason=exc.reason, detail=exc.detail)
+                # Said at the first failure and then once a minute, not every renew.
+                if failures % max(1, round(60 / self.renew_s)) == 0:
+                    self.log.error(
+                        "ha.lease_unreachable",
+                        reason=exc.reason,
+                        detail=exc.detail,
+                        attempts=failures + 1,
+                    )
+                failures += 1
                 epoch = None
+            else:
+                if failures:
+                    self.log.warning("ha.lease_reachable", after_attempts=failures)
+                failures = 0
             if epoch is not None:
                 self._took(epoch)
                 return epoch
@@ -262,7 +275,7 @@ class LeaseKeeper:
 
     # -- status and life cycle ------------------------------------------------------
 
-    async def view(self) -> LeaseView:
+    async def view(self) -> LeaseView | None:
         """The lease and every instance, as the database has them."""
         return await self._call(self.table.view)
 

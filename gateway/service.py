@@ -1202,6 +1202,8 @@ class Gateway:
                 port=b.port,
                 connected=running and hasattr(self, "mqtt") and self.mqtt.connected,
                 store_ok=self._store_ok.is_set(),
+                role=None if self._lease is None else self._lease.role,
+                epoch=None if self._lease is None else self._lease.epoch,
             )
         except OSError as exc:
             # A full disk must not stop the daemon; status then shows the last view.
@@ -1313,6 +1315,7 @@ async def _serve_ha(
     try:
         while not stopping.is_set():
             metrics.leader.set(0)
+            _standby_status(config, keeper)
             notifier.ready("standby: waiting for the leader lease")
             acquiring = asyncio.create_task(keeper.acquire(), name="acquire-lease")
             halt = asyncio.create_task(stopping.wait(), name="stop-signal")
@@ -1352,6 +1355,26 @@ async def _serve_ha(
         metrics.leader.set(0)
         watchdog.cancel()
         await keeper.close()
+
+
+def _standby_status(config: Config, keeper: LeaseKeeper) -> None:
+    # The status file of a standby: running, not connected, no lease.
+    b = config.broker
+    with contextlib.suppress(OSError):
+        now = wall_ms()
+        write_status(
+            Path(config.paths.state),
+            version=__version__,
+            running=True,
+            started_at=now,
+            updated_at=now,
+            host=b.host,
+            port=b.port,
+            connected=False,
+            store_ok=True,
+            role="standby",
+            epoch=keeper.epoch,
+        )
 
 
 def _stepped_down(metrics: Metrics, lost: LeaseLost) -> None:

@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +35,18 @@ from gateway.state.postgresql import PostgresStore
 from gateway.state.rows import PendingReport, ReportCursor
 from gateway.wire import SuppressionRecord
 
-from .e2e_support import CHF, ESME, UNLISTED_ESME, Broker, Client, Daemon, Home, cs06, now_ms
+from .e2e_support import (
+    CHF,
+    ESME,
+    UNLISTED_ESME,
+    Broker,
+    Client,
+    Daemon,
+    Home,
+    cs06,
+    free_port,
+    now_ms,
+)
 
 CLIENT_ID = "poa-gateway-ha"
 
@@ -228,6 +244,19 @@ def ha_home(root: Path, broker: Broker, dsn: str, name: str) -> Home:
     return home
 
 
+def ha_status(home: Home) -> dict[str, Any]:
+    """``poa-gateway status --json``'s HA section."""
+    exe = Path(sys.executable).parent / "poa-gateway"
+    done = subprocess.run(
+        [str(exe), "status", "--json", "--config", str(home.config)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    section: dict[str, Any] = json.loads(done.stdout)["ha"]
+    return section
+
+
 def share_inventory(home: Home) -> None:
     config = load_config(home.config, env={})
     with Inventory.open(home.root / "inventory.sqlite") as local, open_inventory(config) as shared:
@@ -268,6 +297,18 @@ async def test_a_standby_takes_over_a_killed_leader_and_nothing_is_lost(
         assert client.forwarded_ids() == []
         assert b.wait_for("ha.leader")["epoch"] == 2
         assert took < 30
+        status = ha_status(b.home)
+        assert status["leader"]["instance"] == "b"
+        assert status["leader"]["epoch"] == 2
+        assert status["leader"]["expired"] is False
+        roles = {i["name"]: (i["role"], i["holds_lease"]) for i in status["instances"]}
+        assert roles["b"] == ("leader", True)
+        assert roles["a"] == ("leader", False)  # its last word before the SIGKILL
+        a.start(wait_ready=False)  # back, as a standby
+        a.wait_for("ha.standby", timeout=30)
+        alive = {(i["name"], i["role"]) for i in ha_status(a.home)["instances"] if i["alive"]}
+        assert ("a", "standby") in alive
+        assert ("b", "leader") in alive
     finally:
         await client.close()
         for d in (a, b):
@@ -436,3 +477,24 @@ async def test_a_report_marked_but_not_written_is_written_by_the_next_leader(
     assert cursor is not None
     assert cursor.pending is None
     assert cursor.opened_at_ms >= 10_000
+
+
+@pytest.mark.e2e
+def test_a_dsn_that_cannot_connect_is_said_and_nothing_is_taken_from_the_broker(
+    tmp_path: Path, broker: Broker
+) -> None:
+    port = free_port()  # nothing listens there
+    home = ha_home(tmp_path, broker, f"host=127.0.0.1 port={port} dbname=poa user=poa", "a")
+    env_home = Daemon(home)
+    os.environ["POA_PG_PASSWORD"] = "s3cret-not-logged"
+    try:
+        env_home.start(wait_ready=False)
+        said = env_home.wait_for("ha.lease_unreachable", timeout=30)
+        assert said["level"] == "error"
+        assert f"127.0.0.1:{port}/poa" in said["detail"]
+        env_home.stop()
+    finally:
+        del os.environ["POA_PG_PASSWORD"]
+    log = home.log_path.read_text()
+    assert "s3cret-not-logged" not in log
+    assert "mqtt.connected" not in log  # a standby never connects to the broker

@@ -177,11 +177,68 @@ def _status(args: argparse.Namespace, config: Config, store: CliStore) -> int:
         "counts": store.counts(),
         "daemon": read_status(config.paths.state),
     }
+    if config.state.backend == "postgresql":
+        out["ha"] = _ha_status(config, now)
     if args.windows:
         out["active"] = [_activation(a) for a in active]
         out["pending"] = [_activation(a) for a in pending]
     print_result(args, out)
     return Exit.OK
+
+
+def _ha_status(config: Config, now: int) -> dict[str, Any]:
+    """The leader lease and every instance, as the database has them (docs/ha.md)."""
+    from gateway.state.lease import LeaseTable  # noqa: PLC0415 - PostgreSQL only
+
+    password = None if config.state_password is None else config.state_password.reveal()
+    table = LeaseTable(
+        config.state.dsn,
+        password,
+        run_id="status",
+        name="status",
+        client_id=config.broker.client_id,
+        lease_ms=int(config.ha.lease),
+        lock_timeout_ms=1000,
+        create=False,
+    )
+    try:
+        view = table.view()
+    except StoreError as exc:
+        return {"error": exc.detail}
+    finally:
+        table.close()
+    if view is None:
+        return {"leader": None, "instances": [], "detail": "no instance has run on this store"}
+    lease = view.lease
+    leader: dict[str, Any] | None = None
+    if lease is not None:
+        leader = {
+            "instance": lease.holder_name,
+            "run_id": lease.holder,
+            "epoch": lease.epoch,
+            "client_id": lease.client_id,
+            "since": when(lease.acquired_at_ms),
+            "lease_expires": when(lease.expires_at_ms),
+            "expired": lease.expires_at_ms <= view.now_ms,
+        }
+    # An instance that has not reported itself for three renewals is presumed gone.
+    gone_after = 3 * int(config.ha.renew)
+    instances = [
+        {
+            "name": i.name,
+            "host": i.host,
+            "pid": i.pid,
+            "version": i.version,
+            "role": i.role,
+            "epoch": i.epoch,
+            "client_id": i.client_id,
+            "seen": when(i.seen_at_ms),
+            "alive": view.now_ms - i.seen_at_ms <= gone_after,
+            "holds_lease": lease is not None and i.run_id == lease.holder,
+        }
+        for i in view.instances
+    ]
+    return {"leader": leader, "instances": instances, "clock_skew_ms": now - view.now_ms}
 
 
 def _activation(a: Any) -> dict[str, Any]:

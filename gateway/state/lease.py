@@ -205,6 +205,8 @@ class LeaseTable:
         lease_ms: how long a take or a renewal lasts.
         lock_timeout_ms: how long one statement may wait for the lease row (a take
             waits behind the leader's commit in progress), and the statement timeout.
+        create: create the tables when missing (False for a reader such as
+            ``poa-gateway status``, which must change nothing).
     """
 
     def __init__(
@@ -217,8 +219,10 @@ class LeaseTable:
         client_id: str,
         lease_ms: int,
         lock_timeout_ms: int,
+        create: bool = True,
     ) -> None:
         self._dsn = dsn
+        self._create = create
         self._password = password
         self.run_id = run_id
         self.name = name
@@ -304,8 +308,12 @@ class LeaseTable:
             for r in self._run(_READ_INSTANCES, {})
         ]
 
-    def view(self) -> LeaseView:
-        """The lease, the instances and the database's clock, for status."""
+    def view(self) -> LeaseView | None:
+        """The lease, the instances and the database's clock, for status; None when no
+        instance has ever run on this database (no lease tables)."""
+        found = self._run("SELECT to_regclass('lease'), to_regclass('instances')", {})
+        if None in found[0]:
+            return None
         now = self._run(_NOW, {})
         return LeaseView(lease=self.read(), instances=self.instances(), now_ms=int(now[0][0]))
 
@@ -347,7 +355,8 @@ class LeaseTable:
             try:
                 timeout = int(self._lock_timeout_ms)
                 conn.execute(_SETTINGS, {"lock": str(timeout), "statement": str(timeout * 2)})
-                _prepare(conn)
+                if self._create:
+                    _prepare(conn)
             except psycopg.Error as exc:
                 conn.close()
                 raise StoreError(
