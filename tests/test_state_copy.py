@@ -23,12 +23,14 @@ from gateway.exits import Exit
 from gateway.state import copy as state_copy
 from gateway.state.copy import NOT_COPIED, TABLES, Table
 from gateway.state.postgresql import PostgresStore
+from gateway.state.rows import PendingReport, ReportCursor
 from gateway.state.sqlite import QuarantineEntry, Store, quarantine_id
 
-from .test_state_backends import AnyStore
 from .test_store import SUPPLIER, T0, activation, forwarded, record, suppressed
 
 pytestmark = pytest.mark.timeout(180)
+
+AStore = Store | PostgresStore
 
 N = 2_000  # rows per table, the quarantine's a tenth of it
 
@@ -59,7 +61,7 @@ def entry(i: int) -> QuarantineEntry:
     )
 
 
-async def fill(store: AnyStore, n: int = N) -> None:
+async def fill(store: AStore, n: int = N) -> None:
     """``n`` rows of each kind, with every flag both ways, some reported, some replayed."""
     try:
         for i in range(n):
@@ -81,9 +83,11 @@ async def fill(store: AnyStore, n: int = N) -> None:
         for i in range(n // 10):
             store.put_quarantine(entry(i))
         await store.flush()
-        # The report cursor: two reports written, the rest unreported.
+        # The report cursor: one report written, one marked but not yet written (a
+        # new leader writes it again from the same records), the rest unreported.
         store.mark_reported_range(1, n // 3, "POA-SUPPRESSION_1")
         store.mark_reported_range(n // 3 + 1, n // 2, "POA-SUPPRESSION_2")
+        store.set_report_cursor(CURSOR(n))
         for i in range(0, n // 10, 3):
             store.mark_replayed(entry(i).id, T0 + 10 * i)
         await store.flush()
@@ -91,11 +95,23 @@ async def fill(store: AnyStore, n: int = N) -> None:
         store.close()
 
 
-def snapshot(store: AnyStore, n: int = N) -> dict[str, Any]:
+def CURSOR(n: int) -> ReportCursor:  # noqa: N802 - a constant of n
+    pending = PendingReport(
+        report_id="POA-SUPPRESSION_2",
+        first_seq=n // 3 + 1,
+        last_seq=n // 2,
+        period_start_ms=T0,
+        period_end_ms=T0 + 3_600_000,
+        records=n // 2 - n // 3,
+    )
+    return ReportCursor(opened_at_ms=T0 + 3_600_000, pending=pending)
+
+
+def snapshot(store: AStore, n: int = N) -> dict[str, Any]:
     """Everything the store holds, read through its own API (no SQL)."""
     by_id: dict[str, Any] = {}
     for i in range(n):
-        by_id[alert_id(i)] = store.suppressions_for(alert_id(i))  # type: ignore[attr-defined]
+        by_id[alert_id(i)] = store.suppressions_for(alert_id(i))
     return {
         "counts": store.counts(),
         "activations": sorted(
@@ -107,18 +123,19 @@ def snapshot(store: AnyStore, n: int = N) -> dict[str, Any]:
         "unreported_count": store.unreported_count(),
         "log": by_id,
         "quarantined": sorted(store.quarantined(10 * n + 10), key=lambda e: e.id),
+        "report_cursor": store.report_cursor(),
     }
 
 
-def sqlite_store(path: Path) -> Callable[[], AnyStore]:
+def sqlite_store(path: Path) -> Callable[[], AStore]:
     return lambda: Store.open(path)
 
 
-def pg_store(dsn: str) -> Callable[[], AnyStore]:
+def pg_store(dsn: str) -> Callable[[], AStore]:
     return lambda: PostgresStore.open(dsn)
 
 
-def read(open_store: Callable[[], AnyStore], n: int = N) -> dict[str, Any]:
+def read(open_store: Callable[[], AStore], n: int = N) -> dict[str, Any]:
     store = open_store()
     try:
         return snapshot(store, n)
@@ -146,6 +163,7 @@ def test_every_row_round_trips_from_sqlite_to_postgresql_and_back(
         "quarantined": N // 10,
     }
     assert {e.replayed_at is None for e in expected["quarantined"]} == {True, False}
+    assert expected["report_cursor"] == CURSOR(N)
 
     assert copy("--from", f"sqlite:{source}", "--to", f"postgresql:{pg_dsn}", "--json") == 0
     out = json.loads(capsys.readouterr().out)
@@ -157,6 +175,7 @@ def test_every_row_round_trips_from_sqlite_to_postgresql_and_back(
         "decisions": (N, N),
         "suppressions": (N, N),
         "quarantine": (N // 10, N // 10),
+        "store_meta": (1, 1),  # the report cursor's row
     }
     assert read(pg_store(pg_dsn)) == expected
 
@@ -179,7 +198,7 @@ def test_a_copy_between_two_postgresql_databases_keeps_every_row(
     assert read(pg_store(other), 300) == read(pg_store(pg_dsn), 300)
 
 
-def append(open_store: Callable[[], AnyStore], alert: str) -> int:
+def append(open_store: Callable[[], AStore], alert: str) -> int:
     """Append one suppression through the store; its sequence number."""
 
     async def run() -> int:
@@ -187,7 +206,7 @@ def append(open_store: Callable[[], AnyStore], alert: str) -> int:
         try:
             store.append_suppression(record(alert))
             await store.flush()
-            (stored,) = store.suppressions_for(alert)  # type: ignore[attr-defined]
+            (stored,) = store.suppressions_for(alert)
             return int(stored.seq)
         finally:
             store.close()
@@ -230,6 +249,7 @@ def test_a_target_that_holds_rows_is_refused_naming_them_unless_forced(
             store.set_counter(SUPPLIER, eui(900), 1)
             store.set_counter(SUPPLIER, eui(901), 1)
             store.put_quarantine(entry(900))
+            store.set_report_cursor(ReportCursor(opened_at_ms=T0 - 1))
             await store.flush()
         finally:
             store.close()
@@ -240,7 +260,7 @@ def test_a_target_that_holds_rows_is_refused_naming_them_unless_forced(
     assert copy("--from", f"sqlite:{source}", "--to", f"postgresql:{pg_dsn}") == Exit.USAGE
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
-    assert "already holds rows (counters 2, quarantine 1)" in err
+    assert "already holds rows (counters 2, quarantine 1, store_meta 1)" in err
     assert "--force" in err
     assert read(pg_store(pg_dsn), 30) == held  # untouched
 
@@ -407,8 +427,10 @@ def test_every_table_of_both_stores_is_copied_whole_or_named_as_not_copied(
     assert "suppressions" in copied  # guards the comparison below
     for schema in (_sqlite_tables(tmp_path / "state.sqlite"), _pg_tables(pg_dsn)):
         assert {n: cols for n, cols in schema.items() if n not in NOT_COPIED} == copied
-    assert {"lease", "instances", "store_meta"} <= NOT_COPIED
+    assert {"lease", "instances"} <= NOT_COPIED
     assert not NOT_COPIED & copied.keys()
+    # Of store_meta only the report cursor: the target keeps its own id and version.
+    assert [t.where for t in TABLES if t.where] == ["key = 'report_cursor'"]
 
 
 def test_state_copy_has_help_naming_both_forms_and_the_password_variable(

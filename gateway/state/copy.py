@@ -8,8 +8,10 @@ the same rows (gateway/state/rows.py), so a copy moves rows as they are, table b
 without decoding them: :data:`TABLES` names each table and its columns, and is the only
 place that knows which tables there are. Adding a table to both stores is one more line
 there; a test checks that every table of both schemas is either in :data:`TABLES` or in
-:data:`NOT_COPIED` (the store's own metadata and the HA runtime state, which belong to
-the instances running on a store, not to the deployment's state).
+:data:`NOT_COPIED` (the HA runtime state, which belongs to the instances running on a
+store, not to the deployment's state). A table may be copied in part: of ``store_meta``
+only the report cursor's row goes (where reporting stands, and a report marked but not
+yet written); the target keeps its own store id and schema version.
 
 **Both stores are opened with their normal open** (:meth:`Store.open`,
 :meth:`PostgresStore.open`), so the schema checks apply as when the daemon starts: a
@@ -25,7 +27,7 @@ the rows go over connections of this module's own:
 - the target is written in **one transaction**: the copy is all or nothing. In
   PostgreSQL the copied tables are locked first (other writers wait, readers do not),
   then each table is loaded with ``COPY ... FROM STDIN`` (psycopg's ``cursor.copy``),
-  far faster than row-by-row inserts; in SQLite with ``executemany`` inside
+  faster than ``executemany`` even in pipeline mode; in SQLite with ``executemany`` inside
   ``BEGIN IMMEDIATE``;
 - a target that already holds rows in a copied table is refused (``target-not-empty``,
   naming what each table holds) unless ``force``: then those rows are deleted first, in
@@ -34,13 +36,15 @@ the rows go over connections of this module's own:
   transaction) is compared with the source's (``count(*)`` in the source snapshot); any
   difference rolls the whole copy back (``count-mismatch``).
 
-**Identity.** ``suppressions.seq`` numbers the suppression log; the report cursor is the
-``report_id`` of each entry, copied as it is, so the reports already written stay
-written. Sequence numbers are never reused, so the copy keeps them (COPY writes a
-PostgreSQL identity column's values as given, like ``OVERRIDING SYSTEM VALUE``) and then
-sets the target's counter to the source's high-water mark: the highest number the source
-ever gave (its ``sqlite_sequence`` entry, or its identity sequence), not only the highest
-still stored. The next append to the target continues the numbering from there.
+**Identity.** ``suppressions.seq`` numbers the suppression log; which entries are
+reported is each entry's ``report_id`` and the report cursor's row, copied as they are,
+so the reports already written stay written and a pending one is written again by the
+gateway on the target, from the same records. Sequence numbers are never reused, so the
+copy keeps them (COPY writes a PostgreSQL identity column's values as given, like
+``OVERRIDING SYSTEM VALUE``) and then sets the target's counter to the source's
+high-water mark: the highest number the source ever gave (its ``sqlite_sequence`` entry,
+or its identity sequence), not only the highest still stored. The next append to the
+target continues the numbering from there.
 
 **Secrets.** A DSN holding a password is refused (:func:`parse_spec`): the password comes
 from the environment, handed in as ``password``. Errors name ``host:port/dbname``
@@ -67,6 +71,7 @@ from gateway.errors import GatewayError
 
 from .errors import StoreError, StoreReason
 from .postgresql import PostgresStore, describe_dsn
+from .rows import REPORT_CURSOR_KEY
 from .sqlite import MARKER_SUFFIX, Store
 
 __all__ = [
@@ -88,14 +93,16 @@ __all__ = [
 ]
 
 
-class Table(msgspec.Struct, frozen=True):
+class Table(msgspec.Struct, frozen=True, kw_only=True):
     """A table copied as it is: its name, its columns (space-separated, in both stores'
-    order) and the column numbered by the store (SQLite AUTOINCREMENT, PostgreSQL
-    identity), if any, whose counter the copy carries over."""
+    order), the column numbered by the store (SQLite AUTOINCREMENT, PostgreSQL
+    identity), if any, whose counter the copy carries over, and ``where``, the rows
+    copied when not all are (an SQL condition both dialects read alike)."""
 
     name: str
     columns: str
     numbered: str | None = None
+    where: str | None = None
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -105,22 +112,25 @@ class Table(msgspec.Struct, frozen=True):
 
 TABLES: Final = (
     Table(
-        "activations",
-        "esme originator counter chf start_ms end_ms future_dated seen_at closed_early succeeded",
+        name="activations",
+        columns="esme originator counter chf start_ms end_ms future_dated seen_at closed_early "
+        "succeeded",
     ),
-    Table("counters", "originator device counter"),
-    Table("decisions", "alert_id decided_at effect_done decision"),
-    Table("suppressions", "seq alert_id record received_at report_id", numbered="seq"),
+    Table(name="counters", columns="originator device counter"),
+    Table(name="decisions", columns="alert_id decided_at effect_done decision"),
+    Table(name="suppressions", columns="seq alert_id record received_at report_id", numbered="seq"),
     Table(
-        "quarantine",
-        "id topic payload reason error attempts received_at quarantined_at forwarded replayed_at",
+        name="quarantine",
+        columns="id topic payload reason error attempts received_at quarantined_at forwarded "
+        "replayed_at",
     ),
+    # The report cursor; not the store's own id and schema version.
+    Table(name="store_meta", columns="key value", where=f"key = '{REPORT_CURSOR_KEY}'"),
 )
 """The tables a copy moves, in this order: one entry per table."""
 
-NOT_COPIED: Final = frozenset({"store_meta", "lease", "instances", "sqlite_sequence"})
-"""Tables of a store that a copy leaves alone: the store's own identity and schema
-version (``store_meta``; the target keeps its own), the HA runtime state of the instances
+NOT_COPIED: Final = frozenset({"lease", "instances", "sqlite_sequence"})
+"""Tables of a store that a copy leaves alone: the HA runtime state of the instances
 running on a PostgreSQL store (``lease``, ``instances``), and SQLite's own bookkeeping
 (``sqlite_sequence``, set from the source's high-water mark instead)."""
 
@@ -528,6 +538,7 @@ class _SqliteReader(_Reader):
         with self._guard():
             cur = self._conn.execute(
                 f"SELECT {', '.join(table.column_names)} FROM {table.name}"  # noqa: S608 - TABLES
+                + _sqlite_where(table)
             )
             while batch := cur.fetchmany(_BATCH):
                 yield from batch
@@ -558,7 +569,7 @@ class _SqliteWriter(_Writer):
     def clear(self) -> None:
         with self._guard():
             for table in TABLES:
-                self._conn.execute(f"DELETE FROM {table.name}")  # noqa: S608 - TABLES
+                self._conn.execute(f"DELETE FROM {table.name}" + _sqlite_where(table))  # noqa: S608
 
     def write(self, table: Table, rows: Iterator[Sequence[Any]]) -> None:
         names = table.column_names
@@ -600,9 +611,15 @@ def _sqlite_connect(path: str, where: str) -> sqlite3.Connection:
 
 def _sqlite_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {
-        t.name: int(conn.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0])  # noqa: S608
+        t.name: int(
+            conn.execute(f"SELECT count(*) FROM {t.name}" + _sqlite_where(t)).fetchone()[0]  # noqa: S608
+        )
         for t in TABLES
     }
+
+
+def _sqlite_where(table: Table) -> str:
+    return "" if table.where is None else f" WHERE {table.where}"
 
 
 class _PgReader(_Reader):
@@ -655,12 +672,18 @@ class _PgWriter(_Writer):
 
     def clear(self) -> None:
         # In the transaction: a rollback brings the rows back.
+        whole = [t for t in TABLES if t.where is None]
         with self._guard():
             self._conn.execute(
                 sql.SQL("TRUNCATE {}").format(
-                    sql.SQL(", ").join(sql.Identifier(t.name) for t in TABLES)
+                    sql.SQL(", ").join(sql.Identifier(t.name) for t in whole)
                 )
             )
+            for t in TABLES:
+                if t.where is not None:
+                    self._conn.execute(
+                        sql.SQL("DELETE FROM {}").format(sql.Identifier(t.name)) + _pg_where(t)
+                    )
 
     def write(self, table: Table, rows: Iterator[Sequence[Any]]) -> None:
         # Text COPY: PostgreSQL parses each value by its column's type, so SQLite's
@@ -693,14 +716,19 @@ def _pg_select(table: Table) -> sql.Composed:
     return sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names),
         sql.Identifier(table.name),
-    )
+    ) + _pg_where(table)
+
+
+def _pg_where(table: Table) -> sql.Composable:
+    # A condition of TABLES, this module's constant: SQL text, not a value.
+    return sql.SQL("") if table.where is None else sql.SQL(" WHERE " + table.where)
 
 
 def _pg_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in TABLES:
         row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t.name))
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t.name)) + _pg_where(t)
         ).fetchone()
         counts[t.name] = int(row[0]) if row else 0
     return counts
