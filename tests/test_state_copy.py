@@ -22,6 +22,8 @@ from gateway.cli.main import main
 from gateway.exits import Exit
 from gateway.state import copy as state_copy
 from gateway.state.copy import NOT_COPIED, TABLES, Table
+from gateway.state.lease import LeaseTable
+from gateway.state.pg_inventory import PostgresInventory
 from gateway.state.postgresql import PostgresStore
 from gateway.state.rows import PendingReport, ReportCursor
 from gateway.state.sqlite import QuarantineEntry, Store, quarantine_id
@@ -420,14 +422,21 @@ def _pg_tables(dsn: str) -> dict[str, tuple[str, ...]]:
 def test_every_table_of_both_stores_is_copied_whole_or_named_as_not_copied(
     tmp_path: Path, pg_dsn: str
 ) -> None:
-    # A table added to a store's schema without its line in TABLES fails here.
+    # A table added to a store's schema without its line in TABLES fails here. The
+    # PostgreSQL database holds whatever shares it too: the inventory, the HA tables.
     Store.open(tmp_path / "state.sqlite").close()
     PostgresStore.open(pg_dsn).close()
+    PostgresInventory.open(pg_dsn).close()
+    lease = LeaseTable(
+        pg_dsn, None, run_id="r", name="n", client_id="c", lease_ms=1000, lock_timeout_ms=1000
+    )
+    lease.read()  # creates its tables
+    lease.close()
     copied = {t.name: t.column_names for t in TABLES}
     assert "suppressions" in copied  # guards the comparison below
     for schema in (_sqlite_tables(tmp_path / "state.sqlite"), _pg_tables(pg_dsn)):
         assert {n: cols for n, cols in schema.items() if n not in NOT_COPIED} == copied
-    assert {"lease", "instances"} <= NOT_COPIED
+    assert {"lease", "instances", "inventory"} <= _pg_tables(pg_dsn).keys()
     assert not NOT_COPIED & copied.keys()
     # Of store_meta only the report cursor: the target keeps its own id and version.
     assert [t.where for t in TABLES if t.where] == ["key = 'report_cursor'"]

@@ -129,10 +129,12 @@ TABLES: Final = (
 )
 """The tables a copy moves, in this order: one entry per table."""
 
-NOT_COPIED: Final = frozenset({"lease", "instances", "sqlite_sequence"})
+NOT_COPIED: Final = frozenset({"lease", "instances", "inventory", "sqlite_sequence"})
 """Tables of a store that a copy leaves alone: the HA runtime state of the instances
-running on a PostgreSQL store (``lease``, ``instances``), and SQLite's own bookkeeping
-(``sqlite_sequence``, set from the source's high-water mark instead)."""
+running on a PostgreSQL store (``lease``, ``instances``), the Smart Metering Inventory a
+PostgreSQL deployment keeps in the same database (a SQLite one keeps it in a file of its
+own; it is imported from its CSV into the new backend: docs/operations.md), and SQLite's
+own bookkeeping (``sqlite_sequence``, set from the source's high-water mark instead)."""
 
 _BATCH: Final = 5_000  # rows per read and per executemany: bounded memory for any size
 _CONNECT_TIMEOUT_S: Final = 10
