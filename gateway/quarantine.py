@@ -20,6 +20,7 @@ from gbcs import GbcsError
 
 from .errors import GatewayError
 from .ha import LeaseLost
+from .state.inventory import InventoryUnavailable
 from .state.sqlite import QuarantineEntry, StoreError, quarantine_id
 from .transport.mqtt import NotConnected, PublishRefused
 from .wire import QuarantineNotice, WireError
@@ -37,7 +38,13 @@ __all__ = [
 HANDLER_ATTEMPTS: Final = 3
 """How often a message's handling is tried before the message is quarantined."""
 
-NOT_THE_MESSAGE: Final = (StoreError, PublishRefused, NotConnected, LeaseLost)
+NOT_THE_MESSAGE: Final = (
+    StoreError,
+    PublishRefused,
+    NotConnected,
+    LeaseLost,
+    InventoryUnavailable,
+)
 """Failures of the gateway's surroundings, not of one message: the message is left with
 the broker (not acknowledged) rather than quarantined, and comes back."""
 

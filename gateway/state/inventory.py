@@ -178,6 +178,15 @@ class InventoryError(GatewayError):
         super().__init__(detail)
 
 
+class InventoryUnavailable(InventoryError):
+    """The inventory's database failed (``database-error``): a failure of the gateway's
+    surroundings, not of the message being handled, which is therefore left with the
+    broker and comes back rather than being quarantined (gateway/quarantine.py)."""
+
+    def __init__(self, detail: str, *, path: str | None = None) -> None:
+        super().__init__(InventoryReason.DATABASE_ERROR, detail, path=path)
+
+
 class InvalidRowReason(enum.StrEnum):
     """The stable reason codes of an :class:`ImportIssue`."""
 
@@ -577,9 +586,7 @@ class Inventory:
         try:
             yield
         except sqlite3.Error as exc:
-            raise InventoryError(
-                InventoryReason.DATABASE_ERROR, f"{self.path}: inventory: {exc}", path=self.path
-            ) from exc
+            raise InventoryUnavailable(f"{self.path}: inventory: {exc}", path=self.path) from exc
 
 
 def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:

@@ -65,6 +65,7 @@ from .inventory import (
     InventoryError,
     InventoryImportReport,
     InventoryReason,
+    InventoryUnavailable,
     _invalid,
     _record,
     _Row,
@@ -325,14 +326,10 @@ class PostgresInventory:
             try:
                 self._conn = _connect(self._dsn, self._password)
             except InventoryError as exc:
-                raise InventoryError(
-                    InventoryReason.DATABASE_ERROR, exc.detail, path=self.path
-                ) from exc
+                raise InventoryUnavailable(exc.detail, path=self.path) from exc
             return op(self._conn)
         except psycopg.Error as exc:
-            raise InventoryError(
-                InventoryReason.DATABASE_ERROR, f"{self.path}: inventory: {exc}", path=self.path
-            ) from exc
+            raise InventoryUnavailable(f"{self.path}: inventory: {exc}", path=self.path) from exc
 
 
 # -- helpers -------------------------------------------------------------------------------
