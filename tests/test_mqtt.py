@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -19,6 +20,7 @@ from gateway.transport.mqtt import (
     MqttAdapter,
     MqttSettings,
     PublishRefused,
+    install_exception_filter,
 )
 from tests.e2e_support import Broker
 
@@ -504,3 +506,26 @@ async def test_the_refusals_given_up_on_are_the_ones_gmqtt_stops_reconnecting_on
     assert gmqtt_stops is not None, "gmqtt's internals moved: which refusals does it retry?"
     assert gmqtt_stops_311 is not None, "gmqtt's internals moved: which refusals does it retry?"
     assert set(gmqtt_stops) | set(gmqtt_stops_311) == set(PERMANENT_REFUSALS)
+
+
+@pytest.mark.asyncio
+async def test_the_loop_filter_logs_failures_and_not_cancellations() -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    install_exception_filter(loop, lambda event, fields: seen.append((event, fields)))
+    try:
+        loop.call_exception_handler(
+            {"message": "Exception in callback x", "exception": asyncio.CancelledError()}
+        )
+        loop.call_exception_handler(
+            {"message": "Task exception was never retrieved", "exception": ValueError("boom")}
+        )
+    finally:
+        loop.set_exception_handler(previous)
+    assert seen == [
+        (
+            "loop.error",
+            {"reason": "ValueError('boom')", "detail": "Task exception was never retrieved"},
+        )
+    ]

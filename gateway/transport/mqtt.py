@@ -1082,6 +1082,13 @@ def install_exception_filter(
 
     def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        log("loop.error", {"reason": repr(exc) if exc else context.get("message", "")})
+        if isinstance(exc, asyncio.CancelledError):
+            # A task cancelled at shutdown (gmqtt's reconnect among them, whose done
+            # callback re-raises it): not a failure.
+            return
+        fields = {"reason": repr(exc) if exc else context.get("message", "")}
+        if exc is not None and context.get("message"):
+            fields["detail"] = str(context["message"])[:300]
+        log("loop.error", fields)
 
     loop.set_exception_handler(handler)
