@@ -498,3 +498,28 @@ def test_a_dsn_that_cannot_connect_is_said_and_nothing_is_taken_from_the_broker(
     log = home.log_path.read_text()
     assert "s3cret-not-logged" not in log
     assert "mqtt.connected" not in log  # a standby never connects to the broker
+
+
+@pytest.mark.e2e
+def test_an_instance_with_another_client_id_exits_78_and_the_leader_carries_on(
+    tmp_path: Path, broker: Broker, pg_dsn: str
+) -> None:
+    a = Daemon(ha_home(tmp_path, broker, pg_dsn, "a"))
+    other = ha_home(tmp_path, broker, pg_dsn, "b")
+    other.config.write_text(
+        other.config.read_text().replace(f'client_id = "{CLIENT_ID}"', 'client_id = "typo"')
+    )
+    b = Daemon(other)
+    share_inventory(a.home)
+    try:
+        a.start()
+        b.start(wait_ready=False)
+        assert b.wait_exit() == 78
+        failed = b.wait_for("gateway.failed", timeout=5)
+        assert failed["reason"] == StartupReason.CLIENT_ID_CONFLICT
+        assert "typo" in failed["detail"]
+        assert a.proc is not None
+        assert a.proc.poll() is None
+        assert ha_status(a.home)["leader"]["instance"] == "a"
+    finally:
+        a.stop()
