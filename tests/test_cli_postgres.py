@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from gateway.cli.main import main
@@ -149,3 +150,19 @@ def test_an_unreachable_postgresql_is_one_line_naming_the_server_never_the_passw
         assert err.startswith(f"poa-gateway {command}: cannot connect to the PostgreSQL ")
         assert "127.0.0.1:1/poa" in err
         assert "s3cret-pw-value" not in err
+
+
+@pytest.mark.parametrize("command", [["status"], ["explain", "ad1-in"], ["quarantine", "list"]])
+def test_a_database_with_no_store_is_said_and_left_as_it_is(
+    tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    config = home(tmp_path, f'[state]\nbackend = "postgresql"\ndsn = "{pg_dsn}"\n')
+    status, out, err = run(capsys, *command, "--config", str(config))
+    assert status == Exit.FAILED
+    assert "no poa-gateway state store in this database yet" in err
+    assert out == ""
+    with psycopg.connect(pg_dsn) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
+    assert tables == (0,)  # a question about the state created nothing

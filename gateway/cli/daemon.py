@@ -57,7 +57,7 @@ def _open_postgres(config: Config, command: str) -> CliStore | None:
 
     password = None if config.state_password is None else config.state_password.reveal()
     try:
-        return PostgresStore.open(config.state.dsn, password=password)
+        return PostgresStore.open(config.state.dsn, password=password, create=False)
     except StoreError as exc:
         # cannot-open (unreachable, refused, no such database), unsupported-schema,
         # not-a-store: each names host:port/db and never the password.

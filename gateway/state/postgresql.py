@@ -292,13 +292,16 @@ class PostgresStore(GroupCommitStore):
         self._idle_timeout_ms: int | None = None  # set on every new write connection
 
     @classmethod
-    def open(cls, dsn: str, *, password: str | None = None) -> Self:
+    def open(cls, dsn: str, *, password: str | None = None, create: bool = True) -> Self:
         """Connect to the database of ``dsn`` and check (or create) its schema.
 
         Args:
             dsn: a libpq connection string or URI, without a password.
             password: the password, from the environment; None for none (peer, trust,
                 a .pgpass file).
+            create: give a database with no store the schema (the daemon); False for
+                the read-only commands (status, explain), which then refuse it with
+                ``state-empty`` and change nothing.
 
         Raises:
             StoreError: ``cannot-open`` (no connection: the message names host, port and
@@ -311,7 +314,7 @@ class PostgresStore(GroupCommitStore):
         writer: psycopg.Connection[Any] | None = None
         try:
             writer = executor.submit(_connect, dsn, password).result()
-            store_id = executor.submit(_prepare, writer, where).result()
+            store_id = executor.submit(_prepare, writer, where, create).result()
             reader = _connect(dsn, password, autocommit=True)
         except BaseException:
             for conn in (reader, writer):
@@ -590,7 +593,7 @@ def _connect(
         ) from None
 
 
-def _prepare(conn: psycopg.Connection[Any], where: str) -> str:
+def _prepare(conn: psycopg.Connection[Any], where: str, create: bool = True) -> str:
     """Check the schema (creating it in an empty database); return the store id."""
     try:
         with conn.transaction():
@@ -610,6 +613,13 @@ def _prepare(conn: psycopg.Connection[Any], where: str) -> str:
                 or conn.execute("SELECT 1 FROM store_meta WHERE key = 'schema_version'").fetchone()
                 is None
             ):
+                if not create:
+                    raise StoreError(
+                        StoreReason.STATE_EMPTY,
+                        f"{where}: no poa-gateway state store in this database yet (no "
+                        "gateway has run on it)",
+                        path=where,
+                    )
                 for statement in _SCHEMA.split(";"):
                     conn.execute(statement)
                 store_id = secrets.token_hex(16)
