@@ -355,3 +355,79 @@ async def test_suppressions_committed_together_keep_queue_order_and_the_first_re
         assert [seq for seq, _ in rows] == sorted(seq for seq, _ in rows)
     finally:
         store.close()
+
+
+# -- loading every activation (PostgreSQL: packed records; postgresql.py) ------------------
+
+
+def _varied_activations() -> list[Any]:
+    """Activations whose every field differs, on ESMEs that share a 7-byte prefix and
+    ESMEs that do not, several per ESME, in no particular order."""
+    esmes = [bytes.fromhex(h) for h in ("00DB1000000001FF", "00DB100000000100", "00DB0FFFFFFFFFFF")]
+    out = []
+    for n, esme in enumerate(esmes):
+        for k, (originator, counter) in enumerate(
+            [(SUPPLIER, 2**64 - 1), (SUPPLIER, 0), (bytes.fromhex("90B3D51F30020000"), 7)]
+        ):
+            out.append(
+                activation(
+                    counter,
+                    esme=esme,
+                    originator=originator,
+                    chf=bytes([0xC0 + n, k]) + bytes(6),
+                    start_ms=T0 - 10**6 * n + k,
+                    end_ms=T0 + 30 * 60_000 + 10 * n + k,
+                    seen_at=-(n + 1) * 1000 - k,
+                    future_dated=k == 0,
+                    closed_early=k == 1,
+                    succeeded=n == 1,
+                )
+            )
+    return out[4:] + out[:4]
+
+
+@pytest.mark.asyncio
+async def test_every_activation_loads_as_stored_in_key_order(open_store: Opener) -> None:
+    stored = _varied_activations()
+    store = open_store()
+    try:
+        for a in stored:
+            store.put_activation(a)
+        await store.flush()
+        loaded = store.load_activations()
+        assert loaded == sorted(stored, key=lambda a: (a.esme, a.originator, a.counter))
+        store.delete_activation(stored[0])
+        await store.flush()
+        assert stored[0] not in store.load_activations()
+        assert len(store.load_activations()) == len(stored) - 1
+    finally:
+        store.close()
+
+
+def test_no_activation_loads_as_an_empty_list(open_store: Opener) -> None:
+    store = open_store()
+    try:
+        assert store.load_activations() == []
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_activations_load_after_the_server_ended_the_read_connection(
+    pg_cluster: Cluster, pg_dsn: str
+) -> None:
+    stored = _varied_activations()
+    store = PostgresStore.open(pg_dsn)
+    try:
+        for a in stored:
+            store.put_activation(a)
+        await store.flush()
+        pg_cluster.execute(
+            pg_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        loaded = store.load_activations()  # reconnects once, as every read
+        assert loaded == sorted(stored, key=lambda a: (a.esme, a.originator, a.counter))
+    finally:
+        store.close()

@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
+import struct
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
@@ -67,7 +68,6 @@ from .rows import (
     QuarantineEntry,
     ReportCursor,
     StoredSuppression,
-    activation_from_row,
     activation_key,
     activation_row,
     check_i64,
@@ -146,11 +146,6 @@ _OUR_TABLES: Final = (
 )
 
 # The statements of sqlite.py in PostgreSQL's dialect; the same conflict rules.
-_LOAD_ACTIVATIONS = """
-SELECT esme, originator, counter, chf, start_ms, end_ms, future_dated, seen_at,
-    closed_early, succeeded
-FROM activations ORDER BY esme, originator, counter
-"""
 _PUT_ACTIVATION = """
 INSERT INTO activations (esme, originator, counter, chf, start_ms, end_ms,
     future_dated, seen_at, closed_early, succeeded)
@@ -398,8 +393,23 @@ class PostgresStore(GroupCommitStore):
     # -- reads (synchronous, committed state) ----------------------------------------------
 
     def load_activations(self) -> list[Activation]:
-        """Every recorded activation (for ``Engine.restore``)."""
-        return [activation_from_row(row) for row in self._fetch(_LOAD_ACTIVATIONS)]
+        """Every recorded activation (for ``Engine.restore``), in key order (esme,
+        originator, counter) as the SQLite store returns them.
+
+        Read as a few thousand values of packed records, in binary, rather than a row
+        per activation (see "Activations, packed" at the end of the module): a
+        promotion loads every window before it serves anything.
+        """
+        with self._reading():
+            try:
+                rows = self._reader.execute(_LOAD_ACTIVATIONS_PACKED, binary=True).fetchall()
+            except psycopg.OperationalError:
+                if not self._reader.broken:
+                    raise
+                rows = None
+        if rows is None:  # the server ended the connection: _fetch reconnects, once
+            rows = self._fetch(_LOAD_ACTIVATIONS_PACKED)
+        return _unpack_activations(rows, self.path)
 
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:
         """Decisions made at or after ``since_ms``, oldest first, with ``effect_done``."""
@@ -710,3 +720,64 @@ def _write_rows(cur: psycopg.Cursor[Any], sql: str, rows: list[tuple[Any, ...]])
             cur.execute(unnest, [list(column) for column in zip(*rows, strict=True)])
             return
     cur.executemany(sql, rows)
+
+
+# -- activations, packed -----------------------------------------------------------------
+#
+# A standby promoted to leader loads every activation before it connects (gateway/ha.py),
+# 1.4 million at GB scale, and forwards nothing meanwhile. Fetched as rows, each of the
+# ten columns of each row is a value for libpq and psycopg to convert and a Python
+# object, and decoding them into Activations cost more than the query. Instead the
+# server packs each row into one fixed-size record (_ACTIVATION_RECORD, big-endian: the
+# three EUI-64s, the counter's 8 bytes, int8send of each time, a byte per flag) and
+# concatenates the records in key order, so that the client makes every Activation
+# straight from struct.iter_unpack, without a Python loop per row.
+#
+# The records are concatenated per 7-byte prefix of the ESME, at most 256 ESMEs a value:
+# the groups come in key order (the prefix is the key's start), no value approaches
+# PostgreSQL's 1 GB limit however many windows there are, and the sort before the
+# grouping may use parallel workers. The order is the SQLite store's (its WITHOUT ROWID
+# table is read in key order), so both stores restore an engine identically.
+
+_ACTIVATION_RECORD: Final = struct.Struct(">8s8s8sQqq?q??")
+# The fields of _ACTIVATION_RECORD, which is unpacked into Activation by position.
+_ACTIVATION_FIELDS: Final = (
+    "esme",
+    "chf",
+    "originator",
+    "counter",
+    "start_ms",
+    "end_ms",
+    "future_dated",
+    "seen_at",
+    "closed_early",
+    "succeeded",
+)
+if Activation.__struct_fields__ != _ACTIVATION_FIELDS:  # pragma: no cover - a bug, loudly
+    raise ImportError("gateway.state.postgresql: _ACTIVATION_RECORD no longer fits Activation")
+
+_LOAD_ACTIVATIONS_PACKED: Final = r"""
+SELECT string_agg(
+    esme || chf || originator || counter || int8send(start_ms) || int8send(end_ms)
+        || set_byte('\x00'::bytea, 0, future_dated::int) || int8send(seen_at)
+        || set_byte('\x00'::bytea, 0, closed_early::int)
+        || set_byte('\x00'::bytea, 0, succeeded::int),
+    ''::bytea ORDER BY esme, originator, counter)
+FROM activations
+GROUP BY substr(esme, 1, 7)
+ORDER BY substr(esme, 1, 7)
+"""
+
+
+def _unpack_activations(rows: list[tuple[Any, ...]], where: str) -> list[Activation]:
+    """The Activations of _LOAD_ACTIVATIONS_PACKED's rows, in order."""
+    out: list[Activation] = []
+    for (packed,) in rows:
+        try:
+            out.extend(itertools.starmap(Activation, _ACTIVATION_RECORD.iter_unpack(packed)))
+        except struct.error as exc:
+            # The columns' CHECKs make every record 67 bytes: another length is damage.
+            raise StoreError(
+                StoreReason.CORRUPT_RECORD, f"{where}: activations: {exc}", path=where
+            ) from exc
+    return out
