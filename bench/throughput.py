@@ -49,7 +49,9 @@ daemon, on the same disk as the SQLite files. ``--state both`` (or
 ``sqlite,postgresql``) alternates the storms, SQLite then PostgreSQL, ``--storm-runs``
 pairs, so that the machine's drift hits both alike, and reports each backend's median
 and the ratio PostgreSQL / SQLite against the 0.8 goal (and the median of the paired
-ratios). The latency and backlog parts use the first backend listed.
+ratios). Each PostgreSQL storm also reports the server's CPU (it shares the machine's
+cores with the daemon, the broker and the clients, as SQLite's work is in the daemon's
+own CPU figure). The latency and backlog parts use the first backend listed.
 ``--pg-statements`` loads pg_stat_statements and prints the statements that took the
 server's time after each PostgreSQL storm.
 
@@ -220,6 +222,23 @@ class DurableCluster(Cluster):
         )  # fmt: skip
         if self.statements:
             self.execute(self.dsn(), "CREATE EXTENSION pg_stat_statements")
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far: the postmaster, the children it has reaped
+        (closed connections) and those running (backends, WAL writer, checkpointer)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+            fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                child = stat.read_text().rsplit(")", 1)[1].split()
+                if int(child[1]) == postmaster:  # the parent's pid
+                    total += int(child[11]) + int(child[12])
+        return total / tick
 
     def settings(self) -> str:
         """The server's durability settings, as it reports them (for the output)."""
@@ -838,6 +857,8 @@ def storm_once(run: Run, index: int, state: str, *, last: bool) -> dict[str, Any
     log(f"  daemon pid {daemon.pid} ready, {args.windowed} windows open")
     sink, sink_out = run.sink(broker.port, name, args.alerts)
     cpu0, bcpu0 = cpu_seconds(daemon.pid), cpu_seconds(broker.proc.pid if broker.proc else 0)
+    pg = run.pg if state == "postgresql" else None
+    pgcpu0 = pg.cpu_seconds() if pg is not None else 0.0
     decisions = DecisionLog(home.log_path)
     t0 = time.monotonic()
     pub, times = run.publisher(broker.port, name, args.alerts)
@@ -847,6 +868,7 @@ def storm_once(run: Run, index: int, state: str, *, last: bool) -> dict[str, Any
     wall = (time.monotonic() if settled else t_outputs) - t0
     cpu = cpu_seconds(daemon.pid) - cpu0
     bcpu = cpu_seconds(broker.proc.pid if broker.proc else 0) - bcpu0
+    pgcpu = pg.cpu_seconds() - pgcpu0 if pg is not None else 0.0
     hwm = proc_status_kb(daemon.pid, "VmHWM")
     out = collect(sink, sink_out, pub, times, prefix=name, sent=args.alerts)
     label = f"storm run {index + 1} (gateway{', ' + state if several else ''})"
@@ -857,6 +879,7 @@ def storm_once(run: Run, index: int, state: str, *, last: bool) -> dict[str, Any
         f"  daemon CPU {cpu:.1f} s ({100 * cpu / wall:.0f}% of one core over {wall:.1f} s, "
         f"{1e6 * cpu / max(out.unique, 1):.0f} us/alert); broker CPU {bcpu:.1f} s; "
         f"daemon peak RSS {hwm / 1024:.0f} MB"
+        + (f"; PostgreSQL server CPU {pgcpu:.1f} s" if pg is not None else "")
     )
     if state == "postgresql" and run.pg is not None and run.pg.statements:
         log("  PostgreSQL's time by statement (pg_stat_statements):")
@@ -867,6 +890,7 @@ def storm_once(run: Run, index: int, state: str, *, last: bool) -> dict[str, Any
         "daemon_cpu_s": round(cpu, 2),
         "daemon_us_per_alert": round(1e6 * cpu / max(out.unique, 1), 1),
         "broker_cpu_s": round(bcpu, 2),
+        "pg_server_cpu_s": round(pgcpu, 2),
         "daemon_peak_rss_mb": round(hwm / 1024, 1),
         "decided_logged": decisions.decided,
         "durable_s": round(durable_s, 3),
