@@ -1167,7 +1167,7 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         row(f"storm daemon CPU per alert{on(state)}", "(info)", cpu, None)
     pg = storms.get("postgresql", {})
     if "ratio_to_sqlite" in pg:
-        ratio = pg["ratio_to_sqlite"]
+        ratio = pg["rate_rx"] / storms["sqlite"]["rate_rx"]  # as show_state_ratio printed it
         paired = sorted(pg["paired_ratios_to_sqlite"])
         got = (
             f"{ratio:.2f} (medians {pg['rate_rx']:,.0f} / {storms['sqlite']['rate_rx']:,.0f}; "
