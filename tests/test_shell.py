@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from gateway import wire
 from gateway.config import load_config
-from gateway.core.events import Activation, AlertDecision
+from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.service import Gateway
@@ -95,6 +95,9 @@ class FakeStore:
         self.queued = []
 
     def load_activations(self) -> list[Activation]:
+        return []
+
+    def activation_fields(self) -> list[ActivationFields]:
         return []
 
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:

@@ -6,14 +6,16 @@ in-process on PostgreSQL (issue 12, point 1)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import psycopg
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.core.engine import Engine, EngineConfig
 from gateway.state.inventory import Inventory
 from gateway.state.inventory_store import open_inventory
 from gateway.state.postgresql import PostgresStore
@@ -44,6 +46,7 @@ class AnyStore(Protocol):
     async def aclose(self) -> None: ...
     def close(self) -> None: ...
     def load_activations(self) -> list[Any]: ...
+    def activation_fields(self) -> Iterable[Any]: ...
     def load_decisions(self, since_ms: int) -> list[tuple[Any, bool]]: ...
     def decision(self, alert_id: str) -> tuple[Any, bool] | None: ...
     def last_counter(self, originator: bytes, device: bytes) -> int | None: ...
@@ -429,5 +432,50 @@ async def test_activations_load_after_the_server_ended_the_read_connection(
         )
         loaded = store.load_activations()  # reconnects once, as every read
         assert loaded == sorted(stored, key=lambda a: (a.esme, a.originator, a.counter))
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_activation_fields_are_the_activations_fields_and_restore_alike(
+    open_store: Opener,
+) -> None:
+    # The promotion's path (a plain tuple per activation, streamed by binary COPY on
+    # PostgreSQL) must give the engine exactly what load_activations gives.
+    stored = _varied_activations()  # counters at both ends of u64, negative times
+    store = open_store()
+    try:
+        assert list(store.activation_fields()) == []
+        for a in stored:
+            store.put_activation(a)
+        await store.flush()
+        fields = list(store.activation_fields())
+        assert sorted(fields) == sorted(msgspec.structs.astuple(a) for a in stored)
+        assert all(type(f[3]) is int and type(f[6]) is bool for f in fields)
+        by_fields, by_values = Engine(EngineConfig(), T0), Engine(EngineConfig(), T0)
+        by_fields.restore_fields(fields, T0)
+        by_values.restore(store.load_activations(), T0)
+        assert sorted(map(msgspec.structs.astuple, by_fields.activations())) == sorted(
+            map(msgspec.structs.astuple, by_values.activations())
+        )
+        assert by_fields.tracked_count == by_values.tracked_count == len(stored)
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_many_activations_stream_across_copy_chunks(pg_dsn: str) -> None:
+    # Far more rows than one COPY chunk holds, so rows straddle chunk boundaries.
+    store = PostgresStore.open(pg_dsn)
+    try:
+        stored = [
+            activation(n, esme=n.to_bytes(8, "big"), chf=(n + 1).to_bytes(8, "big"))
+            for n in range(1, 20_001)
+        ]
+        for a in stored:
+            store.put_activation(a)
+        await store.flush()
+        fields = sorted(store.activation_fields())
+        assert fields == sorted(msgspec.structs.astuple(a) for a in stored)
     finally:
         store.close()

@@ -30,7 +30,7 @@ beyond derived properties. How a value is laid out in memory (the engine) or on 
 from __future__ import annotations
 
 import enum
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 import msgspec
 
@@ -106,6 +106,13 @@ class Activation(msgspec.Struct, frozen=True):
     def request_id(self) -> str:
         """The DUIS RequestID ``originator:target:counter`` of the command behind it."""
         return f"{gbcs.format_eui64(self.originator)}:{gbcs.format_eui64(self.esme)}:{self.counter}"
+
+
+ActivationFields: TypeAlias = tuple[bytes, bytes, bytes, int, int, int, bool, int, bool, bool]
+"""An :class:`Activation`'s fields as a plain tuple, in field order (esme, chf,
+originator, counter, start_ms, end_ms, future_dated, seen_at, closed_early, succeeded):
+how a state store hands over 1.4 million of them at a promotion without making an
+object of each (``Engine.restore_fields``)."""
 
 
 class RefusalReason(enum.StrEnum):

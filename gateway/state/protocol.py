@@ -14,11 +14,11 @@ flush).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from gateway.core.events import Activation, AlertDecision
+from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.wire import SuppressionRecord
 
 from .rows import PendingReport, QuarantineEntry, ReportCursor
@@ -48,6 +48,7 @@ class StateStore(Protocol):
 
     # -- reads of committed state (last_counter also sees queued counters) -----------
     def load_activations(self) -> list[Activation]: ...
+    def activation_fields(self) -> Iterable[ActivationFields]: ...
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]: ...
     def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None: ...
     def last_counter(self, originator: bytes, device: bytes) -> int | None: ...

@@ -133,7 +133,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Final, Literal, Self, TypeAlias
 
-from gateway.core.events import Activation, AlertDecision
+from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
 from .errors import StoreError, StoreReason
@@ -509,6 +509,26 @@ class Store(GroupCommitStore):
         with self._reading():
             rows = self._reader.execute(_LOAD_ACTIVATIONS).fetchall()
         return [activation_from_row(row) for row in rows]
+
+    def activation_fields(self) -> list[ActivationFields]:
+        """Every recorded activation as plain fields (for ``Engine.restore_fields``)."""
+        with self._reading():
+            rows = self._reader.execute(_LOAD_ACTIVATIONS).fetchall()
+        return [
+            (
+                row[0],  # esme
+                row[3],  # chf
+                row[1],  # originator
+                int.from_bytes(row[2], "big"),  # counter
+                row[4],  # start_ms
+                row[5],  # end_ms
+                bool(row[6]),  # future_dated
+                row[7],  # seen_at
+                bool(row[8]),  # closed_early
+                bool(row[9]),  # succeeded
+            )
+            for row in rows
+        ]
 
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]:
         """Decisions made at or after ``since_ms``, oldest first, with ``effect_done``."""
