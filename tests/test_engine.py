@@ -804,3 +804,25 @@ def test_restore_rebuilds_windows_and_expires_what_is_past(engine: Engine) -> No
     assert not suppressed(fresh, T0 + 45 * MIN)
     assert suppressed(fresh, T0 + 61 * MIN, chf=OTHER_CHF)
     assert fresh.pending_windows == 1
+
+
+def test_restore_takes_each_window_as_it_stands_now_without_an_opening_per_window(
+    engine: Engine,
+) -> None:
+    # Three windows saved at T0: one open, one that opens during the downtime, one that
+    # opens after the restore. A promotion restores up to 1.4 million windows, so the
+    # one that opened meanwhile comes back open, with no WindowOpened for it.
+    engine.on_command(command(1000), T0)
+    engine.on_command(command(2000, execution_ms=T0 + 10 * MIN, target=esme(chf=OTHER_CHF)), T0)
+    third = esme(chf=bytes.fromhex("00DB1234567890FF"))
+    engine.on_command(command(3000, execution_ms=T0 + 60 * MIN, target=third), T0)
+    saved = list(engine.activations())
+    now = T0 + 20 * MIN
+    fresh = Engine(EngineConfig(), now)
+    assert fresh.restore(saved, now) == []
+    assert (fresh.active_windows, fresh.pending_windows, fresh.ended_windows) == (2, 1, 0)
+    assert suppressed(fresh, now, chf=OTHER_CHF)
+    # The pending one still opens on time, and the ended ones end on time.
+    opened = fresh.advance(T0 + 60 * MIN)
+    assert [type(h) for h in opened].count(WindowOpened) == 1
+    assert [type(h) for h in opened].count(WindowEnded) == 2  # at T0 + 30 and + 40 min
