@@ -309,6 +309,9 @@ class Gateway:
         else:
             self.metrics.guid_list_imported.set(self.guids.imported_at_ms / 1000)
         self.inventory = open_inventory(self.config)
+        if self._lease is not None and self._lease.epoch is not None:
+            # Inventory updates are writes of the leader too, fenced like its commits.
+            self.inventory.fence(self._lease.run_id, self._lease.epoch)
         self.store = self._open_store(paths.state)
         now = self.clock()
         self.engine = Engine(self.config.engine_config(), now)
@@ -1017,6 +1020,10 @@ class Gateway:
             self.metrics.count_decode_error(topic, reason)
             self.log.warning("inventory.rejected", reason=reason, detail=str(exc), topic=topic)
             return
+        if not self._may_act():
+            # A frozen leader woken after the takeover: the new leader has this message.
+            lost = self.lease_lost()
+            raise lost if lost is not None else LeaseLost(LossReason.DEADLINE, None)
         self.inventory.upsert(record, received)
         noted = self.engine.on_inventory(record, received)
         self.log.debug(

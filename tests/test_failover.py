@@ -37,9 +37,11 @@ What is judged, from outside the processes:
 The test keeps the timing out of the verdict: each fault waits for the previous takeover
 to finish, and the outputs are judged by arrival order, never by how long anything took.
 
-The last test is a strict xfail: a finding against the HA code, reproduced. A leader
-frozen with an inventory update on its way, resumed after the takeover, writes that
-update to the shared inventory over a newer one the new leader applied.
+The last test reproduces a finding against the HA code, now fixed: a leader frozen with
+an inventory update on its way, resumed after the takeover, wrote that update to the
+shared inventory over a newer one the new leader applied. Inventory writes are now
+fenced like the state store's commits (PostgresInventory.fence) and refused by the
+shell once the lease is lost.
 """
 
 from __future__ import annotations
@@ -928,12 +930,6 @@ def _inventory_update(device: bytes, chf: bytes) -> bytes:
 
 @pytest.mark.e2e
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 finding: Gateway._on_inventory writes to the shared PostgreSQL "
-    "inventory without asking the lease, so a leader resumed after the takeover applies "
-    "an update it finds in its socket over a newer one the new leader applied",
-)
 async def test_a_resumed_leader_writes_no_inventory_update_it_read_while_frozen(
     tmp_path: Path, own_cluster: Cluster
 ) -> None:

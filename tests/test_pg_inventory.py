@@ -23,8 +23,10 @@ from gateway.config import load_config
 from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.eui import format_eui64
 from gateway.exits import Exit
+from gateway.state.errors import StoreError, StoreReason
 from gateway.state.inventory import Inventory, InventoryError, InventoryStore, write_inventory_csv
 from gateway.state.inventory_store import open_inventory
+from gateway.state.lease import LeaseTable
 from gateway.state.pg_inventory import PostgresInventory
 from gateway.state.postgresql import PostgresStore
 from gateway.wire import InventoryEnvelope, encode
@@ -628,3 +630,31 @@ async def test_a_device_one_instance_was_told_about_is_known_to_the_next(
             assert client.suppressed_ids() == ["a-1"]
     finally:
         await client.close()
+
+
+def test_writes_of_an_instance_that_lost_the_lease_are_refused_and_change_nothing(
+    pg_dsn: str,
+) -> None:
+    old = LeaseTable(
+        pg_dsn, None, run_id="old", name="old", client_id="c", lease_ms=60_000, lock_timeout_ms=500
+    )
+    new = LeaseTable(
+        pg_dsn, None, run_id="new", name="new", client_id="c", lease_ms=60_000, lock_timeout_ms=500
+    )
+    try:
+        assert old.take() == 1
+        with PostgresInventory.open(pg_dsn) as inventory:
+            inventory.fence("old", 1)
+            inventory.upsert(esme(ESME_A, CHF_A), T0)  # still the leader: written
+            old.release(1)
+            assert new.take() == 2
+            with pytest.raises(StoreError) as caught:
+                inventory.upsert(esme(ESME_A, CHF_B), T0 + 1)
+            assert caught.value.reason is StoreReason.FENCED
+            with pytest.raises(StoreError):
+                inventory.upsert_many([esme(ESME_B, CHF_B)], T0 + 1)
+            assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
+            assert inventory.get(ESME_B) is None
+    finally:
+        old.close()
+        new.close()

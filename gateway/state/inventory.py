@@ -304,6 +304,12 @@ class InventoryStore(Protocol):
         """Upsert every valid row of an inventory CSV; report and skip the invalid ones."""
         ...
 
+    def fence(self, holder: str, epoch: int) -> None:
+        """Refuse every later write unless ``holder`` still holds the leader lease at
+        ``epoch`` (PostgreSQL: gateway/state/lease.py; a SQLite inventory has one writer
+        and nothing to fence)."""
+        ...
+
     def close(self) -> None:
         """Release the connection (idempotent)."""
         ...
@@ -478,6 +484,10 @@ class Inventory:
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Self:
         """Same as ``Inventory(path, create=create)``."""
         return cls(path, create=create)
+
+    def fence(self, holder: str, epoch: int) -> None:
+        """Nothing to fence: a SQLite inventory belongs to the one gateway that runs on
+        its file (leases exist only with the state in PostgreSQL, docs/ha.md)."""
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

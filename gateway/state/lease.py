@@ -236,7 +236,15 @@ class LeaseTable:
     def take(self) -> int | None:
         """Take the lease if it has expired (or was never taken); the new epoch, or None
         while another holder's lease runs."""
-        rows = self._run(_TAKE, self._params())
+        try:
+            rows = self._run(_TAKE, self._params())
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                # The lease row is locked by a commit of the leader in progress (or of
+                # a frozen one, which the server ends: see PostgresStore.fence): it
+                # holds the lease, so not ours this time; not a failure to report.
+                return None
+            raise
         return int(rows[0][0]) if rows else None
 
     def renew(self, epoch: int) -> bool:

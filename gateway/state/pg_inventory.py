@@ -61,6 +61,7 @@ import psycopg
 from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.eui import EUI64_LENGTH
 
+from .errors import StoreError, StoreReason
 from .inventory import (
     InventoryError,
     InventoryImportReport,
@@ -73,6 +74,7 @@ from .inventory import (
     from_envelope,
     read_inventory_csv,
 )
+from .lease import FENCE_SQL
 from .postgresql import _LOCK_KEY as _STORE_LOCK_KEY
 from .postgresql import describe_dsn
 
@@ -191,6 +193,7 @@ class PostgresInventory:
         self._dsn = dsn
         self._password = password
         self._conn = conn
+        self._fence: tuple[str, int] | None = None  # (holder, epoch): see fence()
 
     @classmethod
     def open(cls, dsn: str, *, password: str | None = None, create: bool = True) -> Self:
@@ -264,7 +267,13 @@ class PostgresInventory:
             InventoryError: ``invalid-record`` (nothing written) or ``database-error``.
         """
         row = (*_pg_row(record), updated_at_ms)
-        self._run(lambda conn: conn.execute(_UPSERT, row))
+
+        def write(conn: _Conn) -> None:
+            with conn.transaction():
+                self._check_fence(conn)
+                conn.execute(_UPSERT, row)
+
+        self._run(write)
 
     def upsert_many(self, records: Iterable[DeviceRecord], updated_at_ms: int) -> int:
         """Upsert every record in one transaction; returns how many were written.
@@ -304,6 +313,7 @@ class PostgresInventory:
 
         def write(conn: _Conn) -> None:
             with conn.transaction(), conn.cursor() as cur:
+                self._check_fence(conn)
                 cur.execute(_STAGE)
                 with cur.copy(_COPY) as copy:
                     copy.set_types(_COPY_TYPES)
@@ -312,6 +322,24 @@ class PostgresInventory:
                 cur.execute(_MERGE)
 
         self._run(write)
+
+    def fence(self, holder: str, epoch: int) -> None:
+        """Fence every later write with the leader lease, as the state store's commits
+        (gateway/state/lease.py): a write of a process that no longer holds the lease at
+        ``epoch`` is refused with ``StoreError`` ``fenced`` and changes nothing, so an
+        inventory message a frozen leader read before the takeover cannot undo a newer
+        one the new leader applied."""
+        self._fence = (holder, epoch)
+
+    def _check_fence(self, conn: _Conn) -> None:
+        # Inside the write's transaction: the lease row stays share-locked to its end.
+        if self._fence is not None and conn.execute(FENCE_SQL, self._fence).fetchone() is None:
+            holder, epoch = self._fence
+            raise StoreError(
+                StoreReason.FENCED,
+                f"{self.path}: inventory write refused: this instance ({holder}) no longer "
+                f"holds the leader lease at epoch {epoch}",
+            )
 
     def _run(self, op: Callable[[_Conn], _T]) -> _T:
         try:
