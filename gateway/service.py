@@ -497,6 +497,7 @@ class Gateway:
                 pauses=m.pauses,
                 window=m.window_size,
                 reconnects=m.reconnects,
+                withheld=m.withheld_not_leader,
             )
             with contextlib.suppress(Exception):
                 await m.close()

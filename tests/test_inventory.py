@@ -1,4 +1,8 @@
-"""The Smart Metering Inventory: SQLite storage, CSV import, envelopes, and its CLI."""
+"""The Smart Metering Inventory: SQLite storage, CSV import, envelopes, and its CLI.
+
+The behaviour every inventory backend shares (upserts, reads, CSV import and its report)
+is tested once, on SQLite and PostgreSQL alike, in tests/test_pg_inventory.py; this file
+keeps what is SQLite's own (the file, its schema and migration) and the rest."""
 
 from __future__ import annotations
 
@@ -93,13 +97,6 @@ def write_csv(path: Path, *lines: str) -> Path:
 # Storage -------------------------------------------------------------------------------
 
 
-def test_upserted_device_is_returned_by_get(inventory: Inventory) -> None:
-    record = esme(ESME_A, CHF_A)
-    inventory.upsert(record, T0)
-    assert inventory.get(ESME_A) == record
-    assert inventory.count() == 1
-
-
 def test_registered_supplier_is_kept_and_can_be_cleared(inventory: Inventory) -> None:
     inventory.upsert(esme(ESME_A, CHF_A, supplier_id=SUPPLIER), T0)
     found = inventory.get(ESME_A)
@@ -110,29 +107,6 @@ def test_registered_supplier_is_kept_and_can_be_cleared(inventory: Inventory) ->
     assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
 
 
-def test_unknown_device_is_none(inventory: Inventory) -> None:
-    assert inventory.get(ESME_A) is None
-    assert inventory.chf_of(ESME_A) is None
-    assert inventory.count() == 0
-
-
-def test_upsert_replaces_every_field_of_a_known_device(inventory: Inventory) -> None:
-    inventory.upsert(esme(ESME_A, CHF_A), T0)
-    moved = DeviceRecord(
-        device_id=ESME_A,
-        device_type=DeviceType.ESME,
-        smets=1,
-        manufacturer="Secure",
-        status=DeviceStatus.DECOMMISSIONED,
-        chf_id=CHF_B,
-        model=None,
-    )
-    inventory.upsert(moved, T0 + 1)
-    assert inventory.get(ESME_A) == moved
-    assert inventory.count() == 1
-    assert inventory.devices_on_chf(CHF_A) == []
-
-
 def test_esme_maps_to_the_chf_on_its_han(inventory: Inventory) -> None:
     inventory.upsert(chf(CHF_A), T0)
     inventory.upsert(esme(ESME_A, CHF_A), T0)
@@ -141,71 +115,6 @@ def test_esme_maps_to_the_chf_on_its_han(inventory: Inventory) -> None:
     assert found is not None
     assert found.chf_id == CHF_A
     assert inventory.chf_of(CHF_A) is None  # a CHF sits on no other CHF's HAN
-
-
-def test_devices_on_chf_lists_that_han_only_in_eui_order(inventory: Inventory) -> None:
-    gsme = DeviceRecord(
-        device_id=GSME_A,
-        device_type=DeviceType.GSME,
-        smets=2,
-        manufacturer="Itron",
-        status=DeviceStatus.INSTALLED_NOT_COMMISSIONED,
-        chf_id=CHF_A,
-    )
-    inventory.upsert_many(
-        [chf(CHF_A), chf(CHF_B), gsme, esme(ESME_B, CHF_B), esme(ESME_A, CHF_A)], T0
-    )
-    assert inventory.devices_on_chf(CHF_A) == [esme(ESME_A, CHF_A), gsme]
-    assert [r.device_id for r in inventory.devices_on_chf(CHF_B)] == [ESME_B]
-    assert inventory.devices_on_chf(ESME_A) == []
-
-
-def test_upsert_many_counts_what_it_wrote(inventory: Inventory) -> None:
-    written = inventory.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A), esme(ESME_A, CHF_B)], T0)
-    assert written == 3
-    assert inventory.count() == 2
-    assert inventory.chf_of(ESME_A) == CHF_B  # the later record wins
-
-
-def test_upsert_many_writes_nothing_if_one_record_is_invalid(inventory: Inventory) -> None:
-    bad = msgspec.structs.replace(esme(ESME_B, CHF_B), smets=3)
-    with pytest.raises(InventoryError) as info:
-        inventory.upsert_many([chf(CHF_A), bad], T0)
-    assert info.value.reason == "invalid-record"
-    assert inventory.count() == 0
-
-
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
-        ({"device_id": b"\x00" * 7}, "device_id"),
-        ({"chf_id": b"\x00" * 9}, "chf_id"),
-        ({"supplier_id": b"\x00" * 7}, "supplier_id"),
-        ({"smets": 3}, "smets"),
-        ({"smets": True}, "smets"),
-        ({"manufacturer": "  "}, "manufacturer"),
-        ({"device_type": "METER"}, "device_type"),
-        ({"status": "lost"}, "status"),
-    ],
-)
-def test_invalid_record_is_refused_naming_the_field(
-    inventory: Inventory, change: dict[str, object], field: str
-) -> None:
-    bad = msgspec.structs.replace(esme(ESME_A, CHF_A), **change)
-    with pytest.raises(InventoryError) as info:
-        inventory.upsert(bad, T0)
-    assert info.value.reason == "invalid-record"
-    assert info.value.column == field
-    assert inventory.count() == 0
-
-
-def test_data_survives_closing_and_reopening_the_file(db_path: Path) -> None:
-    with Inventory(db_path) as inv:
-        inv.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A)], T0)
-    with Inventory.open(db_path, create=False) as inv:
-        assert inv.count() == 2
-        assert inv.get(ESME_A) == esme(ESME_A, CHF_A)
-        assert inv.devices_on_chf(CHF_A) == [esme(ESME_A, CHF_A)]
 
 
 def test_new_file_has_the_schema_version_wal_and_the_chf_index(db_path: Path) -> None:
@@ -406,35 +315,6 @@ def test_envelope_like_object_with_bad_values_is_refused() -> None:
 # CSV import ----------------------------------------------------------------------------
 
 
-def test_csv_import_upserts_good_rows_and_reports_each_bad_row(
-    inventory: Inventory, tmp_path: Path
-) -> None:
-    path = write_csv(
-        tmp_path / "inv.csv",
-        HEADER,
-        "00-DB-12-34-56-78-90-A0,CHF,2,Toshiba,,,commissioned",
-        "00-DB-12-34-56-78-90-ZZ,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned",
-        "00-DB-12-34-56-78-90-A1,ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned",
-        "00-DB-12-34-56-78-90-A2,WATER,2,Itron,,00-DB-12-34-56-78-90-A0,commissioned",
-        "00-DB-12-34-56-78-90-A3,PPMID,3,Chameleon,,00-DB-12-34-56-78-90-A0,commissioned",
-        "00-DB-12-34-56-78-90-A4,GSME,2,,,00-DB-12-34-56-78-90-A0,commissioned",
-    )
-    report = inventory.import_csv(path, T0)
-    assert (report.rows_read, report.rows_imported, report.rows_invalid) == (6, 2, 4)
-    got = [(i.line, i.column, i.value, i.reason) for i in report.issues]
-    assert got == [
-        (3, "device_id", "00-DB-12-34-56-78-90-ZZ", "bad-eui64"),
-        (5, "device_type", "WATER", "unknown-device-type"),
-        (6, "smets", "3", "bad-smets"),
-        (7, "manufacturer", "", "missing-value"),
-    ]
-    assert "'Z' is not a hex digit" in report.issues[0].detail
-    assert "ESME" in report.issues[1].detail
-    assert inventory.count() == 2
-    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
-    assert inventory.get(PPMID_A) is None
-
-
 def test_csv_row_with_several_faults_reports_each_of_them(
     inventory: Inventory, tmp_path: Path
 ) -> None:
@@ -527,40 +407,6 @@ def test_empty_csv_is_missing_every_column(inventory: Inventory, tmp_path: Path)
     assert "no header row" in str(info.value)
 
 
-def test_unreadable_csv_names_the_file(inventory: Inventory, tmp_path: Path) -> None:
-    path = tmp_path / "absent.csv"
-    with pytest.raises(InventoryError) as info:
-        inventory.import_csv(path, T0)
-    assert info.value.reason == "unreadable-file"
-    assert str(path) in str(info.value)
-
-
-def test_csv_rows_that_are_not_well_formed_are_reported_and_skipped(
-    inventory: Inventory, tmp_path: Path
-) -> None:
-    path = tmp_path / "inv.csv"
-    path.write_bytes(
-        (HEADER + "\n").encode()
-        + b"00-DB-12-34-56-78-90-A0,CHF,2,Toshiba\n"  # too few fields
-        + b"00-DB-12-34-56-78-90-A1,ESME,2,Landis\xff,,,commissioned\n"  # not UTF-8
-        + b'00-DB-12-34-56-78-90-A2,GSME,2,"Itron"x,,,commissioned\n'  # bad quoting
-        + b'00-DB-12-34-56-78-90-A3,ESME,2,"Landis,\nGyr",,,commissioned\n'  # two lines
-        + b"00-DB-12-34-56-78-90-B0,CHF,2,Toshiba,,,commissioned\n"
-    )
-    report = inventory.import_csv(path, T0)
-    assert [(i.line, i.column, i.reason) for i in report.issues] == [
-        (2, None, "field-count"),
-        (3, "manufacturer", "not-utf8"),
-        (4, None, "bad-csv"),
-    ]
-    assert report.issues[1].value == "Landis\\xff"
-    assert (report.rows_read, report.rows_imported) == (5, 2)
-    multiline = inventory.get(bytes.fromhex("00DB1234567890A3"))
-    assert multiline is not None
-    assert multiline.manufacturer == "Landis,\nGyr"
-    assert inventory.get(CHF_B) == chf(CHF_B)
-
-
 def test_written_csv_imports_back_to_the_same_records(inventory: Inventory, tmp_path: Path) -> None:
     records = [
         chf(CHF_A),
@@ -576,22 +422,6 @@ def test_written_csv_imports_back_to_the_same_records(inventory: Inventory, tmp_
     report = inventory.import_csv(path, T0)
     assert (report.rows_imported, report.issues) == (4, ())
     assert [inventory.get(r.device_id) for r in records] == records
-
-
-def test_import_over_several_batches_keeps_every_row(
-    inventory: Inventory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("gateway.state.inventory.IMPORT_BATCH_ROWS", 7)
-    records = [
-        chf(i.to_bytes(8, "big")) if i % 2 else esme(i.to_bytes(8, "big"), CHF_A)
-        for i in range(1, 51)
-    ]
-    path = tmp_path / "many.csv"
-    write_inventory_csv(path, records)
-    report = inventory.import_csv(path, T0)
-    assert report.rows_imported == 50
-    assert inventory.count() == 50
-    assert len(inventory.devices_on_chf(CHF_A)) == 25
 
 
 _FIELD_VALUES = {

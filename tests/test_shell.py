@@ -144,6 +144,7 @@ class FakeTransport:
     connected = True
     inflight_publishes = 0
     reconnects = 0
+    withheld_not_leader = 0
 
     async def connect(self) -> None:
         return None

@@ -716,6 +716,7 @@ class MqttAdapter:
         self._free = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._resync_generation = -1
+        self.withheld_not_leader = 0  # acknowledgements not sent once may_act() said no
         # Inbound flow control (see the module docstring).
         self.inbound_limit = max(settings.receive_maximum, 1)
         self.inbound = 0
@@ -893,10 +894,14 @@ class MqttAdapter:
             self._gate.set()
         generation = delivery.generation
         if not self._may_act():
-            # Another instance leads: it gets this message from the broker session.
-            self._on_event(
-                "mqtt.ack_withheld", {"reason": "not the leader", "topic": delivery.topic}
-            )
+            # Another instance leads: it gets this message from the broker session. Said
+            # once, then counted: a step-down finds up to receive_maximum in hand.
+            self.withheld_not_leader += 1
+            if self.withheld_not_leader == 1:
+                self._on_event(
+                    "mqtt.ack_withheld",
+                    {"reason": "not the leader (the rest: withheld in mqtt.stats)"},
+                )
             return
         if exc is not None:
             # Not acknowledged; the broker redelivers it only on a new session, so

@@ -62,6 +62,7 @@ class Transport(Outbox, Protocol):
     inbound_limit: int
     pauses: int
     window_size: int
+    withheld_not_leader: int  # acknowledgements not sent after losing the leader lease
 
     @property
     def reconnects(self) -> int: ...
