@@ -68,7 +68,9 @@ class FakeStore:
     def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
         self._queue("suppression", record.alert_id)
 
-    def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
+    def mark_reported_range(
+        self, first: int, last: int, report_id: str, *, before_ms: int | None = None
+    ) -> None:
         self._queue("reported", report_id)
 
     def set_report_cursor(self, cursor: ReportCursor) -> None:
@@ -112,7 +114,9 @@ class FakeStore:
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
         return []
 
-    async def read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+    async def read_unreported(
+        self, limit: int, *, before_ms: int | None = None
+    ) -> list[tuple[int, SuppressionRecord]]:
         return []
 
     def unreported_count(self) -> int:

@@ -181,7 +181,16 @@ ON CONFLICT (alert_id) DO NOTHING
 _MARK_REPORTED_RANGE = """
 UPDATE suppressions SET report_id = %s WHERE seq BETWEEN %s AND %s AND report_id IS NULL
 """
+_MARK_REPORTED_BEFORE = """
+UPDATE suppressions SET report_id = %s
+WHERE seq BETWEEN %s AND %s AND report_id IS NULL AND received_at < %s
+"""
 _UNREPORTED = "SELECT seq, record FROM suppressions WHERE report_id IS NULL ORDER BY seq LIMIT %s"
+# The unreported entries decided before an instant (a report period's end), by seq.
+_UNREPORTED_BEFORE = (
+    "SELECT seq, record FROM suppressions WHERE report_id IS NULL AND received_at < %s "
+    "ORDER BY seq LIMIT %s"
+)
 _PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < %s"
 _PUT_QUARANTINE = """
 INSERT INTO quarantine (id, topic, payload, reason, error, attempts, received_at,
@@ -232,6 +241,7 @@ _TABLE_OF: Final = {
     _PRUNE_DECISIONS: 2,
     _APPEND_SUPPRESSION: 3,
     _MARK_REPORTED_RANGE: 3,
+    _MARK_REPORTED_BEFORE: 3,
     _PUT_QUARANTINE: 4,
     _MARK_REPLAYED: 4,
     _SET_META: 5,
@@ -368,8 +378,23 @@ class PostgresStore(GroupCommitStore):
         row = (record.alert_id, blob, check_i64("received_at", record.received_at))
         self._enqueue(_APPEND_SUPPRESSION, row)
 
-    def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
+    def mark_reported_range(
+        self, first: int, last: int, report_id: str, *, before_ms: int | None = None
+    ) -> None:
         """Record that a report includes every unreported entry from ``first`` to ``last``."""
+        if before_ms is not None:
+            # Only the entries decided before the period's end: a later period's entry
+            # may have been committed before some of this period's.
+            self._enqueue(
+                _MARK_REPORTED_BEFORE,
+                (
+                    report_id,
+                    check_i64("first", first),
+                    check_i64("last", last),
+                    check_i64("before_ms", before_ms),
+                ),
+            )
+            return
         self._enqueue(
             _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
         )
@@ -472,14 +497,22 @@ class PostgresStore(GroupCommitStore):
         rows = self._fetch(_UNREPORTED, (limit,))
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
-    async def read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+    async def read_unreported(
+        self, limit: int, *, before_ms: int | None = None
+    ) -> list[tuple[int, SuppressionRecord]]:
         """:meth:`unreported`, in a thread with a connection of its own."""
         self._check_open()
-        return await asyncio.to_thread(self._read_unreported, limit)
+        return await asyncio.to_thread(self._read_unreported, limit, before_ms)
 
-    def _read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+    def _read_unreported(
+        self, limit: int, before_ms: int | None = None
+    ) -> list[tuple[int, SuppressionRecord]]:
+        sql: str = _UNREPORTED
+        params: tuple[int, ...] = (limit,)
+        if before_ms is not None:
+            sql, params = _UNREPORTED_BEFORE, (check_i64("before_ms", before_ms), limit)
         with self._reading(), _connect(self._dsn, self._password, autocommit=True) as conn:
-            rows = conn.execute(_UNREPORTED, (limit,)).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
     def report_cursor(self) -> ReportCursor | None:

@@ -290,7 +290,16 @@ ON CONFLICT (alert_id) DO NOTHING
 _MARK_REPORTED_RANGE = """
 UPDATE suppressions SET report_id = ? WHERE seq BETWEEN ? AND ? AND report_id IS NULL
 """
+_MARK_REPORTED_BEFORE = """
+UPDATE suppressions SET report_id = ?
+WHERE seq BETWEEN ? AND ? AND report_id IS NULL AND received_at < ?
+"""
 _UNREPORTED = "SELECT seq, record FROM suppressions WHERE report_id IS NULL ORDER BY seq LIMIT ?"
+# The unreported entries decided before an instant (a report period's end), by seq.
+_UNREPORTED_BEFORE = (
+    "SELECT seq, record FROM suppressions WHERE report_id IS NULL AND received_at < ? "
+    "ORDER BY seq LIMIT ?"
+)
 _PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
 # A redelivered copy of a quarantined message names the same entry: the first stays.
 # One that fails again after an operator replayed it is quarantined afresh.
@@ -343,6 +352,7 @@ _TABLE_OF: Final = {
     _PRUNE_DECISIONS: 2,
     _APPEND_SUPPRESSION: 3,
     _MARK_REPORTED_RANGE: 3,
+    _MARK_REPORTED_BEFORE: 3,
     _PUT_QUARANTINE: 4,
     _MARK_REPLAYED: 4,
     _SET_META: 5,
@@ -474,13 +484,28 @@ class Store(GroupCommitStore):
         row = (record.alert_id, blob, check_i64("received_at", record.received_at))
         self._enqueue(_APPEND_SUPPRESSION, row)
 
-    def mark_reported_range(self, first: int, last: int, report_id: str) -> None:
+    def mark_reported_range(
+        self, first: int, last: int, report_id: str, *, before_ms: int | None = None
+    ) -> None:
         """Record that a report includes every unreported entry from ``first`` to ``last``.
 
         For a batch read by :meth:`read_unreported`: sequence numbers only grow, so an
         entry committed after that read lies beyond ``last`` and stays unreported. One
         statement instead of one per entry (a report holds up to 50,000).
         """
+        if before_ms is not None:
+            # Only the entries decided before the period's end: a later period's entry
+            # may have been committed before some of this period's.
+            self._enqueue(
+                _MARK_REPORTED_BEFORE,
+                (
+                    report_id,
+                    check_i64("first", first),
+                    check_i64("last", last),
+                    check_i64("before_ms", before_ms),
+                ),
+            )
+            return
         self._enqueue(
             _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
         )
@@ -560,19 +585,27 @@ class Store(GroupCommitStore):
             rows = self._reader.execute(_UNREPORTED, (limit,)).fetchall()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
-    async def read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+    async def read_unreported(
+        self, limit: int, *, before_ms: int | None = None
+    ) -> list[tuple[int, SuppressionRecord]]:
         """:meth:`unreported`, read and decoded in a thread of its own with a connection
         of its own: a report's 50,000 entries would otherwise hold the event loop for
         half a second (WAL: the read does not block the writer)."""
         self._check_open()
-        return await asyncio.to_thread(self._read_unreported, limit)
+        return await asyncio.to_thread(self._read_unreported, limit, before_ms)
 
-    def _read_unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
+    def _read_unreported(
+        self, limit: int, before_ms: int | None = None
+    ) -> list[tuple[int, SuppressionRecord]]:
+        sql: str = _UNREPORTED
+        params: tuple[int, ...] = (limit,)
+        if before_ms is not None:
+            sql, params = _UNREPORTED_BEFORE, (check_i64("before_ms", before_ms), limit)
         conn = _connect(self.path, self._busy_timeout_s, check_same_thread=True)
         try:
             with self._reading():
                 conn.execute("PRAGMA query_only = ON")
-                rows = conn.execute(_UNREPORTED, (limit,)).fetchall()
+                rows = conn.execute(sql, params).fetchall()
         finally:
             conn.close()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
