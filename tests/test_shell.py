@@ -79,6 +79,17 @@ class FakeStore:
     def prune_decisions(self, before_ms: int) -> None:
         self._queue("prune", before_ms)
 
+    def prune_suppressions(self, before_ms: int) -> None:
+        self._queue("prune-suppressions", before_ms)
+
+    def prune_quarantine(self, before_ms: int) -> None:
+        self._queue("prune-quarantine", before_ms)
+
+    def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None:
+        if self.counters.get((originator, device)) == counter:
+            del self.counters[(originator, device)]
+        self._queue("delete-counter", (originator, device, counter))
+
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         self._queue("quarantine", entry.id)
 
@@ -110,6 +121,12 @@ class FakeStore:
 
     def last_counter(self, originator: bytes, device: bytes) -> int | None:
         return self.counters.get((originator, device))
+
+    def counters_after(
+        self, after: tuple[bytes, bytes], limit: int
+    ) -> list[tuple[bytes, bytes, int]]:
+        keys = sorted(key for key in self.counters if key > after)[:limit]
+        return [(o, d, self.counters[(o, d)]) for o, d in keys]
 
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
         return []

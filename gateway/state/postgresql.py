@@ -36,6 +36,11 @@ refused with ``not-a-store``.
 is passed separately, from the environment. Errors name the host, port and database,
 never the password.
 
+**Retention** is sqlite.py's (docs/decisions.md D31): the same batched, idempotent
+prune statements, each deleting at most
+:data:`~gateway.state.protocol.PRUNE_BATCH_ROWS` rows; no column or table was added for
+it, so the schema stays at version 1.
+
 The sequence numbers of the suppression log come from an identity column. With one
 writer connection they grow in commit order, which is what ``mark_reported_range``
 relies on (sqlite.py, :meth:`~gateway.state.sqlite.Store.mark_reported_range`).
@@ -62,6 +67,7 @@ from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .lease import FENCE_SQL
+from .protocol import PRUNE_BATCH_ROWS
 from .rows import (
     REPORT_CURSOR_KEY,
     PendingReport,
@@ -70,7 +76,9 @@ from .rows import (
     StoredSuppression,
     activation_key,
     activation_row,
+    check_eui,
     check_i64,
+    check_u64,
     cursor_from_value,
     cursor_value,
     decision_from_row,
@@ -191,7 +199,30 @@ _UNREPORTED_BEFORE = (
     "SELECT seq, record FROM suppressions WHERE report_id IS NULL AND received_at < %s "
     "ORDER BY seq LIMIT %s"
 )
-_PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < %s"
+# Retention, as sqlite.py's: at most PRUNE_BATCH_ROWS rows per statement.
+_PRUNE_DECISIONS = """
+DELETE FROM decisions WHERE alert_id IN (
+    SELECT alert_id FROM decisions WHERE decided_at < %s ORDER BY decided_at
+    LIMIT %s)
+"""
+_PRUNE_SUPPRESSIONS = """
+DELETE FROM suppressions WHERE seq IN (
+    SELECT seq FROM (
+        SELECT seq, received_at FROM suppressions WHERE report_id IS NOT NULL
+        ORDER BY seq LIMIT %s
+    ) AS oldest
+    WHERE received_at < %s)
+"""
+_PRUNE_QUARANTINE = """
+DELETE FROM quarantine WHERE id IN (
+    SELECT id FROM quarantine WHERE coalesce(replayed_at, quarantined_at) < %s
+    LIMIT %s)
+"""
+_DELETE_COUNTER = "DELETE FROM counters WHERE originator = %s AND device = %s AND counter = %s"
+_COUNTERS_AFTER = """
+SELECT originator, device, counter FROM counters WHERE (originator, device) > (%s, %s)
+ORDER BY originator, device LIMIT %s
+"""
 _PUT_QUARANTINE = """
 INSERT INTO quarantine (id, topic, payload, reason, error, attempts, received_at,
     quarantined_at, forwarded)
@@ -237,13 +268,16 @@ _TABLE_OF: Final = {
     _PUT_ACTIVATION: 0,
     _DELETE_ACTIVATION: 0,
     _SET_COUNTER: 1,
+    _DELETE_COUNTER: 1,
     _PUT_DECISION: 2,
     _PRUNE_DECISIONS: 2,
     _APPEND_SUPPRESSION: 3,
+    _PRUNE_SUPPRESSIONS: 3,
     _MARK_REPORTED_RANGE: 3,
     _MARK_REPORTED_BEFORE: 3,
     _PUT_QUARANTINE: 4,
     _MARK_REPLAYED: 4,
+    _PRUNE_QUARANTINE: 4,
     _SET_META: 5,
 }
 
@@ -404,8 +438,27 @@ class PostgresStore(GroupCommitStore):
         self._enqueue(_SET_META, (REPORT_CURSOR_KEY, cursor_value(cursor)))
 
     def prune_decisions(self, before_ms: int) -> None:
-        """Forget the decisions made before ``before_ms``."""
-        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms),))
+        """Forget up to :data:`PRUNE_BATCH_ROWS` decisions made before ``before_ms``."""
+        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
+
+    def prune_suppressions(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` of the oldest reported suppression
+        records received before ``before_ms``; never an unreported one."""
+        self._enqueue(_PRUNE_SUPPRESSIONS, (PRUNE_BATCH_ROWS, check_i64("before_ms", before_ms)))
+
+    def prune_quarantine(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` quarantine entries replayed before
+        ``before_ms``, or quarantined before it and not replayed since."""
+        self._enqueue(_PRUNE_QUARANTINE, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
+
+    def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None:
+        """Delete the counter of (``originator``, ``device``) if it is still ``counter``."""
+        row = (
+            check_eui("originator", originator),
+            check_eui("device", device),
+            check_u64("counter", counter),
+        )
+        self._enqueue(_DELETE_COUNTER, row)
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled (first copy stays unless replayed)."""
@@ -491,6 +544,14 @@ class PostgresStore(GroupCommitStore):
             "SELECT counter FROM counters WHERE originator = %s AND device = %s", key
         )
         return self._with_overlay(key, int.from_bytes(rows[0][0], "big") if rows else None)
+
+    def counters_after(
+        self, after: tuple[bytes, bytes], limit: int
+    ) -> list[tuple[bytes, bytes, int]]:
+        """Up to ``limit`` committed counters as (originator, device, counter), in key
+        order after the key ``after`` (``(b"", b"")`` for the first page)."""
+        rows = self._fetch(_COUNTERS_AFTER, (*after, limit))
+        return [(bytes(o), bytes(d), int.from_bytes(c, "big")) for o, d, c in rows]
 
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
         """Up to ``limit`` log entries not yet in a report, as (seq, record), by seq."""

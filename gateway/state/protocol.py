@@ -10,20 +10,30 @@ Contract the shell relies on: writes are queued and idempotent (a redelivered me
 write twice); ``flush()`` returns once every write queued before it is durable, or raises
 a ``StoreError`` (reason ``commit-failed``: the writes are kept and retried by the next
 flush).
+
+Retention (docs/decisions.md D31): the ``prune_*`` writes and ``delete_counter`` are
+queued and idempotent like the others, and each deletes at most :data:`PRUNE_BATCH_ROWS`
+rows, so housekeeping repeats them pass after pass rather than holding one long
+transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.wire import SuppressionRecord
 
 from .rows import PendingReport, QuarantineEntry, ReportCursor
 
-__all__ = ["OpenStore", "StateStore"]
+__all__ = ["PRUNE_BATCH_ROWS", "OpenStore", "StateStore"]
+
+PRUNE_BATCH_ROWS: Final = 10_000
+"""The most rows one prune write deletes: a SQLite commit of this many deletes takes tens
+of milliseconds in the store's worker thread, which every acknowledgement queued behind
+it waits for."""
 
 
 class StateStore(Protocol):
@@ -42,6 +52,9 @@ class StateStore(Protocol):
         self, first: int, last: int, report_id: str, *, before_ms: int | None = None
     ) -> None: ...
     def prune_decisions(self, before_ms: int) -> None: ...
+    def prune_suppressions(self, before_ms: int) -> None: ...  # reported records only
+    def prune_quarantine(self, before_ms: int) -> None: ...
+    def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None: ...
     def set_report_cursor(self, cursor: ReportCursor) -> None: ...
     def put_quarantine(self, entry: QuarantineEntry) -> None: ...
     async def flush(self) -> None: ...
@@ -54,6 +67,9 @@ class StateStore(Protocol):
     def load_decisions(self, since_ms: int) -> list[tuple[AlertDecision, bool]]: ...
     def decision(self, alert_id: str) -> tuple[AlertDecision, bool] | None: ...
     def last_counter(self, originator: bytes, device: bytes) -> int | None: ...
+    def counters_after(
+        self, after: tuple[bytes, bytes], limit: int
+    ) -> list[tuple[bytes, bytes, int]]: ...
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]: ...
     async def read_unreported(
         self, limit: int, *, before_ms: int | None = None

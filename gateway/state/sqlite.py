@@ -9,7 +9,8 @@ counter recorded (WIRE.md). The state lives in one SQLite file with four tables:
 - ``activations``: every tracked activation (all :class:`~gateway.core.events.Activation`
   fields), reloaded into the engine at start-up (``Engine.restore``);
 - ``counters``: the last originator counter accepted per (originator, device), for
-  replay protection; rows are only ever raised, never deleted;
+  replay protection; rows are only ever raised, and deleted only by retention once
+  their device has left the inventory (docs/decisions.md D31);
 - ``decisions``: recent alert decisions, so that a redelivery after a restart gets the
   same decision (``Engine.remember_decision``); ``effect_done`` says whether the forward
   was acknowledged by the broker or the suppression record committed; the decision is
@@ -74,7 +75,15 @@ Redelivery means a write may be applied twice, so every write is idempotent:
 nothing, ``set_counter`` keeps the maximum, ``put_decision`` never turns a done effect
 back into a pending one, ``append_suppression`` keeps the first record of an alert id,
 ``mark_reported_range`` only marks records not yet reported, ``prune_decisions`` deletes
-by age.
+by age, and so do the other retention prunes (``delete_counter`` only a counter still at
+the value it names).
+
+**Retention** (docs/decisions.md D31). Each prune statement deletes at most
+:data:`~gateway.state.protocol.PRUNE_BATCH_ROWS` rows, so that one prune never makes a
+long transaction (every acknowledgement queued behind it waits for its commit);
+housekeeping repeats it every pass (gateway/service.py ``Gateway._prune``) until nothing
+is past the cutoff. A suppression record is deleted only once it is in a report: an
+unreported one is kept whatever its age.
 
 **When a commit fails** (disk full, I/O error, the file locked by another process beyond
 the busy timeout), the transaction is rolled back, and every ``flush()`` waiting at that
@@ -138,6 +147,7 @@ from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
+from .protocol import PRUNE_BATCH_ROWS
 from .rows import (
     REPORT_CURSOR_KEY,
     PendingReport,
@@ -147,7 +157,9 @@ from .rows import (
     activation_from_row,
     activation_key,
     activation_row,
+    check_eui,
     check_i64,
+    check_u64,
     cursor_from_value,
     cursor_value,
     decision_from_row,
@@ -300,7 +312,36 @@ _UNREPORTED_BEFORE = (
     "SELECT seq, record FROM suppressions WHERE report_id IS NULL AND received_at < ? "
     "ORDER BY seq LIMIT ?"
 )
-_PRUNE_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
+# Retention (module docstring): at most PRUNE_BATCH_ROWS rows per statement. The log is
+# scanned from its oldest reported records (seq grows with time), so a pass reads a
+# bounded number of rows however long the log is; unreported records are never deleted.
+_PRUNE_DECISIONS = """
+DELETE FROM decisions WHERE alert_id IN (
+    SELECT alert_id FROM decisions WHERE decided_at < ? ORDER BY decided_at
+    LIMIT ?)
+"""
+_PRUNE_SUPPRESSIONS = """
+DELETE FROM suppressions WHERE seq IN (
+    SELECT seq FROM (
+        SELECT seq, received_at FROM suppressions WHERE report_id IS NOT NULL
+        ORDER BY seq LIMIT ?
+    ) AS oldest
+    WHERE received_at < ?)
+"""
+# A replayed entry is kept for the retention after its replay, any other after it was
+# quarantined.
+_PRUNE_QUARANTINE = """
+DELETE FROM quarantine WHERE id IN (
+    SELECT id FROM quarantine WHERE coalesce(replayed_at, quarantined_at) < ?
+    LIMIT ?)
+"""
+# Only the value the sweep saw: a counter raised meanwhile (its device back in the
+# inventory and a command accepted) stays.
+_DELETE_COUNTER = "DELETE FROM counters WHERE originator = ? AND device = ? AND counter = ?"
+_COUNTERS_AFTER = """
+SELECT originator, device, counter FROM counters WHERE (originator, device) > (?, ?)
+ORDER BY originator, device LIMIT ?
+"""
 # A redelivered copy of a quarantined message names the same entry: the first stays.
 # One that fails again after an operator replayed it is quarantined afresh.
 _PUT_QUARANTINE = """
@@ -348,13 +389,16 @@ _TABLE_OF: Final = {
     _PUT_ACTIVATION: 0,
     _DELETE_ACTIVATION: 0,
     _SET_COUNTER: 1,
+    _DELETE_COUNTER: 1,
     _PUT_DECISION: 2,
     _PRUNE_DECISIONS: 2,
     _APPEND_SUPPRESSION: 3,
+    _PRUNE_SUPPRESSIONS: 3,
     _MARK_REPORTED_RANGE: 3,
     _MARK_REPORTED_BEFORE: 3,
     _PUT_QUARANTINE: 4,
     _MARK_REPLAYED: 4,
+    _PRUNE_QUARANTINE: 4,
     _SET_META: 5,
 }
 
@@ -515,8 +559,29 @@ class Store(GroupCommitStore):
         self._enqueue(_SET_META, (REPORT_CURSOR_KEY, cursor_value(cursor)))
 
     def prune_decisions(self, before_ms: int) -> None:
-        """Forget the decisions made before ``before_ms`` (past the dedupe horizon)."""
-        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms),))
+        """Forget up to :data:`PRUNE_BATCH_ROWS` decisions made before ``before_ms``
+        (past ``retention.decisions``), the oldest first."""
+        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
+
+    def prune_suppressions(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` of the oldest suppression records that are
+        in a report and were received before ``before_ms``; never an unreported one."""
+        self._enqueue(_PRUNE_SUPPRESSIONS, (PRUNE_BATCH_ROWS, check_i64("before_ms", before_ms)))
+
+    def prune_quarantine(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` quarantine entries replayed before
+        ``before_ms``, or quarantined before it and not replayed since."""
+        self._enqueue(_PRUNE_QUARANTINE, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
+
+    def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None:
+        """Delete the originator counter of (``originator``, ``device``) if it is still
+        ``counter`` (a counter raised since it was read stays)."""
+        row = (
+            check_eui("originator", originator),
+            check_eui("device", device),
+            check_u64("counter", counter),
+        )
+        self._enqueue(_DELETE_COUNTER, row)
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled. A second entry with its id (a
@@ -578,6 +643,15 @@ class Store(GroupCommitStore):
                 "SELECT counter FROM counters WHERE originator = ? AND device = ?", key
             ).fetchone()
         return self._with_overlay(key, None if row is None else int.from_bytes(row[0], "big"))
+
+    def counters_after(
+        self, after: tuple[bytes, bytes], limit: int
+    ) -> list[tuple[bytes, bytes, int]]:
+        """Up to ``limit`` committed counters as (originator, device, counter), in key
+        order after the key ``after`` (``(b"", b"")`` for the first page)."""
+        with self._reading():
+            rows = self._reader.execute(_COUNTERS_AFTER, (*after, limit)).fetchall()
+        return [(bytes(o), bytes(d), int.from_bytes(c, "big")) for o, d, c in rows]
 
     def unreported(self, limit: int) -> list[tuple[int, SuppressionRecord]]:
         """Up to ``limit`` log entries not yet in a report, as (seq, record), by seq."""
