@@ -490,6 +490,9 @@ class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[reports]``: rotation of the suppression reports for the DNOs."""
 
     period: Duration = _d("1h")  # rotate at each period boundary (aligned to the epoch, UTC)
+    # An AD1 forwarded at most this long after a window of its hub ended is a near miss
+    # (counted, logged at info, kept on its decision): evidence on the window's length.
+    near_miss: Duration = _d("15m")
     max_records: int = 50_000  # ... or when this many records are pending
     xlsx: bool = False  # also write an .xlsx copy
     name_prefix: str = "POA-SUPPRESSION"
@@ -600,6 +603,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             skew_ms=int(s.skew),
             dedupe_ms=int(s.dedupe),
             retain_ms=int(s.retain),
+            near_miss_ms=int(self.reports.near_miss),
         )
 
     def redacted_dict(self) -> dict[str, dict[str, Any]]:

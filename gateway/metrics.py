@@ -44,7 +44,7 @@ from .ha import LossReason
 from .state.inventory import InventoryReason
 from .wire import ActivationKind, WireReason
 
-__all__ = ["ACK_LATENCY_BUCKETS", "Metrics", "MetricsServer"]
+__all__ = ["ACK_LATENCY_BUCKETS", "NEAR_MISS_GAP_BUCKETS", "Metrics", "MetricsServer"]
 
 # The reason label of a cancelled command (a refused one has its RefusalReason, a tracked
 # one its activation's kind).
@@ -70,6 +70,10 @@ ACK_LATENCY_BUCKETS: Final = (
     5.0,
 )
 """Buckets of ``poa_ack_latency_seconds``: half a millisecond to five seconds."""
+
+NEAR_MISS_GAP_BUCKETS: Final = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+"""Buckets of ``poa_near_miss_gap_seconds``: 15 s to an hour (reports.near_miss is 15
+minutes by default; the longer buckets serve a longer setting)."""
 
 
 class MetricsServer:
@@ -142,10 +146,25 @@ class Metrics:
         )
         self.restoration_alerts = Counter(
             "poa_restoration_alerts_total",
-            "ECS80 power restoration alerts (never suppressed), by whether they fell in a "
-            'suppression window (true/false): in_window="true" confirms that windows '
-            "cover the firmware reboots.",
+            "ECS80 power restoration alerts (never suppressed), by whether they came while a "
+            "window of their hub was open (true/false). FIA assumption A5: Landis+Gyr meters "
+            'send none during an activation, so in_window="true" is evidence against A5, or '
+            "a real outage inside a window whose AD1 was suppressed: look at each one.",
             ["in_window"],
+            registry=reg,
+        )
+        self.near_misses = Counter(
+            "poa_near_miss_total",
+            "AD1s forwarded (no window) at most reports.near_miss after a window of the same "
+            "hub ran its course: reboots that may have outlasted the window. A rising share "
+            "of the suppressed count says the window is too short for the meters' flash.",
+            registry=reg,
+        )
+        self.near_miss_gap = Histogram(
+            "poa_near_miss_gap_seconds",
+            "For each near miss (poa_near_miss_total), the time from the end of the window "
+            "to the AD1's judged instant.",
+            buckets=NEAR_MISS_GAP_BUCKETS,
             registry=reg,
         )
         self.decode_errors = Counter(
@@ -364,6 +383,14 @@ class Metrics:
     def count_restoration_alert(self, *, in_window: bool) -> None:
         """Count one ECS80 power restoration alert."""
         self._restoration_alerts[bool(in_window)].inc()
+
+    def count_near_miss(self, gap_ms: int) -> None:
+        """Count one near miss: an AD1 forwarded ``gap_ms`` after a window of its hub
+        ended. Raises ValueError for a negative gap."""
+        if gap_ms < 0:
+            raise ValueError(f"a near miss's gap cannot be negative: {gap_ms} ms")
+        self.near_misses.inc()
+        self.near_miss_gap.observe(gap_ms / 1000)
 
     def count_decode_error(
         self, topic: str, reason: WireReason | GbcsReason | InventoryReason

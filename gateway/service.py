@@ -867,6 +867,17 @@ class Gateway:
 
     def _forwarded(self, decision: AlertDecision) -> None:
         self.metrics.count_alert(AlertOutcome.FORWARDED, decision.reason)
+        gap = decision.after_window_ms
+        if gap is not None:
+            # Rare, and evidence on the window's length (issue 13): said at info.
+            self.metrics.count_near_miss(gap)
+            self.log.info(
+                "alert.near_miss",
+                alert_id=decision.alert_id,
+                chf_id=decision.chf,
+                judged_at=decision.judged_at,
+                gap_ms=gap,
+            )
         if self.log.enabled_for("debug"):
             # Debug only: at storm rates a line per forwarded alert would swamp the
             # journal; the decision is in the state database (explain) and the metrics.

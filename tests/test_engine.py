@@ -826,3 +826,129 @@ def test_restore_takes_each_window_as_it_stands_now_without_an_opening_per_windo
     opened = fresh.advance(T0 + 60 * MIN)
     assert [type(h) for h in opened].count(WindowOpened) == 1
     assert [type(h) for h in opened].count(WindowEnded) == 2  # at T0 + 30 and + 40 min
+
+
+# -- near misses (issue 13, point 7) ------------------------------------------------------
+
+
+def test_an_ad1_forwarded_shortly_after_a_window_ended_is_a_near_miss(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)  # window [T0, T0 + 30 min)
+    engine.advance(T0 + 40 * MIN)
+    decision = engine.on_dcc_alert(ad1(T0 + 37 * MIN), T0 + 40 * MIN)
+    assert not decision.suppressed
+    assert decision.reason is AlertReason.NO_WINDOW
+    assert decision.after_window_ms == 7 * MIN
+
+
+def test_the_near_miss_horizon_is_inclusive_and_configurable() -> None:
+    engine = Engine(EngineConfig(near_miss_ms=5 * MIN), T0)
+    engine.on_command(command(1000), T0)
+    at_edge = engine.on_dcc_alert(ad1(T0 + 35 * MIN), T0 + 35 * MIN)
+    beyond = engine.on_dcc_alert(ad1(T0 + 35 * MIN + 1), T0 + 35 * MIN + 1)
+    assert at_edge.after_window_ms == 5 * MIN
+    assert beyond.after_window_ms is None
+
+
+def test_an_ad1_at_the_exact_end_of_a_window_is_a_near_miss_of_zero(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    decision = engine.on_dcc_alert(ad1(T0 + 30 * MIN), T0 + 30 * MIN)
+    assert not decision.suppressed
+    assert decision.after_window_ms == 0
+
+
+def test_an_ad1_beyond_the_default_near_miss_horizon_is_no_near_miss(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    decision = engine.on_dcc_alert(ad1(T0 + 45 * MIN + 1), T0 + 46 * MIN)
+    assert decision.reason is AlertReason.NO_WINDOW
+    assert decision.after_window_ms is None
+
+
+def test_a_window_of_another_hub_makes_no_near_miss(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    decision = engine.on_dcc_alert(ad1(T0 + 31 * MIN, chf=OTHER_CHF), T0 + 31 * MIN)
+    assert not decision.suppressed
+    assert decision.after_window_ms is None
+
+
+def test_an_ad1_inside_an_open_window_is_suppressed_not_a_near_miss(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    decision = engine.on_dcc_alert(ad1(T0 + 29 * MIN), T0 + 29 * MIN)
+    assert decision.suppressed
+    assert decision.after_window_ms is None
+
+
+def test_an_ad1_before_a_window_or_with_none_is_no_near_miss(engine: Engine) -> None:
+    assert engine.on_dcc_alert(ad1(T0), T0).after_window_ms is None
+    engine.on_command(command(1000, execution_ms=T0 + 60 * MIN), T0)
+    assert engine.on_dcc_alert(ad1(T0 + MIN), T0 + MIN).after_window_ms is None
+
+
+def test_an_ad1_after_a_window_closed_early_is_no_near_miss(engine: Engine) -> None:
+    # Outcome 1 (no image held): the meter never rebooted, so an AD1 after the close is
+    # not a reboot that outlasted the window.
+    engine.on_command(command(1000), T0)
+    engine.on_device_outcome(response(1000, ActivationResponseCode.NO_IMAGE_HELD), T0 + MIN)
+    decision = engine.on_dcc_alert(ad1(T0 + 5 * MIN), T0 + 5 * MIN)
+    assert not decision.suppressed
+    assert decision.after_window_ms is None
+
+
+def test_the_nearest_of_two_ended_windows_gives_the_gap(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)  # ends at T0 + 30 min
+    second = esme(device_id=bytes.fromhex("00DB1234567890A1"))
+    engine.on_command(command(2000, sent_at=T0 + 5 * MIN, target=second), T0 + 5 * MIN)
+    decision = engine.on_dcc_alert(ad1(T0 + 40 * MIN), T0 + 40 * MIN)
+    assert decision.after_window_ms == 5 * MIN  # from the second's end, T0 + 35 min
+
+
+def test_a_window_is_kept_for_near_misses_beyond_a_shorter_retain() -> None:
+    engine = Engine(EngineConfig(retain_ms=5 * MIN, near_miss_ms=15 * MIN), T0)
+    engine.on_command(command(1000), T0)
+    assert not [h for h in engine.advance(T0 + 36 * MIN) if isinstance(h, WindowExpired)]
+    assert engine.on_dcc_alert(ad1(T0 + 40 * MIN), T0 + 40 * MIN).after_window_ms == 10 * MIN
+    # ... while only retain_ms of that still judges a late alert raised inside it.
+    late = engine.on_dcc_alert(ad1(T0 + 20 * MIN), T0 + 36 * MIN)
+    assert not late.suppressed
+    expired = engine.advance(T0 + 45 * MIN)
+    assert [type(h) for h in expired] == [WindowExpired]
+
+
+def test_a_near_miss_is_remembered_for_a_redelivery(engine: Engine) -> None:
+    engine.on_command(command(1000), T0)
+    first = engine.on_dcc_alert(ad1(T0 + 32 * MIN, alert_id="late"), T0 + 32 * MIN)
+    again = engine.on_dcc_alert(ad1(T0 + 32 * MIN, alert_id="late"), T0 + 33 * MIN)
+    assert again.duplicate
+    assert again.after_window_ms == first.after_window_ms == 2 * MIN
+
+
+def test_a_packed_decision_keeps_its_near_miss_and_its_activation() -> None:
+    activation = Engine(EngineConfig(), T0).on_command(command(1000), T0)
+    assert isinstance(activation, ActivationTracked)
+    for decision in (
+        AlertDecision("a-1", CHF, False, AlertReason.NO_WINDOW, T0, T0 + 1, after_window_ms=0),
+        AlertDecision(
+            "a-2",
+            CHF,
+            True,
+            AlertReason.INSIDE_WINDOW,
+            T0,
+            T0 + 1,
+            activation=activation.activation,
+            after_window_ms=7 * MIN,
+        ),
+    ):
+        assert unpack_decision(decision.alert_id, pack_decision(decision)) == decision
+
+
+def test_a_packed_decision_with_bytes_fitting_no_section_is_refused() -> None:
+    decision = AlertDecision("a-1", CHF, False, AlertReason.NO_WINDOW, T0, T0 + 1)
+    with pytest.raises(ValueError, match="after the reason"):
+        unpack_decision("a-1", pack_decision(decision) + b"\x00" * 3)
+    packed = pack_decision(msgspec_replace(decision, after_window_ms=MIN))
+    with pytest.raises(ValueError, match="near-miss"):
+        unpack_decision("a-1", packed[:-9] + b"X" + packed[-8:])
+
+
+def test_a_negative_near_miss_horizon_is_refused() -> None:
+    with pytest.raises(ValueError, match="near_miss_ms"):
+        EngineConfig(near_miss_ms=-1)

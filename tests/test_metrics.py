@@ -202,3 +202,19 @@ def test_serve_answers_http_get_with_the_metrics_then_closes() -> None:
     assert "poa_ack_latency_seconds_bucket" in body
     with pytest.raises(urllib.error.URLError, match="refused"), urllib.request.urlopen(url):
         pass
+
+
+def test_a_near_miss_is_counted_with_its_gap() -> None:
+    metrics = Metrics()
+    assert samples(metrics)[("poa_near_miss_total", ())] == 0
+    metrics.count_near_miss(90_000)  # 1.5 min after the window ended
+    metrics.count_near_miss(600_000)
+    got = samples(metrics)
+    assert got[("poa_near_miss_total", ())] == 2
+    assert got[("poa_near_miss_gap_seconds_count", ())] == 2
+    assert got[("poa_near_miss_gap_seconds_sum", ())] == 690
+    assert got[("poa_near_miss_gap_seconds_bucket", (("le", "60.0"),))] == 0
+    assert got[("poa_near_miss_gap_seconds_bucket", (("le", "120.0"),))] == 1
+    assert got[("poa_near_miss_gap_seconds_bucket", (("le", "600.0"),))] == 2
+    with pytest.raises(ValueError, match="negative"):
+        metrics.count_near_miss(-1)

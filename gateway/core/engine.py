@@ -117,10 +117,22 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # inside a window is firmware-caused however late it is delivered (a backlog, a
     # broker outage). It no longer counts as active after its end.
     retain_ms: int = 120 * MINUTE_MS
+    # An AD1 forwarded (no window) at most this long after a window of its CHF ended is
+    # a near miss: evidence that the window may be too short as the meters' flash ages
+    # (issue 13). Ended windows are kept for max(retain_ms, near_miss_ms), while only
+    # retain_ms of that still judges late alerts.
+    near_miss_ms: int = 15 * MINUTE_MS
     tick_ms: int = 1_000
 
     def __post_init__(self) -> None:
-        for name in ("window_ms", "lead_ms", "skew_ms", "dedupe_ms", "retain_ms"):
+        for name in (
+            "window_ms",
+            "lead_ms",
+            "skew_ms",
+            "dedupe_ms",
+            "retain_ms",
+            "near_miss_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.window_ms == 0 or self.tick_ms <= 0 or self.dedupe_max <= 0:
@@ -141,9 +153,12 @@ _F_FUTURE = 0x01
 # Little-endian: chf, suppressed, judged_at, decided_at, the reason's length and ASCII
 # text, then, when the decision names an activation: esme, chf, originator, counter
 # (unsigned), start_ms, end_ms, seen_at and flags (1 future-dated, 2 closed early,
-# 4 succeeded).
+# 4 succeeded); then, for a near miss, the tag byte 0x4E ("N") and after_window_ms. The
+# sections are told apart by the length left (57, 9 or 66 bytes).
 _PACKED_HEAD = struct.Struct("<8s?qqB")
 _PACKED_ACTIVATION = struct.Struct("<8s8s8sQqqqB")
+_PACKED_GAP = struct.Struct("<Bq")
+_GAP_TAG = 0x4E
 _F_CLOSED = 0x02
 _F_SUCCEEDED = 0x04
 _F_OPENED = 0x08  # start reached (counted as active rather than pending)
@@ -173,7 +188,10 @@ class Engine:
         self._wheel: TimerWheel[tuple[bool, int]] = TimerWheel(now_ms, tick_ms=config.tick_ms)
         self.active_windows = 0
         self.pending_windows = 0
-        self.ended_windows = 0  # ended, kept for late alerts (retain_ms)
+        self.ended_windows = 0  # ended, kept for late alerts and near misses
+        # How long an ended window is kept: judging late alerts (retain_ms) and naming
+        # near misses (near_miss_ms) both need it.
+        self._keep_ms = max(config.retain_ms, config.near_miss_ms)
 
     # -- queries --------------------------------------------------------------------
 
@@ -227,11 +245,15 @@ class Engine:
 
     def _judge(self, alert: DccAlertEnvelope, judged_at: int, now: int) -> AlertDecision:
         packed = self._by_chf.get(alert.device_id)
+        gap: int | None = None
         if packed is not None:
-            lead = self.config.lead_ms
+            config = self.config
+            lead, retain, near_miss = config.lead_ms, config.retain_ms, config.near_miss_ms
             for i in range(0, len(packed), _REC_SIZE):
-                _, _, _, start, end, _, _ = _REC.unpack_from(packed, i)
-                if start - lead <= judged_at < end:
+                _, _, _, start, end, _, flags = _REC.unpack_from(packed, i)
+                # Exact times, not whether housekeeping has expired the window yet: an
+                # ended window kept longer for near misses judges only within retain.
+                if start - lead <= judged_at < end and now < end + retain:
                     return AlertDecision(
                         alert.alert_id,
                         alert.device_id,
@@ -241,8 +263,21 @@ class Engine:
                         now,
                         activation=self._materialise(alert.device_id, packed, i),
                     )
+                # A near miss: the window ran its course and ended shortly before. One
+                # closed early (outcome 1 or 2) says the meter never rebooted, so an AD1
+                # after it says nothing about the window's length.
+                if end <= judged_at <= end + near_miss and not flags & _F_CLOSED:
+                    since = judged_at - end
+                    if gap is None or since < gap:
+                        gap = since
         return AlertDecision(
-            alert.alert_id, alert.device_id, False, AlertReason.NO_WINDOW, judged_at, now
+            alert.alert_id,
+            alert.device_id,
+            False,
+            AlertReason.NO_WINDOW,
+            judged_at,
+            now,
+            after_window_ms=gap,
         )
 
     def _remember(self, decision: AlertDecision, decided_at: int) -> None:
@@ -647,7 +682,7 @@ class Engine:
         kept = bytearray()
         for i in range(0, len(packed), _REC_SIZE):
             esme, party, counter, start, end, seen_at, flags = _REC.unpack_from(packed, i)
-            if end + self.config.retain_ms <= now:
+            if end + self._keep_ms <= now:
                 self._uncount(flags)
                 out.append(WindowExpired(self._materialise(chf, packed, i)))
                 continue
@@ -666,7 +701,7 @@ class Engine:
                 self.ended_windows += 1
                 changed = True
                 ended = True
-                self._schedule_check(chf, end + self.config.retain_ms)
+                self._schedule_check(chf, end + self._keep_ms)
             else:
                 ended = False
             rec = (
@@ -733,18 +768,18 @@ def pack_decision(d: AlertDecision) -> bytes:
     if any(len(e) != 8 for e in euis):
         raise ValueError(f"EUI-64s must be 8 bytes: {euis!r}")
     try:
-        head = _PACKED_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason))
-        if a is None:
-            return head + reason
-        flags = (_F_FUTURE if a.future_dated else 0) | (_F_CLOSED if a.closed_early else 0)
-        flags |= _F_SUCCEEDED if a.succeeded else 0
-        return (
-            head
-            + reason
-            + _PACKED_ACTIVATION.pack(
+        out = (
+            _PACKED_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason)) + reason
+        )
+        if a is not None:
+            flags = (_F_FUTURE if a.future_dated else 0) | (_F_CLOSED if a.closed_early else 0)
+            flags |= _F_SUCCEEDED if a.succeeded else 0
+            out += _PACKED_ACTIVATION.pack(
                 a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
             )
-        )
+        if d.after_window_ms is not None:
+            out += _PACKED_GAP.pack(_GAP_TAG, d.after_window_ms)
+        return out
     except struct.error as exc:
         raise ValueError(f"a value is out of range: {exc}") from exc
 
@@ -760,10 +795,25 @@ def unpack_decision(alert_id: str, packed: bytes) -> AlertDecision:
         raise ValueError(f"not an alert reason: {text[:40]!r}")
     at += length
     activation = None
-    if len(packed) > at:
+    if len(packed) - at in (_PACKED_ACTIVATION.size, _PACKED_ACTIVATION.size + _PACKED_GAP.size):
         activation = _activation(_PACKED_ACTIVATION.unpack_from(packed, at))
+        at += _PACKED_ACTIVATION.size
+    gap = None
+    if len(packed) - at == _PACKED_GAP.size:
+        tag, gap = _PACKED_GAP.unpack_from(packed, at)
+        if tag != _GAP_TAG:
+            raise ValueError(f"not a near-miss section: tag 0x{tag:02X}")
+    elif len(packed) > at:
+        raise ValueError(f"{len(packed) - at} bytes after the reason: not a packed decision")
     return AlertDecision(
-        alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
+        alert_id,
+        chf,
+        suppressed,
+        reason,
+        judged_at,
+        decided_at,
+        activation=activation,
+        after_window_ms=gap,
     )
 
 

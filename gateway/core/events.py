@@ -280,6 +280,12 @@ class AlertDecision(msgspec.Struct, frozen=True):
     ``reason``: ``inside-window`` (suppressed), ``no-window``, ``not-ad1``,
     ``feature-off``. ``judged_at`` is the instant compared with the windows:
     ``raised_at``, or ``now`` when ``raised_at`` was later than now plus the skew.
+
+    ``after_window_ms``: for a ``no-window`` decision, a *near miss*: the time from the
+    end of the latest window of the same CHF that ran its course (not closed early) to
+    ``judged_at``, when at most the engine's ``near_miss_ms``; None otherwise. Evidence
+    that the window may be too short (issue 13; the modification report warns that the
+    meters' flash slows as it ages).
     """
 
     alert_id: str
@@ -290,6 +296,7 @@ class AlertDecision(msgspec.Struct, frozen=True):
     decided_at: int
     duplicate: bool = False
     activation: Activation | None = None
+    after_window_ms: int | None = None
 
 
 class WindowOpened(msgspec.Struct, frozen=True):

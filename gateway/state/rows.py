@@ -236,14 +236,23 @@ def quarantine_entry_from_row(row: Sequence[Any]) -> QuarantineEntry:
 #               q   decided_at (ms; also the row's own column)
 #               B   length of the reason
 #   reason      the AlertReason's value in ASCII (that many bytes)
-#   activation  only when the decision names one, to the end of the BLOB:
+#   activation  only when the decision names one (57 bytes):
 #               8s esme, 8s chf, 8s originator, Q counter, q start_ms, q end_ms,
 #               q seen_at, B flags (1 future-dated, 2 closed early, 4 succeeded)
+#   near miss   only when ``after_window_ms`` is set (9 bytes, issue 13):
+#               B 0x4E ("N"), q after_window_ms
+#
+# The optional sections are told apart by the length after the reason: 0, 57 (rows
+# written before near misses were noted read exactly as before), 9 or 66. A gateway
+# older than the near-miss section cannot read a row that has one (a forwarded near
+# miss): a downgrade must wait until such rows are past the dedupe horizon.
 #
 # ``alert_id`` is the row's key and ``duplicate`` is not stored.
 
 _ROW_HEAD: Final = struct.Struct("<8s?qqB")
 _ROW_ACTIVATION: Final = struct.Struct("<8s8s8sQqqqB")
+_ROW_GAP: Final = struct.Struct("<Bq")
+_ROW_GAP_TAG: Final = 0x4E
 _ROW_FUTURE: Final = 0x01
 _ROW_CLOSED: Final = 0x02
 _ROW_SUCCEEDED: Final = 0x04
@@ -263,25 +272,24 @@ def encode_decision(d: AlertDecision) -> bytes:
     if any(len(e) != EUI64_LENGTH for e in euis):
         raise _invalid("decision", f"EUI-64s must be 8 bytes: {euis!r}")
     try:
-        head = _ROW_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason))
-        if a is None:
-            return head + reason
-        flags = (_ROW_FUTURE if a.future_dated else 0) | (_ROW_CLOSED if a.closed_early else 0)
-        flags |= _ROW_SUCCEEDED if a.succeeded else 0
-        return (
-            head
-            + reason
-            + _ROW_ACTIVATION.pack(
+        out = _ROW_HEAD.pack(d.chf, d.suppressed, d.judged_at, d.decided_at, len(reason)) + reason
+        if a is not None:
+            flags = (_ROW_FUTURE if a.future_dated else 0) | (_ROW_CLOSED if a.closed_early else 0)
+            flags |= _ROW_SUCCEEDED if a.succeeded else 0
+            out += _ROW_ACTIVATION.pack(
                 a.esme, a.chf, a.originator, a.counter, a.start_ms, a.end_ms, a.seen_at, flags
             )
-        )
+        if d.after_window_ms is not None:
+            out += _ROW_GAP.pack(_ROW_GAP_TAG, d.after_window_ms)
+        return out
     except struct.error as exc:
         raise _invalid("decision", f"a value is out of range: {exc}") from exc
 
 
 def decode_decision(alert_id: str, blob: bytes) -> AlertDecision:
     """The decision :func:`encode_decision` wrote. Raises ValueError when its reason is
-    not an :class:`AlertReason` (a damaged row), like struct.error for a short one."""
+    not an :class:`AlertReason` or the length after it fits no section (a damaged row),
+    like struct.error for a short one."""
     chf, suppressed, judged_at, decided_at, length = _ROW_HEAD.unpack_from(blob)
     at = _ROW_HEAD.size
     text = blob[at : at + length]
@@ -290,8 +298,9 @@ def decode_decision(alert_id: str, blob: bytes) -> AlertDecision:
         raise ValueError(f"not an alert reason: {text[:40]!r}")
     at += length
     activation = None
-    if len(blob) > at:
+    if len(blob) - at in (_ROW_ACTIVATION.size, _ROW_ACTIVATION.size + _ROW_GAP.size):
         fields = _ROW_ACTIVATION.unpack_from(blob, at)
+        at += _ROW_ACTIVATION.size
         esme, a_chf, originator, counter, start, end, seen_at, flags = fields
         activation = Activation(
             esme=esme,
@@ -305,8 +314,22 @@ def decode_decision(alert_id: str, blob: bytes) -> AlertDecision:
             closed_early=bool(flags & _ROW_CLOSED),
             succeeded=bool(flags & _ROW_SUCCEEDED),
         )
+    gap = None
+    if len(blob) - at == _ROW_GAP.size:
+        tag, gap = _ROW_GAP.unpack_from(blob, at)
+        if tag != _ROW_GAP_TAG:
+            raise ValueError(f"not a near-miss section: tag 0x{tag:02X}")
+    elif len(blob) > at:
+        raise ValueError(f"{len(blob) - at} bytes after the reason: not a decision row")
     return AlertDecision(
-        alert_id, chf, suppressed, reason, judged_at, decided_at, activation=activation
+        alert_id,
+        chf,
+        suppressed,
+        reason,
+        judged_at,
+        decided_at,
+        activation=activation,
+        after_window_ms=gap,
     )
 
 
