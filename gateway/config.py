@@ -496,8 +496,13 @@ class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_records: int = 50_000  # ... or when this many records are pending
     xlsx: bool = False  # also write an .xlsx copy
     name_prefix: str = "POA-SUPPRESSION"
+    # The DSP's private key (PEM, ECDSA P-256) that signs each report file; relative to
+    # the config file's folder. Empty: reports are unsigned. Read once, at start-up.
+    signing_key: str = ""
 
     def __post_init__(self) -> None:
+        if not self.signing_key.isprintable():
+            raise _fail("reports.signing_key", "use a file path of printable characters")
         if self.period <= 0:
             raise _fail("reports.period", "must be longer than 0", ConfigReason.OUT_OF_RANGE)
         if self.max_records < 1:
@@ -735,6 +740,11 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
             if getattr(b, name)
         },
     )
+    reports = file.reports
+    if reports.signing_key:
+        # Like the TLS files: relative to the config file's folder.
+        signing_key = str(_resolve(base, reports.signing_key))
+        reports = msgspec.structs.replace(reports, signing_key=signing_key)
     secret = env.get(b.password_env) if b.password_env else None
     pg_secret = env.get(file.state.password_env) if file.state.password_env else None
     return Config(
@@ -744,7 +754,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
         paths=paths,
         state=file.state,
         ha=file.ha,
-        reports=file.reports,
+        reports=reports,
         metrics=file.metrics,
         log=file.log,
         source=source,

@@ -27,6 +27,7 @@ class StartupReason(enum.StrEnum):
     TRUST_EMPTY = "trust-empty"  # no usable certificate: no command could be verified
     # another instance of the deployment (same state database) uses another client id
     CLIENT_ID_CONFLICT = "client-id-conflict"
+    SIGNING_KEY = "signing-key"  # reports.signing_key unreadable or not ECDSA P-256
 
 
 class StartupError(GatewayError):

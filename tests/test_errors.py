@@ -167,7 +167,13 @@ REASON_VALUES: dict[type[enum.StrEnum], set[str]] = {
         "unsorted",
     },
     GuidRowReason: {"not-eui64", "number", "not-text", "empty-guid"},
-    StartupReason: {"trust-missing", "trust-unreadable", "trust-empty", "client-id-conflict"},
+    StartupReason: {
+        "trust-missing",
+        "trust-unreadable",
+        "trust-empty",
+        "client-id-conflict",
+        "signing-key",
+    },
     LossReason: {"taken", "deadline", "fenced", "stopping"},
 }
 

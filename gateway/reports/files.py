@@ -100,6 +100,7 @@ import msgspec
 from gateway.errors import GatewayError
 from gateway.eui import EUI64_LENGTH, format_eui64, parse_eui64
 from gateway.fileio import fsync_dir
+from gateway.reports.signing import Signer, signature_path
 from gateway.wire import ActivationKind, ReportNotice, SuppressionRecord
 
 if TYPE_CHECKING:
@@ -315,6 +316,7 @@ def write_report(
     generator: str = "poa-gateway",
     version: str,
     xlsx: bool = False,
+    signer: Signer | None = None,
 ) -> ReportFile:
     """Write the report of one period atomically; return what was written.
 
@@ -322,6 +324,11 @@ def write_report(
     ``outbox`` (created with mode 0o750 if missing); with ``xlsx`` a spreadsheet copy
     ``<same name>.xlsx`` is written beside it. The same arguments always give the same
     CSV, so a re-run after a crash replaces the file with an identical one.
+
+    With a ``signer`` each file also gets its detached signature beside it,
+    ``<file name>.sig`` over the file's exact bytes (:mod:`gateway.reports.signing`),
+    written atomically before the CSV is put in place: a CSV in the outbox always has
+    its signature (and its ``.xlsx`` copy) already beside it.
 
     Raises:
         ValueError: a bad argument (``report_id`` or ``name_prefix`` that is not a plain
@@ -374,7 +381,13 @@ def write_report(
     if xlsx:
         xlsx_path = outbox / f"{stem}.xlsx"
         _write_atomically(xlsx_path, lambda out: _write_xlsx(out, header, rows, trailer))
+        if signer is not None:
+            xlsx_signature = signer.sign(xlsx_path.read_bytes())
+            _write_atomically(signature_path(xlsx_path), lambda out: out.write(xlsx_signature))
     path = outbox / f"{stem}.csv"
+    if signer is not None:
+        signature = signer.sign(content)
+        _write_atomically(signature_path(path), lambda out: out.write(signature))
     _write_atomically(path, lambda out: out.write(content))
     return ReportFile(
         name=path.name,
