@@ -99,6 +99,7 @@ from .quarantine import (
     quarantine_notice,
 )
 from .reports.files import Rotation, write_report
+from .reports.signing import Signer, startup_signer
 from .sdnotify import Notifier
 from .state.inventory import InventoryError, InventoryStore, from_envelope
 from .state.inventory_store import open_inventory
@@ -299,6 +300,7 @@ class Gateway:
         paths = self.config.paths
         started = time.monotonic()
         self.trust = self._load_trust(paths.trust_dir)
+        self._signer: Signer | None = startup_signer(self.config.reports.signing_key, self.log)
         try:
             self.guids = GuidList.open(paths.guid_list)
         except GuidListError as exc:
@@ -1178,6 +1180,7 @@ class Gateway:
             name_prefix=self.config.reports.name_prefix,
             version=__version__,
             xlsx=self.config.reports.xlsx,
+            signer=self._signer,
         )
         self.store.set_report_cursor(ReportCursor(opened_at_ms=self._report_opened_at))
         await self._durable()

@@ -21,6 +21,7 @@ from gateway.config import ConfigError, load_config
 from gateway.errors import StartupError, StartupReason
 from gateway.exits import Exit
 from gateway.logs import JsonLog
+from gateway.metrics import Metrics
 from gateway.reports.files import verify_report, write_report
 from gateway.reports.signing import (
     SignatureStatus,
@@ -32,7 +33,11 @@ from gateway.reports.signing import (
     signature_path,
     startup_signer,
 )
+from gateway.service import Gateway, sqlite_and_mqtt
 from gateway.wire import SuppressionRecord
+
+from .e2e_support import Broker, Home
+from .test_faults import in_process, until
 
 START = 1_894_611_600_000  # 2030-01-14T09:00:00Z
 END = START + 3_600_000
@@ -409,3 +414,51 @@ def test_the_signing_key_path_is_relative_to_the_config_file(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_config(config, env={})
     assert info.value.key == "reports.signing_key"
+
+
+# ---------------------------------------------------------------------------------------
+# The daemon
+
+
+def test_the_gateway_refuses_to_load_with_an_unusable_signing_key(
+    tmp_path: Path, keys: Keys
+) -> None:
+    bad = tmp_path / "p384.pem"
+    bad.write_bytes(private_pem(ec.generate_private_key(ec.SECP384R1())))
+    home = Home(tmp_path / "gw", 1, reports={"signing_key": str(bad)})
+    config = load_config(home.config, env={})
+    open_store, make_transport = sqlite_and_mqtt(config)
+    log, _ = _log()
+    gateway = Gateway(
+        config, log=log, metrics=Metrics(), open_store=open_store, make_transport=make_transport
+    )
+    with pytest.raises(StartupError) as info:
+        gateway.load()
+    assert info.value.reason is StartupReason.SIGNING_KEY
+    assert "reports.signing_key" in str(info.value)
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_the_daemon_signs_every_report_it_writes(
+    tmp_path: Path, broker: Broker, keys: Keys
+) -> None:
+    # A one-second period: the daemon writes (empty) reports within seconds, whatever
+    # their records, and each must carry a signature that verifies with the DSP's key.
+    home = Home(
+        tmp_path / "gw", broker.port, reports={"period": "1s", "signing_key": str(keys.private)}
+    )
+    config = load_config(home.config, env={})
+    outbox = config.paths.outbox
+    async with in_process(config) as (_gateway, lines, _metrics):
+        assert [e["fingerprint"] for e in lines.events("reports.signing")] == [
+            fingerprint(keys.key.public_key())
+        ]
+        assert lines.events("reports.unsigned") == []
+        await until(lambda: lines.events("report.written"), "a report")
+    reports = sorted(outbox.glob("*.csv"))
+    assert reports
+    for path in reports:
+        assert verify_report(path).ok
+        assert check_signature(path, keys.key.public_key()) == (SignatureStatus.OK, None)
