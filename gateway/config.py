@@ -55,6 +55,7 @@ __all__ = [
     "Paths",
     "PathsConfig",
     "ReportsConfig",
+    "RetentionConfig",
     "Secret",
     "SuppressionConfig",
     "TopicName",
@@ -515,6 +516,61 @@ class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
 
 
+# Below a day a retention is taken for a typo ("400m" meant "400d"), not a choice.
+_MIN_RETENTION_MS: Final = _UNITS["d"]
+
+
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[retention]``: how long what the gateway keeps is kept, before housekeeping
+    deletes it (docs/decisions.md D31; the reasoning behind each default is there and
+    in docs/operations.md, "Retention")."""
+
+    # Suppression log records, from their receipt; only once they are in a report (an
+    # unreported record is never deleted). 13 months and a margin: a DNO reconciles a
+    # regulatory year's reports, and an audit may come a month after it.
+    suppressions: Duration = _d("400d")
+    # Alert decisions, behind ``poa-gateway explain`` and duplicate detection; at least
+    # suppression.dedupe. A month and a margin: "why was this alert not forwarded?"
+    # comes with the monthly reconciliation.
+    decisions: Duration = _d("35d")
+    # Refusals as the gateway stores them today: the quarantine (messages that could not
+    # be handled), from their quarantine or their replay, whichever is later.
+    refusals: Duration = _d("35d")
+    # Originator counters of devices gone from the inventory: how long a device must be
+    # seen absent before its counters are dropped.
+    counters: Duration = _d("30d")
+    # Report files in paths.outbox (with their .sig/.xlsx siblings), from when they were
+    # written.
+    outbox: Duration = _d("35d")
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if getattr(self, name) < _MIN_RETENTION_MS:
+                raise _fail(
+                    f"retention.{name}",
+                    f"must be at least {format_duration(_MIN_RETENTION_MS)}",
+                    ConfigReason.OUT_OF_RANGE,
+                )
+
+
+def _check_retention(file: ConfigFile) -> None:
+    """What one section cannot check alone: a retention shorter than what another needs."""
+    r = file.retention
+    if r.decisions < file.suppression.dedupe:
+        # A redelivery within the dedupe horizon must find the decision it repeats.
+        raise _fail(
+            "retention.decisions",
+            f"must be at least suppression.dedupe ({format_duration(file.suppression.dedupe)})",
+            ConfigReason.OUT_OF_RANGE,
+        )
+    if r.outbox < file.reports.period:
+        raise _fail(
+            "retention.outbox",
+            f"must be at least reports.period ({format_duration(file.reports.period)})",
+            ConfigReason.OUT_OF_RANGE,
+        )
+
+
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[metrics]``: the Prometheus endpoint."""
 
@@ -551,6 +607,7 @@ class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     ha: HaConfig = msgspec.field(default_factory=HaConfig)
     reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
@@ -581,6 +638,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     reports: ReportsConfig
     metrics: MetricsConfig
     ha: HaConfig = HaConfig()
+    retention: RetentionConfig = RetentionConfig()
     log: LogConfig
     source: Path | None = None  # the file it came from; None for built-in defaults
     password: Secret | None = None  # from the variable named by broker.password_env
@@ -745,6 +803,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
         # Like the TLS files: relative to the config file's folder.
         signing_key = str(_resolve(base, reports.signing_key))
         reports = msgspec.structs.replace(reports, signing_key=signing_key)
+    _check_retention(file)
     secret = env.get(b.password_env) if b.password_env else None
     pg_secret = env.get(file.state.password_env) if file.state.password_env else None
     return Config(
@@ -754,6 +813,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
         paths=paths,
         state=file.state,
         ha=file.ha,
+        retention=file.retention,
         reports=reports,
         metrics=file.metrics,
         log=file.log,

@@ -100,6 +100,7 @@ from .quarantine import (
 )
 from .reports.files import Rotation, write_report
 from .reports.signing import Signer, startup_signer
+from .retention import PRUNE_EVERY_MS, CounterSweep, sweep_outbox
 from .sdnotify import Notifier
 from .state.inventory import InventoryError, InventoryStore, from_envelope
 from .state.inventory_store import open_inventory
@@ -292,6 +293,9 @@ class Gateway:
         self._housekeeping_timer: asyncio.TimerHandle | None = None
         self._housekeeping_due: int | None = None  # wall ms the timer is set for
         self._started_at = clock()
+        # Retention (see _prune): the first prune a while after the start.
+        self._counter_sweep = CounterSweep()
+        self._prune_due = self._started_at + PRUNE_EVERY_MS
 
     # -- start-up and shut-down -----------------------------------------------------
 
@@ -1058,6 +1062,7 @@ class Gateway:
                 if self._rotation.due(now, self._report_opened_at, self._unreported):
                     self._start_rotation()
                 self._update_gauges()
+                await self._prune(now)
             except Exception as exc:  # noqa: BLE001 - housekeeping must outlive any one failure
                 # Logged at once; the next pass tries again (a store error resolves
                 # itself through _durable, which waits for the store to recover).
@@ -1069,6 +1074,28 @@ class Gateway:
             self._arm_housekeeping()
             await self._housekeeping_wake.wait()
             self._housekeeping_wake.clear()
+
+    async def _prune(self, now: int) -> None:
+        """Retention (gateway/retention.py, docs/decisions.md D31), at most every
+        PRUNE_EVERY_MS: one batch of each prune through the store's queue, the counters'
+        next page, and the outbox swept in a thread, so the event loop is never held."""
+        if now < self._prune_due:
+            return
+        self._prune_due = now + PRUNE_EVERY_MS
+        r = self.config.retention
+        self.store.prune_suppressions(now - r.suppressions)  # reported records only
+        self.store.prune_decisions(now - r.decisions)
+        self.store.prune_quarantine(now - r.refusals)
+        counters = await self._counter_sweep.step(
+            self.store, lambda device: self.inventory.get(device) is not None, now, r.counters
+        )
+        await self._durable()
+        files: list[str] = []
+        if self._may_act():  # the outbox is the leader's, as the reports are
+            outbox, prefix = self.config.paths.outbox, self.config.reports.name_prefix
+            files = await asyncio.to_thread(sweep_outbox, outbox, prefix, now - r.outbox)
+        if counters or files:
+            self.log.info("retention.pruned", counters=counters, outbox_files=len(files))
 
     @property
     def housekeeping_due(self) -> int | None:
@@ -1101,8 +1128,10 @@ class Gateway:
         )
 
     def _apply_housekeeping(self, events: list[Housekeeping]) -> None:
-        dedupe_ms = self.config.engine_config().dedupe_ms
-        pipeline.apply(self.store, pipeline.housekeeping_writes(events, self.clock(), dedupe_ms))
+        # Decisions are kept for retention.decisions (`explain` reads them), longer than
+        # the dedupe horizon the engine remembers them for (docs/decisions.md D31).
+        keep_ms = int(self.config.retention.decisions)
+        pipeline.apply(self.store, pipeline.housekeeping_writes(events, self.clock(), keep_ms))
         names = {WindowOpened: "window.opened", WindowEnded: "window.ended"}
         for event in events:
             if isinstance(event, DedupeExpired):

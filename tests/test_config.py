@@ -570,6 +570,7 @@ def test_redacted_dict_has_every_section_and_readable_durations() -> None:
         "state",
         "ha",
         "reports",
+        "retention",
         "metrics",
         "log",
     ]

@@ -6,6 +6,7 @@ and nothing else."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,10 +15,15 @@ import pytest
 
 import gateway.state.postgresql
 import gateway.state.sqlite
+from gateway.config import ConfigError, load_config
+from gateway.retention import PRUNE_EVERY_MS, sweep_outbox
 from gateway.state.postgresql import PostgresStore
 from gateway.state.rows import QuarantineEntry, StoredSuppression
 from gateway.state.sqlite import Store
 
+from .e2e_support import ESME
+from .test_shell import Shell
+from .test_shell import shell as shell_fixture  # noqa: F401 - a fixture, by this name
 from .test_store import SUPPLIER, T0, activation, forwarded, record
 
 pytestmark = pytest.mark.timeout(120)
@@ -229,3 +235,129 @@ async def test_one_prune_deletes_at_most_a_batch(open_store: Opener, small_batch
         assert (counts["decisions"], counts["suppressions"], counts["quarantined"]) == (0, 0, 0)
     finally:
         await store.aclose()
+
+
+# -- the configuration -------------------------------------------------------------------
+
+
+def test_the_defaults_are_written_down_and_loaded() -> None:
+    r = load_config(None, env={}).retention
+    assert (r.suppressions, r.decisions, r.refusals, r.counters, r.outbox) == (
+        400 * DAY,
+        35 * DAY,
+        35 * DAY,
+        30 * DAY,
+        35 * DAY,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[retention]\ndecisions = '1h'\n", "retention.decisions"),  # under a day
+        ("[retention]\nsuppressions = '400m'\n", "retention.suppressions"),
+        ("[retention]\nrefusals = '12h'\n", "retention.refusals"),
+        ("[retention]\ncounters = '0d'\n", "retention.counters"),
+        # Shorter than the dedupe horizon: a redelivery would miss its decision.
+        ("[suppression]\ndedupe = '3d'\n[retention]\ndecisions = '2d'\n", "retention.decisions"),
+        ("[reports]\nperiod = '2d'\n[retention]\noutbox = '1d'\n", "retention.outbox"),
+    ],
+)
+def test_a_retention_shorter_than_correctness_needs_is_refused_by_name(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert (caught.value.reason, caught.value.key) == ("out-of-range", key)
+    assert key in str(caught.value)
+
+
+def test_a_retention_at_its_floor_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text("[suppression]\ndedupe = '3d'\n[retention]\ndecisions = '3d'\noutbox = '1d'\n")
+    assert load_config(path, env={}).retention.decisions == 3 * DAY
+
+
+# -- the outbox ----------------------------------------------------------------------------
+
+
+def aged(path: Path, written_ms: int, text: str = "x") -> Path:
+    path.write_text(text)
+    os.utime(path, ns=(written_ms * 1_000_000, written_ms * 1_000_000))
+    return path
+
+
+def test_the_outbox_sweep_deletes_old_report_files_and_leaves_the_rest(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = aged(elsewhere / "P_20260101T000000Z_1-9.csv", CUTOFF - DAY)
+    old = "P_20260101T000000Z_1-9"
+    for name in (f"{old}.csv", f"{old}.csv.sig", f"{old}.xlsx"):
+        aged(outbox / name, CUTOFF - 1)
+    aged(outbox / "P_20260131T000000Z_10-12.csv", CUTOFF)  # inside the retention
+    aged(outbox / "notes.txt", CUTOFF - DAY)  # not a report
+    aged(outbox / f".{old}.csv.abc.tmp", CUTOFF - DAY)  # a write in progress
+    (outbox / "P_link.csv").symlink_to(target)  # a link out of the outbox
+    os.utime(outbox / "P_link.csv", ns=(0, 0), follow_symlinks=False)
+    (outbox / "P_folder").mkdir()
+
+    removed = sweep_outbox(outbox, "P", CUTOFF)
+
+    assert removed == sorted([f"{old}.csv", f"{old}.csv.sig", f"{old}.xlsx"])
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(
+        [
+            "P_20260131T000000Z_10-12.csv",
+            "notes.txt",
+            f".{old}.csv.abc.tmp",
+            "P_link.csv",
+            "P_folder",
+        ]
+    )
+    assert target.read_text() == "x"  # the link's target untouched
+    assert sweep_outbox(tmp_path / "missing", "P", CUTOFF) == []
+
+
+# -- housekeeping ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_housekeeping_prunes_each_kind_past_its_retention(
+    shell_fixture: Shell,  # noqa: F811 - the fixture imported above
+) -> None:
+    gateway, store = shell_fixture.gateway, shell_fixture.store
+    r = gateway.config.retention
+    store.counters[(SUPPLIER, ESME)] = 4  # ESME is in the inventory
+    store.counters[(SUPPLIER, GONE_ESME)] = 7  # GONE_ESME is not
+    outbox = gateway.config.paths.outbox
+    outbox.mkdir(parents=True, exist_ok=True)
+    prefix = gateway.config.reports.name_prefix
+    first = shell_fixture.clock[0] + PRUNE_EVERY_MS  # the gateway started at clock[0]
+
+    await gateway._prune(first - 1)  # not due yet
+    assert [k for k, _ in store.committed if k.startswith(("prune", "delete"))] == []
+
+    await gateway._prune(first)
+    pruned = {k: v for k, v in store.committed if k.startswith("prune")}
+    assert pruned == {
+        "prune-suppressions": first - r.suppressions,
+        "prune": first - r.decisions,
+        "prune-quarantine": first - r.refusals,
+    }
+    # The gone device's counter is first seen absent now; dropped only after r.counters.
+    assert set(store.counters) == {(SUPPLIER, ESME), (SUPPLIER, GONE_ESME)}
+
+    inside = first + r.counters - 1
+    await gateway._prune(inside)  # absent for just under r.counters: kept
+    assert set(store.counters) == {(SUPPLIER, ESME), (SUPPLIER, GONE_ESME)}
+
+    last = inside + PRUNE_EVERY_MS  # the next pass
+    aged(outbox / f"{prefix}_old.csv", last - r.outbox - 1)
+    aged(outbox / f"{prefix}_new.csv", last - r.outbox)
+    await gateway._prune(last)
+    assert set(store.counters) == {(SUPPLIER, ESME)}
+    assert ("delete-counter", (SUPPLIER, GONE_ESME, 7)) in store.committed
+    assert sorted(p.name for p in outbox.iterdir()) == [f"{prefix}_new.csv"]
