@@ -462,3 +462,73 @@ async def test_the_daemon_signs_every_report_it_writes(
     for path in reports:
         assert verify_report(path).ok
         assert check_signature(path, keys.key.public_key()) == (SignatureStatus.OK, None)
+
+
+# ---------------------------------------------------------------------------------------
+# The hand-off to the DCC's file transfer (issue 13, point 8): the example units
+
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+
+
+def test_the_delivery_units_are_sound_for_systemd(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("no systemd-analyze on this machine")
+    names = ["poa-gateway-reports.path", "poa-gateway-reports.service"]
+    for name in names:
+        shutil.copy(UNITS / name, tmp_path / name)
+    done = subprocess.run(
+        [analyze, "verify", *(str(tmp_path / name) for name in names)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def _delivery_script() -> str:
+    # The service's ExecStart, as systemd hands it to sh: continuations joined, "$$" a "$".
+    unit = (UNITS / "poa-gateway-reports.service").read_text()
+    match = re.search(r"^ExecStart=/bin/sh -eu -c '(.*?)'$", unit, re.MULTILINE | re.DOTALL)
+    assert match is not None
+    return match[1].replace("\\\n", " ").replace("$$", "$")
+
+
+def test_the_delivery_service_sends_each_report_with_its_signature_then_moves_it(
+    tmp_path: Path, keys: Keys
+) -> None:
+    outbox = tmp_path / "outbox"
+    first = signed_report(outbox, keys, xlsx=True)
+    log = tmp_path / "delivered"
+    deliver = tmp_path / "deliver"
+    # A stand-in for the transfer: records its arguments, fails while "refuse" exists.
+    deliver.write_text(f'#!/bin/sh\n[ -e {tmp_path}/refuse ] && exit 1\necho "$@" >> {log}\n')
+    deliver.chmod(0o755)
+    env = {"OUTBOX": str(outbox), "DELIVER": str(deliver), "PATH": "/usr/bin:/bin"}
+
+    def run() -> int:
+        done = subprocess.run(
+            ["/bin/sh", "-eu", "-c", _delivery_script()], env=env, check=False, timeout=60
+        )
+        return done.returncode
+
+    (tmp_path / "refuse").touch()
+    assert run() != 0  # not confirmed: nothing moves, nothing is deleted
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(
+        [first.name, first.name + ".sig", first.stem + ".xlsx", first.stem + ".xlsx.sig", "sent"]
+    )
+    assert list((outbox / "sent").iterdir()) == []
+    (tmp_path / "refuse").unlink()
+    assert run() == 0
+    sent = outbox / "sent"
+    assert log.read_text().split() == [
+        str(first),
+        str(outbox / (first.name + ".sig")),
+        str(outbox / (first.stem + ".xlsx")),
+        str(outbox / (first.stem + ".xlsx.sig")),
+    ]
+    assert [p.name for p in outbox.iterdir()] == ["sent"]
+    assert check_signature(sent / first.name, keys.key.public_key())[0] is SignatureStatus.OK
+    assert run() == 0  # a wake-up with nothing new sends nothing again
+    assert len(log.read_text().splitlines()) == 1
