@@ -275,7 +275,8 @@ class Gateway:
         self.store: StateStore
         self.engine: Engine
         self.mqtt: Transport
-        self._report_opened_at = 0
+        self._report_opened_at = 0  # the start of the oldest period not yet closed
+        self._parts_written = 0  # parts of that period's report already written
         # A report marked in the store whose file is not known to be written (the last
         # leader stopped in between): written again, first (see _rotate_reports).
         self._pending_report: PendingReport | None = None
@@ -330,11 +331,13 @@ class Gateway:
         if cursor is not None:
             # Reporting goes on where the last leader (or the last run) left it: the
             # next period starts where the last report ended, even after downtime.
-            self._report_opened_at = cursor.opened_at_ms
+            self._report_opened_at = self._rotation.period_start(cursor.opened_at_ms)
+            self._parts_written = cursor.parts_written
             self._pending_report = cursor.pending
         else:
             pending = self.store.unreported(1)
-            self._report_opened_at = pending[0][1].received_at if pending else now
+            first = pending[0][1].received_at if pending else now
+            self._report_opened_at = self._rotation.period_start(first)
         # Counted here, not with COUNT(*) per alert: that scan grows with the log.
         self._unreported = self.store.unreported_count()
         self.log.info(
@@ -869,7 +872,7 @@ class Gateway:
         )
         self._unreported += 1
         if self._unreported >= self.config.reports.max_records:
-            self._start_rotation()
+            self._start_rotation()  # a full part of the open period goes out now
 
     def _forwarded(self, decision: AlertDecision) -> None:
         self.metrics.count_alert(AlertOutcome.FORWARDED, decision.reason)
@@ -1059,7 +1062,7 @@ class Gateway:
             try:
                 self._apply_housekeeping(self.engine.advance(now))
                 await self._durable()
-                if self._rotation.due(now, self._report_opened_at, self._unreported):
+                if self._rotation.due(now, self._report_opened_at):
                     self._start_rotation()
                 self._update_gauges()
                 await self._prune(now)
@@ -1114,7 +1117,7 @@ class Gateway:
         """
         now = self.clock()
         due = min(
-            self._rotation.next_boundary(self._report_opened_at),
+            self._rotation.closes_at(self._report_opened_at),
             self.engine.next_deadline() or now + HOUSEKEEPING_GUARD_MS,
             now + HOUSEKEEPING_GUARD_MS,
         )
@@ -1144,6 +1147,15 @@ class Gateway:
                 request_id=a.request_id,
             )
 
+    async def rotate_reports(self) -> None:
+        """Close the report periods due now (and the open period's full parts), as
+        housekeeping does by itself when their time comes; for tools and tests."""
+        if self._rotating is not None and not self._rotating.done():
+            with contextlib.suppress(Exception):
+                await self._rotating
+        self._rotating = asyncio.create_task(self._rotate_reports(self.clock()), name="rotate")
+        await self._rotating
+
     def _start_rotation(self) -> None:
         # One rotation at a time, off the acknowledgement path: during a storm every
         # suppressed alert past the threshold would otherwise start its own (each
@@ -1159,36 +1171,76 @@ class Gateway:
             self.log.error("report.failed", reason=repr(task.exception()))
 
     async def _rotate_reports(self, now: int) -> None:
-        """Close the open report: mark its records and record it as pending in the store
-        (one fenced commit), then write its file, then clear the pending mark.
+        """Close every period that has ended (and settled) by ``now``, oldest first: its
+        records go into one report, or into numbered parts of ``max_records``; a period
+        with none still gets its (empty) report, so the days a gateway was down are
+        reported too.
 
-        In that order so that, whatever instance stops wherever, every record is in
-        exactly one report: a report marked but not known to be written is written again
-        by whoever leads next, from the same records and under the same name (an
-        identical file), never re-read as unreported into another one.
+        Each part is marked in the store and recorded as pending in one fenced commit,
+        then its file is written, then the mark is cleared (:meth:`_write_report`): so
+        whatever instance stops wherever, every record is in exactly one report. A part
+        marked but not known to be written is written again by whoever leads next, from
+        the same records and under the same name (an identical file).
         """
         if not self._may_act():
             return  # exactly one instance writes reports: the leader
         if self._pending_report is not None:
             await self._write_report(self._pending_report, None)
-        rows = await self.store.read_unreported(self.config.reports.max_records)
+        rotation, limit = self._rotation, self.config.reports.max_records
+        while rotation.due(now, self._report_opened_at) and self._may_act():
+            # Every period that ended, oldest first: after downtime, each missed one.
+            start = self._report_opened_at
+            end = start + rotation.period_ms
+            await self._settled()
+            while True:
+                rows = await self.store.read_unreported(limit, before_ms=end)
+                if not rows and self._parts_written > 0:
+                    break
+                await self._close_part(start, end, rows)
+                if len(rows) < limit:
+                    break
+            self._report_opened_at = end
+            self._parts_written = 0
+            self.store.set_report_cursor(ReportCursor(opened_at_ms=end))
+            await self._durable()
+        # In a storm the open period's full parts go out as they fill, not at its end:
+        # the DNOs get them sooner, and no period's report waits on a million records.
+        end = self._report_opened_at + rotation.period_ms
+        while self.store.unreported_count() >= limit and self._may_act():
+            rows = await self.store.read_unreported(limit, before_ms=end)
+            if len(rows) < limit:
+                break
+            await self._close_part(self._report_opened_at, end, rows)
+        self._unreported = self.store.unreported_count()
+
+    async def _settled(self) -> None:
+        """Wait until the alerts in hand now are decided and their records committed, so
+        that a period is closed with every record decided before its end."""
+        in_hand = [f for f in set(self._inflight_alerts.values()) if not f.done()]
+        if in_hand:
+            await asyncio.wait(in_hand)
+        await self._durable()
+
+    async def _close_part(
+        self, start: int, end: int, rows: list[tuple[int, SuppressionRecord]]
+    ) -> None:
+        part = self._parts_written + 1
         seqs = [seq for seq, _ in rows]
-        start = self._rotation.period_start(self._report_opened_at)
         report = PendingReport(
-            report_id=f"{seqs[0]}-{seqs[-1]}" if seqs else f"empty-{start}",
+            report_id=self._rotation.report_id(start, part),
             first_seq=seqs[0] if seqs else None,
             last_seq=seqs[-1] if seqs else None,
             period_start_ms=start,
-            period_end_ms=now,
+            period_end_ms=end,
             records=len(rows),
+            part=part,
         )
         if seqs:
-            self.store.mark_reported_range(seqs[0], seqs[-1], report.report_id)
-        self.store.set_report_cursor(ReportCursor(opened_at_ms=now, pending=report))
+            self.store.mark_reported_range(seqs[0], seqs[-1], report.report_id, before_ms=end)
+        cursor = ReportCursor(opened_at_ms=start, parts_written=part - 1, pending=report)
+        self.store.set_report_cursor(cursor)
         await self._durable()
         self._pending_report = report
-        self._report_opened_at = now
-        self._unreported = self.store.unreported_count()
         await self._write_report(report, [r for _, r in rows])
 
     async def _write_report(
@@ -1211,9 +1263,12 @@ class Gateway:
             xlsx=self.config.reports.xlsx,
             signer=self._signer,
         )
-        self.store.set_report_cursor(ReportCursor(opened_at_ms=self._report_opened_at))
+        self.store.set_report_cursor(
+            ReportCursor(opened_at_ms=report.period_start_ms, parts_written=report.part)
+        )
         await self._durable()
         self._pending_report = None
+        self._parts_written = report.part
         self.mqtt.publish_soon(self.topics["reports"], encode(written.notice()))
         self.metrics.reports.inc()
         self.metrics.report_last_written.set(self.clock() / 1000)

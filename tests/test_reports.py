@@ -658,19 +658,23 @@ def test_the_next_boundary_is_strictly_after_now() -> None:
     assert format_time(daily.next_boundary(START)) == "2030-01-15T00:00:00.000Z"
 
 
-def test_a_report_is_due_when_its_period_ends_even_if_empty() -> None:
-    rotation = Rotation(HOUR, 10_000)
-    opened = START + 17 * 60_000
-    assert not rotation.due(END - 1, opened, 0)
-    assert rotation.due(END, opened, 0)
-    assert rotation.due(END + 5 * HOUR, opened, 3)
+def test_a_period_is_due_once_it_has_ended_and_settled_even_if_empty() -> None:
+    rotation = Rotation(HOUR, 10_000, settle_ms=2_000)
+    assert not rotation.due(END - 1, START)
+    assert not rotation.due(END + 1_999, START)
+    assert rotation.due(END + 2_000, START)
+    assert rotation.due(END + 5 * HOUR, START)
+    assert rotation.closes_at(START + 17 * 60_000) == END + 2_000
 
 
-def test_a_report_is_due_early_when_it_holds_max_records() -> None:
-    rotation = Rotation(HOUR, 500)
-    assert not rotation.due(START + 1, START, 499)
-    assert rotation.due(START + 1, START, 500)
-    assert rotation.due(START + 1, START, 501)
+def test_report_names_follow_from_the_period_and_part_alone() -> None:
+    assert Rotation(HOUR, 10).report_id(START, 1) == "PT1H-001"
+    assert Rotation(HOUR, 10).report_id(START, 12) == "PT1H-012"
+    assert Rotation(15 * 60_000, 10).report_id(START, 2) == "PT15M-002"
+    assert Rotation(24 * HOUR, 10).report_id(START, 1) == "PT24H-001"
+    assert Rotation(90_500, 10).report_id(START, 1) == "PT90.500S-001"
+    with pytest.raises(ValueError, match="part"):
+        Rotation(HOUR, 10).report_id(START, 0)
 
 
 @pytest.mark.parametrize(("period", "size"), [(0, 1), (-HOUR, 1), (HOUR, 0)])

@@ -835,23 +835,34 @@ def _parse_row(fields: list[str]) -> SuppressionRecord:
 
 
 class Rotation(msgspec.Struct, frozen=True):
-    """When to close the open report: at the end of its period, or when it is full.
+    """Report periods and the names of their reports (issue 13, docs/decisions.md D15).
 
     Periods are aligned to the Unix epoch, so they fall on round UTC times: an hourly
-    report covers 09:00:00.000 up to 10:00:00.000, a daily one a UTC calendar day. Pure:
-    every method takes the time as an argument and nothing here reads a clock.
+    report covers 09:00:00.000 (inclusive) up to 10:00:00.000 (exclusive), a daily one a
+    UTC calendar day. Each suppression record belongs to the period of its decision
+    time (when the gateway received and judged the alert). A period is closed once it
+    has ended and :data:`settle_ms` has passed (time for the decisions made just before
+    its end to be committed); every period gets a report, empty ones too, and a period
+    holding more than ``max_records`` is split into numbered parts. The report of part
+    ``n`` of the period starting at ``s`` is always named the same
+    (:meth:`report_id`), so anyone can tell the next file's name. Pure: every method
+    takes the time as an argument and nothing here reads a clock.
     """
 
     period_ms: int
     """Length of a reporting period (3_600_000 for hourly reports)."""
     max_records: int
-    """A report holding this many records is closed early."""
+    """At most this many records per report file: a fuller period is split into parts."""
+    settle_ms: int = 2_000
+    """How long after a period's end it is closed."""
 
     def __post_init__(self) -> None:
         if self.period_ms <= 0:
             raise ValueError(f"period_ms must be positive, got {self.period_ms}")
         if self.max_records <= 0:
             raise ValueError(f"max_records must be positive, got {self.max_records}")
+        if self.settle_ms < 0:
+            raise ValueError(f"settle_ms must not be negative, got {self.settle_ms}")
 
     def period_start(self, now_ms: int) -> int:
         """Start of the period holding ``now_ms``: the last boundary at or before it."""
@@ -861,11 +872,30 @@ class Rotation(msgspec.Struct, frozen=True):
         """The first boundary strictly after ``now_ms`` (when its period ends)."""
         return self.period_start(now_ms) + self.period_ms
 
-    def due(self, now_ms: int, opened_at_ms: int, pending_records: int) -> bool:
-        """Whether a report opened at ``opened_at_ms`` must be closed at ``now_ms``.
+    def closes_at(self, period_start_ms: int) -> int:
+        """When the period starting at ``period_start_ms`` is closed: its end + settle."""
+        return self.period_start(period_start_ms) + self.period_ms + self.settle_ms
 
-        True once the period that held ``opened_at_ms`` has ended (even with no records:
-        an empty period still gets its report), or once ``pending_records`` reaches
-        ``max_records``.
-        """
-        return now_ms >= self.next_boundary(opened_at_ms) or pending_records >= self.max_records
+    def due(self, now_ms: int, period_start_ms: int) -> bool:
+        """Whether the period starting at ``period_start_ms`` (the oldest still open) is
+        to be closed at ``now_ms``: once it has ended and settled, even with no records
+        (an empty period still gets its report)."""
+        return now_ms >= self.closes_at(period_start_ms)
+
+    def report_id(self, period_start_ms: int, part: int) -> str:
+        """The id of part ``part`` (1, 2 ...) of that period's report, which with the
+        period's start makes the file name: ``PT1H-001`` for the first part of an hourly
+        report (the period's length, ISO 8601, then the part)."""
+        if part < 1:
+            raise ValueError(f"part must be at least 1, got {part}")
+        return f"{_iso_duration(self.period_ms)}-{part:03d}"
+
+
+def _iso_duration(ms: int) -> str:
+    if ms % 3_600_000 == 0:
+        return f"PT{ms // 3_600_000}H"
+    if ms % 60_000 == 0:
+        return f"PT{ms // 60_000}M"
+    if ms % 1000 == 0:
+        return f"PT{ms // 1000}S"
+    return f"PT{ms // 1000}.{ms % 1000:03d}S"

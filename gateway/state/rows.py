@@ -349,6 +349,7 @@ class PendingReport(msgspec.Struct, frozen=True, kw_only=True):
     period_start_ms: int
     period_end_ms: int
     records: int
+    part: int = 1  # of its period (a period past max_records has several)
 
 
 class ReportCursor(msgspec.Struct, frozen=True, kw_only=True):
@@ -358,6 +359,9 @@ class ReportCursor(msgspec.Struct, frozen=True, kw_only=True):
     under the same name (no record in two reports)."""
 
     opened_at_ms: int
+    """The start of the oldest period not yet closed."""
+    parts_written: int = 0
+    """How many parts of that period's report are written (a closing interrupted)."""
     pending: PendingReport | None = None
 
 
