@@ -376,7 +376,7 @@ def test_no_signing_key_leaves_reports_unsigned_and_says_so() -> None:
     assert startup_signer("", log) is None
     log.flush()
     (event,) = _events(out)
-    assert (event["event"], event["level"]) == ("reports.unsigned", "warning")
+    assert (event["event"], event["level"]) == ("reports.unsigned", "info")
 
 
 def test_a_signing_key_is_logged_by_its_fingerprint_only(keys: Keys) -> None:

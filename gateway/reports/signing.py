@@ -223,7 +223,8 @@ def check_signature(
 def startup_signer(key_path: str, log: JsonLog) -> Signer | None:
     """The daemon's report signer from ``reports.signing_key`` (resolved), or None.
 
-    An empty path leaves reports unsigned and says so once (``reports.unsigned``, a
+    An empty path leaves reports unsigned and says so once (``reports.unsigned``, at
+    info: it is the default, and a clean start of the default configuration logs no
     warning); otherwise the key's public fingerprint is logged (``reports.signing``).
 
     Raises:
@@ -231,7 +232,7 @@ def startup_signer(key_path: str, log: JsonLog) -> Signer | None:
             ``reports.signing_key`` and the file, never the key.
     """
     if not key_path:
-        log.warning(
+        log.info(
             "reports.unsigned",
             detail="reports.signing_key is empty: report files get no signature",
         )
