@@ -25,8 +25,10 @@ from gateway.exits import Exit
 from gateway.reports.files import (
     COLUMNS,
     EMPTY_SHA256,
+    REPORT_SHEET_TITLE,
     SHEET_TITLE,
     XLSX_HEADER_LABELS,
+    XLSX_TIME_FORMAT,
     ReportError,
     Rotation,
     format_time,
@@ -484,10 +486,13 @@ def test_awkward_values_round_trip_through_report_show(
     assert shown[0]["originator_counter"] == 1000
 
 
-def test_the_xlsx_copy_holds_the_same_rows_as_text(tmp_path: Path) -> None:
+def test_the_xlsx_copy_has_typed_cells_named_columns_a_filter_and_a_report_sheet(
+    tmp_path: Path,
+) -> None:
+    records = [*AWKWARD, record("AD1-big", counter=2**63 + 5)]
     written = write_report(
         tmp_path,
-        AWKWARD,
+        records,
         report_id="42-46",
         period_start_ms=START,
         period_end_ms=END,
@@ -496,29 +501,62 @@ def test_the_xlsx_copy_holds_the_same_rows_as_text(tmp_path: Path) -> None:
     )
     assert written.xlsx_path == written.path.with_suffix(".xlsx")
     rows = list(csv.reader(io.StringIO(written.path.read_text(encoding="utf-8"), newline="")))
-    header = rows[0]
-    expected: list[list[object]] = [
-        [label, value] for label, value in zip(XLSX_HEADER_LABELS, header[1:], strict=True)
-    ]
-    # XML turns a CR into a line feed: the CSV is the exact record.
-    expected += [
-        [field.replace("\r\n", "\n").replace("\r", "\n") for field in row] for row in rows[1:-1]
-    ]
-    expected.append(["TRAILER", written.records, written.sha256])
-
-    workbook = openpyxl.load_workbook(written.xlsx_path, read_only=True)
+    workbook = openpyxl.load_workbook(written.xlsx_path)
     try:
-        cells = [list(row) for row in workbook[SHEET_TITLE].iter_rows(values_only=True)]
+        assert workbook.sheetnames == [SHEET_TITLE, REPORT_SHEET_TITLE]
+        sheet = workbook[SHEET_TITLE]
+        cells = [list(row) for row in sheet.iter_rows(values_only=True)]
+        assert sheet.auto_filter.ref == f"A1:K{len(records) + 1}"
+        assert sheet.freeze_panes == "A2"
+        raised = sheet["D2"]
+        assert raised.number_format == XLSX_TIME_FORMAT
+        about = [list(row) for row in workbook[REPORT_SHEET_TITLE].iter_rows(values_only=True)]
     finally:
         workbook.close()
-    # An empty cell (request_id of a CS06 without one) reads back as None.
-    assert cells == [[None if value == "" else value for value in row] for row in expected]
+    assert cells[0] == list(COLUMNS)  # the column names first: any reader finds them
+    assert len(cells) == len(records) + 1
+    for line, record_, row in zip(rows[2:-1], records, cells[1:], strict=True):
+        # Times are dates (UTC, to the ms), the counter a number (text past 2**53,
+        # which a spreadsheet would round), everything else the CSV's text.
+        assert row[3] == dt.datetime(2030, 1, 14, 9, 1, 1, 234_000)  # noqa: DTZ001 - UTC, naive
+        assert row[4] == _naive(record_.received_at)
+        assert (row[5], row[6]) == (_naive(record_.window_start), _naive(record_.window_end))
+        counter = record_.originator_counter
+        assert row[9] == (counter if counter <= 2**53 else line[9])
+        texts = [0, 1, 2, 7, 8, 10]
+        # XML turns a CR into a line feed: the CSV is the exact record.
+        expected = [line[i].replace("\r\n", "\n").replace("\r", "\n") for i in texts]
+        assert [row[i] if row[i] is not None else "" for i in texts] == expected
+    assert about == [
+        *([label, value] for label, value in zip(XLSX_HEADER_LABELS, rows[0][1:], strict=True)),
+        ["records", len(records)],
+        ["sha256 of the CSV's data lines", written.sha256],
+    ]
     with zipfile.ZipFile(written.xlsx_path) as archive:
         sheet_xml = archive.read("xl/worksheets/sheet1.xml")
     assert b"<f>" not in sheet_xml  # "=1+1" and "=HYPERLINK(...)" are text, not formulas
-    assert sheet_xml.count(b't="inlineStr"') == sum(
-        isinstance(value, str) for row in expected for value in row
+
+
+def _naive(ms: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)  # noqa: DTZ001
+
+
+def test_the_csv_loads_with_one_documented_step(tmp_path: Path) -> None:
+    # docs/reports.md: skip the first line (HEADER) and the last (TRAILER); what is left
+    # is a CSV with the column names first. This is what pandas' read_csv(skiprows=1,
+    # skipfooter=1, engine="python", dtype=str) and Excel's "skip 1 row" do.
+    written = write_report(
+        tmp_path, AWKWARD, report_id="7-9", period_start_ms=START, period_end_ms=END, version="1"
     )
+    with written.path.open(newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    # Quoted fields may hold line breaks: read the whole body as CSV, then drop the
+    # first and last record.
+    body = list(csv.reader(io.StringIO("".join(lines), newline="")))[1:-1]
+    table = [dict(zip(body[0], row, strict=True)) for row in body[1:]]
+    assert list(table[0]) == list(COLUMNS)
+    assert [row["alert_id"] for row in table] == [r.alert_id for r in AWKWARD]
+    assert table[1]["request_id"] == "line one\r\nline two\nthree\rfour"
 
 
 def test_control_characters_in_the_xlsx_copy_are_replaced_not_refused(tmp_path: Path) -> None:
@@ -535,7 +573,7 @@ def test_control_characters_in_the_xlsx_copy_are_replaced_not_refused(tmp_path: 
     assert written.xlsx_path is not None
     workbook = openpyxl.load_workbook(written.xlsx_path, read_only=True)
     try:
-        first_record = next(workbook[SHEET_TITLE].iter_rows(min_row=8, values_only=True))
+        first_record = next(workbook[SHEET_TITLE].iter_rows(min_row=2, values_only=True))
     finally:
         workbook.close()
     assert first_record[7] == "a\ufffdb\ufffdc"

@@ -86,6 +86,7 @@ first and last log sequence numbers of the range, rather than the time of writin
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import os
@@ -93,7 +94,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple
 
 import msgspec
 
@@ -147,7 +148,11 @@ Only ``request_id`` is unbounded on the wire; a real DUIS RequestID is ~60 chara
 """
 
 SHEET_TITLE: Final = "Suppressed AD1"
-"""The worksheet of the ``.xlsx`` copy."""
+"""The first worksheet of the ``.xlsx`` copy: the column names in its first row, then one
+row per record, typed, under an autofilter."""
+
+REPORT_SHEET_TITLE: Final = "Report"
+"""The second worksheet of the ``.xlsx`` copy: the HEADER's fields and the TRAILER's."""
 
 XLSX_HEADER_LABELS: Final = (
     "report",
@@ -157,7 +162,15 @@ XLSX_HEADER_LABELS: Final = (
     "generator",
     "version",
 )
-"""Labels of the first rows of the ``.xlsx`` copy: one row per HEADER field."""
+"""Labels of the ``Report`` sheet's first rows: one row per HEADER field."""
+
+XLSX_TRAILER_LABELS: Final = ("records", "sha256 of the CSV's data lines")
+"""Labels of the ``Report`` sheet's last rows: the TRAILER's fields."""
+
+XLSX_TIME_FORMAT: Final = "yyyy-mm-dd hh:mm:ss.000"
+"""How the ``.xlsx`` copy shows its times (UTC; Excel has no time zones)."""
+
+_EXCEL_EXACT: Final = 1 << 53  # integers above this are not exact in a spreadsheet cell
 
 _HEADER: Final = "HEADER"
 _TRAILER: Final = "TRAILER"
@@ -380,7 +393,7 @@ def write_report(
     xlsx_path = None
     if xlsx:
         xlsx_path = outbox / f"{stem}.xlsx"
-        _write_atomically(xlsx_path, lambda out: _write_xlsx(out, header, rows, trailer))
+        _write_atomically(xlsx_path, lambda out: _write_xlsx(out, header, records, rows, trailer))
         if signer is not None:
             xlsx_signature = signer.sign(xlsx_path.read_bytes())
             _write_atomically(signature_path(xlsx_path), lambda out: out.write(xlsx_signature))
@@ -452,13 +465,20 @@ def _csv_bytes(rows: Sequence[Sequence[str]]) -> bytes:
 
 
 def _write_xlsx(
-    out: BinaryIO, header: list[str], rows: list[list[str]], trailer: list[str]
+    out: BinaryIO,
+    header: list[str],
+    records: Sequence[SuppressionRecord],
+    rows: list[list[str]],
+    trailer: list[str],
 ) -> None:
+    """The ``.xlsx`` copy: a sheet of typed records for the DNO's analyst (the column
+    names in row 1, an autofilter, times as dates, the counter as a number), and the
+    HEADER and TRAILER on a sheet of their own, so that no spreadsheet has to skip rows to
+    find the column names. The CSV, not this copy, is the signed record."""
     # openpyxl is loaded only when a copy is written: most daemons never write one
     # (reports.xlsx is off by default) and need not import it.
     from openpyxl import Workbook  # noqa: PLC0415
     from openpyxl.cell import WriteOnlyCell  # noqa: PLC0415
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # noqa: PLC0415
     from openpyxl.worksheet.worksheet import Worksheet  # noqa: PLC0415
 
     workbook = Workbook(write_only=True)
@@ -466,33 +486,74 @@ def _write_xlsx(
     # A write-only workbook makes write-only sheets; said through the public class, not
     # the write-only class's private module.
     assert not isinstance(sheet, Worksheet)
-    widths = (34, 25, 25, 26, 26, 26, 26, 40, 25, 20, 13)
+    widths = (34, 25, 25, 24, 24, 24, 24, 40, 25, 22, 13)
     # Widths must be set before the first row is written.
     dimensions = sheet.column_dimensions
     for column, width in zip("ABCDEFGHIJK", widths, strict=True):
         dimensions[column].width = width
-    sheet.freeze_panes = f"A{len(XLSX_HEADER_LABELS) + 2}"  # keep the column names in view
+    sheet.freeze_panes = "A2"  # keep the column names in view
+    sheet.auto_filter.ref = f"A1:K{len(records) + 1}"
 
-    def text_row(values: Sequence[str | int]) -> list[Cell]:
-        cells = []
-        for value in values:
-            if isinstance(value, str):
-                # Every value is text, whatever it looks like: "=..." from the wire must
-                # never become a formula, nor a long counter a rounded number.
-                cell = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
-                cell.data_type = "s"
-            else:
-                cell = WriteOnlyCell(sheet, value=value)
-            cells.append(cell)
-        return cells
+    def cell(value: str | int | dt.datetime) -> Cell:
+        if isinstance(value, str):
+            return _text_cell(sheet, value)
+        made = WriteOnlyCell(sheet, value=value)
+        if isinstance(value, dt.datetime):
+            made.number_format = XLSX_TIME_FORMAT
+        return made
 
+    sheet.append([cell(name) for name in COLUMNS])
+    for record, row in zip(records, rows, strict=True):
+        typed: list[str | int | dt.datetime] = list(row)
+        for position, ms in ((3, record.raised_at), (4, record.received_at)):
+            typed[position] = _excel_time(ms, row[position])
+        typed[5] = _excel_time(record.window_start, row[5])
+        typed[6] = _excel_time(record.window_end, row[6])
+        counter = record.originator_counter
+        # A counter beyond 2**53 would be rounded by any spreadsheet: kept as text.
+        typed[9] = counter if counter <= _EXCEL_EXACT else row[9]
+        sheet.append([cell(value) for value in typed])
+
+    about = workbook.create_sheet(REPORT_SHEET_TITLE)
+    assert not isinstance(about, Worksheet)
+    about.column_dimensions["A"].width = 30
+    about.column_dimensions["B"].width = 70
     for label, value in zip(XLSX_HEADER_LABELS, header[1:], strict=True):
-        sheet.append(text_row([label, value]))
-    sheet.append(text_row(COLUMNS))
-    for row in rows:
-        sheet.append(text_row(row))
-    sheet.append(text_row([_TRAILER, int(trailer[1]), trailer[2]]))
+        about.append([WriteOnlyCell(about, value=label), _text_cell(about, value)])
+    about.append(
+        [
+            WriteOnlyCell(about, value=XLSX_TRAILER_LABELS[0]),
+            WriteOnlyCell(about, value=int(trailer[1])),
+        ]
+    )
+    about.append(
+        [WriteOnlyCell(about, value=XLSX_TRAILER_LABELS[1]), _text_cell(about, trailer[2])]
+    )
     workbook.save(out)
+
+
+def _text_cell(sheet: Any, value: str) -> Cell:
+    # Text stays text, whatever it looks like: "=..." from the wire must never become a
+    # formula, nor a long number a rounded one.
+    from openpyxl.cell import WriteOnlyCell  # noqa: PLC0415
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # noqa: PLC0415
+
+    made = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
+    made.data_type = "s"
+    return made
+
+
+def _excel_time(ms: int, text: str) -> dt.datetime | str:
+    """A record's time as a spreadsheet date (UTC, to the millisecond), or its CSV text
+    when a spreadsheet cannot hold it (before 1900)."""
+    if ms < _EXCEL_EPOCH_MS:
+        return text
+    # Naive, in UTC: a spreadsheet cell has no time zone (openpyxl refuses an aware one).
+    return (_UNIX_EPOCH + dt.timedelta(milliseconds=ms)).replace(tzinfo=None)
+
+
+_UNIX_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EXCEL_EPOCH_MS: Final = -2_208_988_800_000  # 1900-01-01T00:00:00Z
 
 
 def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
