@@ -38,8 +38,8 @@ from gateway.simulator.population import (
     build_population,
     write_gateway_home,
 )
-from gateway.simulator.runner import command_counts
-from gateway.simulator.scorecard import Observation, Scorecard, compute, percentile
+from gateway.simulator.runner import command_counts, evidence_counts
+from gateway.simulator.scorecard import Evidence, Observation, Scorecard, compute, percentile
 from gateway.simulator.timeline import (
     ActivationAlertSent,
     Ad1Sent,
@@ -344,7 +344,13 @@ def test_future_dated_executions_fall_on_whole_real_seconds_later_in_the_run(
 
 def test_every_kind_of_ad1_is_in_the_run(timeline: Timeline) -> None:
     causes = timeline.causes()
-    for cause in ("firmware-listed", "firmware-unlisted", "genuine", "genuine-in-window"):
+    for cause in (
+        "firmware-listed",
+        "firmware-late",
+        "firmware-unlisted",
+        "genuine",
+        "genuine-in-window",
+    ):
         assert causes.get(cause, 0) > 0, cause
     ids = [t.alert_id for t in timeline.truths]
     assert len(ids) == len(set(ids))
@@ -366,30 +372,90 @@ def test_the_storm_takes_out_whole_areas_at_once(estate: Population, timeline: T
     assert any(t.cause == "genuine-in-window" for t in storm)
 
 
+def _executed(timeline: Timeline, estate: Population, t: Ad1Truth) -> tuple[int, int]:
+    # When the meter ran the activation behind a firmware AD1: (earliest, latest).
+    commands = {c.command_id: c for c in _commands(timeline)}
+    offset = {p.chf: p.clock_offset_ms for p in estate.premises}
+    assert t.command_id is not None
+    command = commands[t.command_id]
+    if command.execution_ms is None:
+        return command.at_ms + 2 * SEC, command.at_ms + 8 * SEC
+    at = command.execution_ms - offset[t.chf]  # when the meter's clock says so
+    return at, at
+
+
+def _restorations(timeline: Timeline) -> dict[bytes, list[int]]:
+    out: dict[bytes, list[int]] = {}
+    for e in timeline.events:
+        if isinstance(e, RestorationSent):
+            out.setdefault(e.chf, []).append(e.at_ms)
+    return out
+
+
 def test_firmware_reboots_raise_an_ad1_about_3_minutes_in(
     estate: Population, timeline: Timeline
 ) -> None:
-    commands = {c.command_id: c for c in _commands(timeline)}
     offset = {p.chf: p.clock_offset_ms for p in estate.premises}
-    restorations: dict[bytes, list[int]] = {}
-    for e in timeline.events:
-        if isinstance(e, RestorationSent):
-            restorations.setdefault(e.chf, []).append(e.at_ms)
+    checked = 0
     for t in timeline.truths:
-        if not t.cause.startswith("firmware"):
+        if not t.cause.startswith("firmware") or t.slow_flash:
             continue
-        assert t.command_id is not None
-        command = commands[t.command_id]
-        if command.execution_ms is None:
-            executed = (command.at_ms + 2 * SEC, command.at_ms + 8 * SEC)
-        else:
-            at = command.execution_ms - offset[t.chf]  # when the meter's clock says so
-            executed = (at, at)
+        executed = _executed(timeline, estate, t)
         assert executed[0] + 165 * SEC <= t.arrival_ms <= executed[1] + 195 * SEC
         assert t.raised_ms == t.arrival_ms + offset[t.chf]
+        checked += 1
+    assert checked
+
+
+def test_by_default_a_firmware_reboot_sends_no_restoration_alert_as_a5_says(
+    estate: Population, timeline: Timeline
+) -> None:
+    assert not timeline.params.restoration_on_reboot
+    restorations = _restorations(timeline)
+    genuine = {t.chf for t in timeline.truths if t.cause.startswith("genuine")}
+    rebooted = {t.chf for t in timeline.truths if t.cause.startswith("firmware")}
+    assert rebooted - genuine
+    for chf in rebooted - genuine:
+        assert chf not in restorations
+    # Genuine outages still end with one each.
+    assert genuine <= set(restorations)
+
+
+def test_told_to_a_firmware_reboot_sends_a_restoration_alert_when_power_returns() -> None:
+    estate = build_population(3_000, seed=7)
+    params = TimelineParams(restoration_on_reboot=True, share_targeted=0.1)
+    timeline = build_timeline(estate, seed=7, scale=60, params=params)
+    restorations = _restorations(timeline)
+    checked = 0
+    for t in timeline.truths:
+        if not t.cause.startswith("firmware") or t.slow_flash:
+            continue
+        executed = _executed(timeline, estate, t)
         back = [r for r in restorations[t.chf] if r > t.arrival_ms]
-        assert back
         assert executed[0] + 12 * MIN + 10 * SEC <= min(back) <= executed[1] + 15 * MIN + 40 * SEC
+        checked += 1
+    assert checked
+    # Power returns inside the 30-minute window: every covered meter's reboot gives a
+    # restoration alert inside a window, the evidence against A5 the gateway counts.
+    covered = sum(1 for t in timeline.truths if t.cause == "firmware-listed")
+    assert timeline.expected_restorations_in_window >= covered
+
+
+def test_a_slow_flash_reboots_after_its_window_and_its_ad1_is_a_near_miss(
+    estate: Population, timeline: Timeline
+) -> None:
+    late = [t for t in timeline.truths if t.cause == "firmware-late"]
+    assert late
+    for t in late:
+        assert t.slow_flash
+        assert not t.should_suppress
+        assert t.after_window_ms is not None
+        assert MIN <= t.after_window_ms <= timeline.params.near_miss_ms
+        executed = _executed(timeline, estate, t)
+        window = timeline.params.window_ms
+        assert executed[0] + window + 5 * MIN <= t.arrival_ms <= executed[1] + window + 9 * MIN
+    assert timeline.expected_near_misses() >= len(late)
+    assert all(t.after_window_ms is None for t in timeline.truths if t.should_suppress)
 
 
 def test_activations_with_no_image_held_cause_no_outage(timeline: Timeline) -> None:
@@ -506,6 +572,7 @@ def play_through_engine(premises: int, *, seed: int, scale: int) -> set[str]:
             lead_ms=round(params.lead_ms / scale),
             skew_ms=round(skew / scale),
             dedupe_ms=round(120 * MIN / scale),
+            near_miss_ms=round(params.near_miss_ms / scale),
         ),
         t0,
     )
@@ -566,6 +633,9 @@ def play_through_engine(premises: int, *, seed: int, scale: int) -> set[str]:
             )
             assert decision.duplicate == e.redelivery
             assert decision.suppressed == truth[e.alert_id].should_suppress, truth[e.alert_id]
+            # The near miss, as the engine sees it in real time, agrees with the model.
+            near_miss = truth[e.alert_id].after_window_ms is not None
+            assert (decision.after_window_ms is not None) == near_miss, truth[e.alert_id]
             decided += 1
     assert decided > len(truth)  # redeliveries included
     return {t.cause for t in tl.truths}
@@ -701,6 +771,52 @@ def test_command_counts_are_read_from_the_metrics() -> None:
     assert command_counts(text) == ({"tracked": 7}, {"replay": 3})
 
 
+def test_the_evidence_counts_are_read_from_the_metrics() -> None:
+    text = (
+        'poa_restoration_alerts_total{in_window="true"} 2.0\n'
+        'poa_restoration_alerts_total{in_window="false"} 9.0\n'
+        "poa_near_miss_total 4.0\n"
+        'poa_near_miss_gap_seconds_bucket{le="60.0"} 1.0\n'
+    )
+    assert evidence_counts(text) == (2, 4)
+
+
+def test_a_late_firmware_ad1_suppressed_fails_the_scorecard() -> None:
+    truths = [*TRUTHS, _truth("late-1", "firmware-late")]
+    observations = [Observation(a, "suppressed", 1000) for a in ("fw-1", "fw-2", "risk-1")]
+    observations += [Observation(a, "forwarded", 1000) for a in ("un-1", "gen-1", "gen-2")]
+    observations.append(Observation("late-1", "suppressed", 1000))
+    card = compute(truths, observations, {}, refusals={}, expected_refusals={})
+    assert not card.passed
+    assert card.failures == (
+        "1 firmware-caused (after the window ended) AD1(s) outside every window suppressed",
+    )
+
+
+def test_the_scorecard_shows_the_evidence_and_notes_a_difference_without_failing() -> None:
+    evidence = Evidence(
+        restorations_in_window=1,
+        expected_restorations_in_window=0,
+        near_misses=3,
+        expected_near_misses=3,
+        near_miss_ms=15 * MIN,
+    )
+    card = compute(
+        TRUTHS,
+        [Observation(a, o, 1000) for a, o in RIGHT.items()],  # type: ignore[arg-type]
+        {},
+        refusals={},
+        expected_refusals={},
+        evidence=evidence,
+    )
+    assert card.passed
+    table = card.render_table()
+    assert "restoration alerts inside a window (A5)" in table
+    assert "near misses (AD1 forwarded within 15m after a window ended)" in table
+    assert card.notes == ("the gateway counted 1 restoration alert(s) inside a window, 0 expected",)
+    assert json.loads(card.to_json())["evidence"]["near_misses"] == 3
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 
@@ -755,6 +871,11 @@ def test_simulated_run_passes_against_the_real_daemon(
     assert data["duplicates"] == 0
     assert data["refusals"] == data["expected_refusals"]
     assert data["accepted"] is not None
+    # The near misses are judged at raised_at, planned by the timeline: exact.
+    evidence = data["evidence"]
+    assert isinstance(evidence, dict)
+    assert evidence["near_misses"] == evidence["expected_near_misses"]
+    assert evidence["restorations_in_window"] is not None
     home = data["home"]
     assert isinstance(home, dict)
     assert os.path.exists(home["log"])

@@ -125,6 +125,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="give the gateway an empty GUID list, to see the scorecard fail",
     )
+    p.add_argument(
+        "--restoration-on-reboot",
+        action="store_true",
+        help="meters send a restoration alert (8F35/8F36) after every firmware reboot, "
+        "against FIA assumption A5 (default: none, as A5 says); the scorecard counts them",
+    )
     p.add_argument("--json", action="store_true", help="print the scorecard as JSON")
     p.set_defaults(handler=_cmd_simulate)
 
@@ -159,6 +165,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         gateway_command=None if args.no_gateway else tuple(shlex.split(args.gateway_cmd)),
         window_override_ms=args.window_override,
         empty_guid_list=args.empty_guid_list,
+        restoration_on_reboot=args.restoration_on_reboot,
     )
     try:
         outcome = asyncio.run(_simulate(options, embedded=args.broker is None))

@@ -358,6 +358,7 @@ class SuppressionTimes(msgspec.Struct, frozen=True, kw_only=True):
     dedupe_ms: int = 120 * MINUTE_MS
     retain_ms: int = 120 * MINUTE_MS
     report_period_ms: int = 60 * MINUTE_MS
+    near_miss_ms: int = 15 * MINUTE_MS
 
 
 class Credentials:
@@ -489,7 +490,10 @@ def write_gateway_home(
             "retain": _scaled(times.retain_ms, scale),
         },
         "paths": {"state_dir": str(root)},
-        "reports": {"period": _scaled(times.report_period_ms, scale)},
+        "reports": {
+            "period": _scaled(times.report_period_ms, scale),
+            "near_miss": _scaled(times.near_miss_ms, scale),
+        },
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": port},
     }
     lines = [

@@ -65,7 +65,7 @@ from .population import (
     write_gateway_home,
 )
 from .process import GatewayProcess, default_gateway_command
-from .scorecard import Observation, Scorecard, compute
+from .scorecard import Evidence, Observation, Scorecard, compute
 from .timeline import (
     HOUR_MS,
     ActivationAlertSent,
@@ -86,6 +86,7 @@ __all__ = [
     "SimulationOptions",
     "SimulationOutcome",
     "command_counts",
+    "evidence_counts",
     "simulate",
 ]
 
@@ -133,6 +134,10 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     reports: int
     """Report notices seen on ``gateway/reports``."""
     events: int
+    restorations_in_window: int | None = None
+    """``poa_restoration_alerts_total{in_window="true"}`` at the end (None: unreadable)."""
+    near_misses: int | None = None
+    """``poa_near_miss_total`` at the end (None: unreadable)."""
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -166,6 +171,18 @@ def command_counts(text: str) -> tuple[dict[str, int], dict[str, int]]:
         else:
             accepted[result] = accepted.get(result, 0) + int(value)
     return accepted, refused
+
+
+def evidence_counts(text: str) -> tuple[int, int]:
+    """From a Prometheus exposition: restoration alerts that came inside a window, and
+    near misses (issue 13: the evidence for the modification's assumptions)."""
+    restorations = sum(
+        int(value)
+        for labels, value in _samples(text, "poa_restoration_alerts_total")
+        if labels.get("in_window") == "true"
+    )
+    near_misses = sum(int(value) for _, value in _samples(text, "poa_near_miss_total"))
+    return restorations, near_misses
 
 
 def _gateway_up(text: str) -> bool:
@@ -428,10 +445,11 @@ class Runner:
             self.progress(self._status(frames))
             accepted: dict[str, int] | None = None
             refusals: dict[str, int] | None = None
+            evidence: tuple[int, int] | tuple[None, None] = (None, None)
             with contextlib.suppress(OSError):
-                accepted, refusals = command_counts(
-                    await asyncio.to_thread(_fetch, self.metrics_url)
-                )
+                exposition = await asyncio.to_thread(_fetch, self.metrics_url)
+                accepted, refusals = command_counts(exposition)
+                evidence = evidence_counts(exposition)
             return RunResult(
                 observations=tuple(self.observations),
                 published_ms=dict(self.published_ms),
@@ -442,6 +460,8 @@ class Runner:
                 max_lag_ms=self.max_lag_ms,
                 reports=self.reports,
                 events=self.published,
+                restorations_in_window=evidence[0],
+                near_misses=evidence[1],
             )
         finally:
             with contextlib.suppress(Exception):
@@ -481,6 +501,9 @@ class SimulationOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Misconfigure the gateway's window (simulated ms)."""
     empty_guid_list: bool = False
     """Give the gateway an empty GUID list."""
+    restoration_on_reboot: bool = False
+    """Meters send an ECS80 restoration alert after every firmware reboot, against FIA
+    assumption A5 (by default they send none, as A5 says)."""
     drain_timeout_s: float = 20.0
     ready_timeout_s: float | None = None
     """How long to wait for the gateway: 60 s for one we start, 10 minutes otherwise."""
@@ -536,7 +559,10 @@ async def simulate(
         population,
         seed=options.seed,
         scale=options.scale,
-        params=TimelineParams(duration_ms=options.duration_ms),
+        params=TimelineParams(
+            duration_ms=options.duration_ms,
+            restoration_on_reboot=options.restoration_on_reboot,
+        ),
     )
     counts = population.counts()
     progress(
@@ -602,6 +628,8 @@ async def simulate(
         )
     if options.empty_guid_list:
         notes.append("gateway misconfigured on purpose: empty GUID list")
+    if options.restoration_on_reboot:
+        notes.append("meters send a restoration alert after every firmware reboot (against A5)")
     if result.refusals is None:
         notes.append(f"could not read the gateway's metrics at {home.metrics_url}")
     if exit_code not in (None, 0):
@@ -621,5 +649,12 @@ async def simulate(
         expected_accepted=timeline.expected_results,
         title=title,
         notes=notes,
+        evidence=Evidence(
+            restorations_in_window=result.restorations_in_window,
+            expected_restorations_in_window=timeline.expected_restorations_in_window,
+            near_misses=result.near_misses,
+            expected_near_misses=timeline.expected_near_misses(),
+            near_miss_ms=timeline.params.near_miss_ms,
+        ),
     )
     return SimulationOutcome(scorecard=scorecard, home=home, result=result, gateway_exit=exit_code)

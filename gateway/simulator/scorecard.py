@@ -14,6 +14,11 @@ returns a :class:`Scorecard`. The run fails (:attr:`Scorecard.passed` is False) 
 Genuine AD1s inside a window are suppressed by design (the risk MP102B accepts): they
 are counted and listed, never a failure. Duplicates (one alert id output twice) and
 outputs for alert ids the simulator never sent are counted and shown.
+
+The evidence for the modification's assumptions (issue 13) is shown beside what the
+timeline expects: restoration alerts inside a window (FIA assumption A5 says none) and
+near misses (AD1s forwarded shortly after a window of their hub ended), as the gateway
+counted them. A difference is a note, not a failure: they are evidence, not decisions.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ from typing import Final, Literal
 
 import msgspec
 
+from gateway.config import format_duration
 from gbcs import format_eui64
 
 from .timeline import Ad1Truth, Cause
 
-__all__ = ["CategoryScore", "Observation", "Scorecard", "compute", "percentile"]
+__all__ = ["CategoryScore", "Evidence", "Observation", "Scorecard", "compute", "percentile"]
 
 Outcome = Literal["forwarded", "suppressed"]
 
 # For each cause: the outcome that is right, and the row's wording.
 _ROWS: Final[tuple[tuple[Cause, Outcome, str], ...]] = (
     ("firmware-listed", "suppressed", "firmware-caused AD1s (covered meters) suppressed"),
+    ("firmware-late", "forwarded", "firmware AD1s after their window ended forwarded"),
     ("firmware-unlisted", "forwarded", "firmware-caused AD1s (not covered) forwarded"),
     ("genuine", "forwarded", "genuine AD1s outside any window forwarded"),
     ("genuine-in-window", "suppressed", "genuine AD1s inside a window suppressed (MP102B risk)"),
@@ -81,6 +88,53 @@ class Ad1Line(msgspec.Struct, frozen=True, kw_only=True):
     storm: bool
 
 
+class Evidence(msgspec.Struct, frozen=True, kw_only=True):
+    """The evidence for the modification's assumptions: as the gateway counted it (None:
+    its metrics were unreadable) and as the timeline expects it."""
+
+    restorations_in_window: int | None = None
+    expected_restorations_in_window: int = 0
+    near_misses: int | None = None
+    expected_near_misses: int = 0
+    near_miss_ms: int = 15 * 60_000
+    """The near-miss horizon (reports.near_miss), in simulated ms."""
+
+    def lines(self) -> list[str]:
+        """The scorecard's rows: label, observed / expected."""
+
+        def row(label: str, seen: int | None, expected: int) -> str:
+            shown = "?" if seen is None else str(seen)
+            return f"  {label:<60}{shown:>6} / {expected}"
+
+        horizon = format_duration(self.near_miss_ms)
+        return [
+            "evidence for the modification's assumptions (observed / expected):",
+            row(
+                "restoration alerts inside a window (A5)",
+                self.restorations_in_window,
+                self.expected_restorations_in_window,
+            ),
+            row(
+                f"near misses (AD1 forwarded within {horizon} after a window ended)",
+                self.near_misses,
+                self.expected_near_misses,
+            ),
+        ]
+
+    def differences(self) -> list[str]:
+        """What the gateway counted otherwise than expected, one sentence each."""
+        out = []
+        seen, want = self.restorations_in_window, self.expected_restorations_in_window
+        if seen is not None and seen != want:
+            out.append(
+                f"the gateway counted {seen} restoration alert(s) inside a window, {want} expected"
+            )
+        seen, want = self.near_misses, self.expected_near_misses
+        if seen is not None and seen != want:
+            out.append(f"the gateway counted {seen} near miss(es), {want} expected")
+        return out
+
+
 class Scorecard(msgspec.Struct, frozen=True, kw_only=True):
     """The result of a run, with what it takes to explain it."""
 
@@ -104,6 +158,7 @@ class Scorecard(msgspec.Struct, frozen=True, kw_only=True):
     genuine_in_window: tuple[Ad1Line, ...]
     failures: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    evidence: Evidence = Evidence()
 
     @property
     def passed(self) -> bool:
@@ -166,6 +221,8 @@ class Scorecard(msgspec.Struct, frozen=True, kw_only=True):
                 lines.append(f"  {a.alert_id}  CHF {a.chf}  {outcome}{storm}")
             if len(self.genuine_in_window) > 30:
                 lines.append(f"  ... and {len(self.genuine_in_window) - 30} more (see --json)")
+        lines.append("")
+        lines.extend(self.evidence.lines())
         for note in self.notes:
             lines.append(f"note: {note}")
         lines.append("")
@@ -201,12 +258,15 @@ def compute(
     expected_accepted: Mapping[str, int] | None = None,
     title: str = "poa-gateway simulation scorecard",
     notes: Sequence[str] = (),
+    evidence: Evidence | None = None,
 ) -> Scorecard:
     """Score a run.
 
     ``published_ms`` is when each alert id was first published (real ms); latency is
-    the first output's receipt minus that.
+    the first output's receipt minus that. ``evidence``: the counts of
+    :class:`Evidence`, shown and noted where they differ, never a failure.
     """
+    evidence = evidence or Evidence()
     truths = list(truths)
     by_id: dict[str, list[Observation]] = {}
     known = {t.alert_id for t in truths}
@@ -243,8 +303,12 @@ def compute(
         categories.append(score)
         if cause == "firmware-listed" and score.otherwise:
             failures.append(f"{score.otherwise} firmware-caused AD1(s) of covered meters forwarded")
-        if cause in ("genuine", "firmware-unlisted") and score.otherwise:
-            what = "genuine" if cause == "genuine" else "firmware-caused (meter not covered)"
+        if cause in ("genuine", "firmware-unlisted", "firmware-late") and score.otherwise:
+            what = {
+                "genuine": "genuine",
+                "firmware-unlisted": "firmware-caused (meter not covered)",
+                "firmware-late": "firmware-caused (after the window ended)",
+            }[cause]
             failures.append(f"{score.otherwise} {what} AD1(s) outside every window suppressed")
     lost = sorted(t.alert_id for t in truths if t.alert_id not in by_id)
     if lost:
@@ -286,5 +350,6 @@ def compute(
         expected_accepted=dict(expected_accepted or {}),
         genuine_in_window=in_window,
         failures=tuple(failures),
-        notes=tuple(notes),
+        notes=(*notes, *evidence.differences()),
+        evidence=evidence,
     )

@@ -21,8 +21,13 @@ It is built in layers, each planned around the ones before:
    outcome 1 (no image held), reported by a CS06 response (on-demand) or an 8F67
    alert (future-dated), and cause no outage. Every other activation cuts the hub's
    power for 12-15 minutes: the CHF raises an AD1 about 3 minutes in (``raised_at``
-   by the hub's clock), and when power returns the ESME sends an ECS80 restoration
-   alert and then its CS06 response or 8F66 alert with outcome 0.
+   by the hub's clock), and when power returns the ESME sends its CS06 response or
+   8F66 alert with outcome 0. It sends no ECS80 restoration alert: FIA assumption A5
+   says Landis+Gyr meters send none during an activation (``restoration_on_reboot``
+   makes every reboot send one, to see the gateway count them). A share of meters
+   (``share_slow_flash``: ageing flash, which the modification report warns of) reboot
+   only 5 to 9 minutes after their window ends: their AD1s are forwarded, and each is
+   a near miss the gateway should count.
 3. **The attacker.** Forged commands (the attacker's key claiming the Supplier's
    EUI-64, or the attacker as an unknown party) and replays (the exact bytes of an
    earlier accepted command, sent again after a later one). Then commands that verify
@@ -37,9 +42,11 @@ It is built in layers, each planned around the ones before:
    id: each must come out once.
 
 Ground truth. Every AD1 carries why it was raised (``firmware-listed``,
-``firmware-unlisted``, ``genuine``, ``genuine-in-window``) and whether the gateway should
-suppress it, found by playing every event in arrival order through
-:class:`~.windows.WindowBook`, an independent statement of MP102B's rules.
+``firmware-late``, ``firmware-unlisted``, ``genuine``, ``genuine-in-window``), whether
+the gateway should suppress it and whether it is a near miss, found by playing every
+event in arrival order through :class:`~.windows.WindowBook`, an independent statement
+of MP102B's rules; so is the number of restoration alerts that come while a window of
+their hub is open.
 
 Determinism in real time. The gateway works in real milliseconds, so the plan avoids
 instants where a few milliseconds of scheduling jitter could flip a decision: every
@@ -101,11 +108,15 @@ PARTY_FIRST_COUNTER: Final = 0x0000_1000  # the other parties' own counters star
 
 _WRONG_ROLES: Final[tuple[Signer, ...]] = ("network-operator", "acb", "other-user")
 
-Cause = Literal["firmware-listed", "firmware-unlisted", "genuine", "genuine-in-window"]
+Cause = Literal[
+    "firmware-listed", "firmware-late", "firmware-unlisted", "genuine", "genuine-in-window"
+]
 """Why an AD1 was raised. ``firmware-listed``: a reboot of an ESME that MP102B covers
-(should be suppressed); ``firmware-unlisted``: a reboot of one it does not cover (must
-be forwarded); ``genuine``: a real outage outside every window (must be forwarded);
-``genuine-in-window``: a real outage inside a window (suppressed: the accepted risk)."""
+(should be suppressed); ``firmware-late``: a reboot of one it covers that came after its
+window ended (slow flash: forwarded, a near miss); ``firmware-unlisted``: a reboot of
+one it does not cover (must be forwarded); ``genuine``: a real outage outside every
+window (must be forwarded); ``genuine-in-window``: a real outage inside a window
+(suppressed: the accepted risk)."""
 
 CommandKind = Literal["on-demand", "future-dated", "cancellation"]
 Purpose = Literal[
@@ -134,6 +145,13 @@ class TimelineParams(msgspec.Struct, frozen=True, kw_only=True):
     """Of future-dated commands."""
     share_no_image: float = 0.06
     """Of activations: outcome 1, no image held; no reboot."""
+    share_slow_flash: float = 0.05
+    """Of activations that reboot: the flash takes so long that the reboot comes 5 to 9
+    minutes after the window ends (its AD1 is a near miss)."""
+    restoration_on_reboot: bool = False
+    """Whether a meter sends an ECS80 restoration alert when power returns after a
+    firmware reboot. False by default: FIA assumption A5 (Landis+Gyr meters send none
+    during an activation). Genuine outages always end with one."""
     share_replayed: float = 0.02
     """Of Supplier commands."""
     share_forged: float = 0.02
@@ -155,6 +173,7 @@ class TimelineParams(msgspec.Struct, frozen=True, kw_only=True):
     """MP102B's window: what the gateway *should* use (the truth ignores overrides)."""
     lead_ms: int = 2 * MINUTE_MS
     retain_ms: int = 120 * MINUTE_MS  # the gateway's suppression.retain, simulated time
+    near_miss_ms: int = 15 * MINUTE_MS  # the gateway's reports.near_miss, simulated time
     manufacturers: tuple[str, ...] = ("Landis+Gyr",)
 
     def __post_init__(self) -> None:
@@ -264,6 +283,11 @@ class Ad1Truth(msgspec.Struct, frozen=True, kw_only=True):
     window_start_ms: int | None = None
     window_end_ms: int | None = None
     """The window that covers it under the rules (start is the execution time)."""
+    after_window_ms: int | None = None
+    """For an AD1 to forward: a near miss, the time from the end of the latest window of
+    its hub that ran its course (within ``near_miss_ms``) to ``raised_ms``."""
+    slow_flash: bool = False
+    """A firmware reboot that came late (``share_slow_flash``)."""
 
 
 class WindowSpan(msgspec.Struct, frozen=True, kw_only=True):
@@ -293,6 +317,8 @@ class Timeline(msgspec.Struct, frozen=True, kw_only=True):
     """Commands by expected gateway result: ``tracked``, ``replaced``, ``cancelled``."""
     expected_refusals: dict[str, int]
     """Commands by expected refusal reason."""
+    expected_restorations_in_window: int = 0
+    """ECS80 restoration alerts that arrive while a window of their hub is open."""
     storm_at_ms: int | None
     end_ms: int
     """When the last event is played."""
@@ -313,6 +339,10 @@ class Timeline(msgspec.Struct, frozen=True, kw_only=True):
         """AD1s per cause."""
         return dict(Counter(t.cause for t in self.truths))
 
+    def expected_near_misses(self) -> int:
+        """AD1s the gateway should count as near misses."""
+        return sum(1 for t in self.truths if t.after_window_ms is not None)
+
 
 # -- building -------------------------------------------------------------------------------
 
@@ -324,6 +354,7 @@ class _Ad1Plan(msgspec.Struct, kw_only=True):
     raised_ms: int
     firmware: bool
     storm: bool = False
+    slow_flash: bool = False
     command_id: int | None = None
     redelivery_of: _Ad1Plan | None = None
     alert_id: str = ""
@@ -510,8 +541,18 @@ class _Builder:
             report(at, 1)
             self._occupy(premises, executed - 2 * MINUTE_MS, at + MINUTE_MS)
             return
-        power_back = executed + self._seconds(12 * 60, 15 * 60)
-        ad1_at = executed + self._seconds(165, 195)  # "about 3 minutes in"
+        window = self.params.window_ms
+        # A slow flash reboots so late that the AD1 comes 5 to 9 minutes after the window
+        # ends (as long as the run has room for its outage).
+        slow = (
+            executed + window + 30 * MINUTE_MS <= self.params.duration_ms - 5 * MINUTE_MS
+            and self.rng.random() < self.params.share_slow_flash
+        )
+        rebooted = (
+            executed + window + self._seconds(5 * 60 - 165, 9 * 60 - 195) if slow else executed
+        )
+        power_back = rebooted + self._seconds(12 * 60, 15 * 60)
+        ad1_at = rebooted + self._seconds(165, 195)  # "about 3 minutes in"
         self.ad1s.append(
             _Ad1Plan(
                 at_ms=ad1_at,
@@ -519,11 +560,12 @@ class _Builder:
                 premises=premises,
                 raised_ms=ad1_at + offset,
                 firmware=True,
+                slow_flash=slow,
                 command_id=command_id,
             )
         )
-        restored_at = power_back + self._seconds(10, 40)
-        self._restoration(premises, executed, restored_at)
+        if self.params.restoration_on_reboot:
+            self._restoration(premises, rebooted, power_back + self._seconds(10, 40))
         answered = power_back + self._seconds(30, 90)
         report(answered, 0)
         self._occupy(premises, executed - 2 * MINUTE_MS, answered + MINUTE_MS)
@@ -773,6 +815,7 @@ class _Builder:
                     raised_ms=plan.raised_ms,
                     firmware=plan.firmware,
                     storm=plan.storm,
+                    slow_flash=plan.slow_flash,
                     command_id=plan.command_id,
                     redelivery_of=plan,
                 )
@@ -848,6 +891,7 @@ class _Builder:
             expected_refusals=dict(
                 Counter(r for r in outcomes.commands.values() if r not in _ACCEPTED)
             ),
+            expected_restorations_in_window=outcomes.restorations_in_window,
             storm_at_ms=self.storm_at,
             end_ms=final[-1].at_ms if final else 0,
         )
@@ -863,6 +907,7 @@ def _at_least_one(expected: float, share: float) -> int:
 class _Outcomes(msgspec.Struct):
     commands: dict[int, str]
     truths: list[Ad1Truth]
+    restorations_in_window: int = 0
 
 
 def _play(
@@ -916,16 +961,26 @@ def _play(
         elif isinstance(e, ResponseSent | ActivationAlertSent):
             if e.outcome is not None:
                 book.outcome(e.at_ms, chf=e.chf, esme=e.esme, counter=e.counter, code=e.outcome)
+        elif isinstance(e, RestorationSent):
+            # The gateway compares the instant it receives one with the windows.
+            if book.covering(e.chf, e.at_ms, e.at_ms) is not None:
+                out.restorations_in_window += 1
         elif isinstance(e, Ad1Sent) and not e.redelivery:
             plan = plan_by_id[e.alert_id]
-            out.truths.append(_truth(plan, book.covering(e.chf, e.raised_ms, e.at_ms)))
+            window = book.covering(e.chf, e.raised_ms, e.at_ms)
+            gap = None if window else book.after_window(e.chf, e.raised_ms, params.near_miss_ms)
+            out.truths.append(_truth(plan, window, gap))
     return book, out
 
 
-def _truth(plan: _Ad1Plan, window: Window | None) -> Ad1Truth:
+def _truth(plan: _Ad1Plan, window: Window | None, after_window_ms: int | None) -> Ad1Truth:
     premises = plan.premises
     cause: Cause
-    if plan.firmware:
+    if plan.firmware and plan.slow_flash and premises.covered:
+        cause = "firmware-late"
+        if window is not None or after_window_ms is None:
+            raise AssertionError(f"slow-flash AD1 {plan.alert_id} is not a near miss")
+    elif plan.firmware:
         cause = "firmware-listed" if premises.covered else "firmware-unlisted"
         # The plan puts every reboot of a covered meter inside its own window and no
         # window on an uncovered meter's hub; anything else is a bug in this module.
@@ -948,6 +1003,8 @@ def _truth(plan: _Ad1Plan, window: Window | None) -> Ad1Truth:
         command_id=plan.command_id,
         window_start_ms=None if window is None else window.start_ms,
         window_end_ms=None if window is None else window.end_ms,
+        after_window_ms=after_window_ms,
+        slow_flash=plan.slow_flash,
     )
 
 

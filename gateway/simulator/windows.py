@@ -184,6 +184,19 @@ class WindowBook:
                 return w
         return None
 
+    def after_window(self, chf: bytes, instant: int, near_miss_ms: int) -> int | None:
+        """A near miss: the time from the end of the latest window of ``chf`` that ran
+        its course (neither removed nor closed early) to ``instant``, when it is at most
+        ``near_miss_ms``; None otherwise. For an instant no window covers."""
+        gaps = [
+            instant - w.end_ms
+            for w in self._by_chf.get(chf, ())
+            if w.removed_at is None
+            and w.closed_at is None
+            and w.end_ms <= instant <= w.end_ms + near_miss_ms
+        ]
+        return min(gaps, default=None)
+
     def windows_of(self, chf: bytes) -> list[Window]:
         """Every window ever opened for ``chf`` (removed ones included)."""
         return list(self._by_chf.get(chf, ()))
