@@ -954,14 +954,24 @@ class Gateway:
             "originator": header.originator,
             "counter": header.originator_counter,
         }
+        # Every command judged is kept, refused ones too, committed with its other writes
+        # before the acknowledgement: explain answers from it weeks later (D33).
+        audit = pipeline.command_record(
+            result,
+            chf=seen.target.chf_id if seen.target is not None else None,
+            request_id=request_id,
+            seen_at=received,
+        )
         if isinstance(result, CommandRefused):
             self.metrics.count_command_refused(result.reason)
             level = "warning" if result.reason in NOTEWORTHY_REFUSALS else "info"
             self.log.log(
                 level, "command.refused", reason=result.reason.value, detail=result.detail, **fields
             )
+            pipeline.apply(self.store, [audit])
+            await self._durable()
             return
-        pipeline.apply(self.store, pipeline.command_writes(result))
+        pipeline.apply(self.store, [*pipeline.command_writes(result), audit])
         await self._durable()
         if isinstance(result, ActivationTracked):
             a = result.activation
@@ -1089,6 +1099,7 @@ class Gateway:
         self.store.prune_suppressions(now - r.suppressions)  # reported records only
         self.store.prune_decisions(now - r.decisions)
         self.store.prune_quarantine(now - r.refusals)
+        self.store.prune_commands(now - r.refusals)  # refused and accepted alike
         counters = await self._counter_sweep.step(
             self.store, lambda device: self.inventory.get(device) is not None, now, r.counters
         )

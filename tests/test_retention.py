@@ -346,6 +346,7 @@ async def test_housekeeping_prunes_each_kind_past_its_retention(
         "prune-suppressions": first - r.suppressions,
         "prune": first - r.decisions,
         "prune-quarantine": first - r.refusals,
+        "prune-commands": first - r.refusals,
     }
     # The gone device's counter is first seen absent now; dropped only after r.counters.
     assert set(store.counters) == {(SUPPLIER, ESME), (SUPPLIER, GONE_ESME)}

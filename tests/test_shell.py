@@ -24,6 +24,7 @@ from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.service import Gateway
+from gateway.state.audit import CommandRecord
 from gateway.state.rows import PendingReport, ReportCursor
 from gateway.state.sqlite import QuarantineEntry, StoreError, StoreReason
 from gateway.transport.mqtt import PublishRefused
@@ -92,6 +93,12 @@ class FakeStore:
 
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         self._queue("quarantine", entry.id)
+
+    def put_command(self, command: CommandRecord) -> None:
+        self._queue("command", command)
+
+    def prune_commands(self, before_ms: int) -> None:
+        self._queue("prune-commands", before_ms)
 
     async def flush(self) -> None:
         await self.gate.wait()

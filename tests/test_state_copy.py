@@ -19,8 +19,10 @@ import psycopg
 import pytest
 
 from gateway.cli.main import main
+from gateway.core.events import CommandOutcome
 from gateway.exits import Exit
 from gateway.state import copy as state_copy
+from gateway.state.audit import CommandRecord
 from gateway.state.copy import NOT_COPIED, TABLES, Table
 from gateway.state.lease import LeaseTable
 from gateway.state.pg_inventory import PostgresInventory
@@ -63,6 +65,25 @@ def entry(i: int) -> QuarantineEntry:
     )
 
 
+def command(i: int) -> CommandRecord:
+    """A command judged, every optional field both ways."""
+    tracked = i % 2 == 0
+    return CommandRecord(
+        esme=eui(i),
+        originator=SUPPLIER,
+        counter=2**64 - 1 - i,
+        outcome=CommandOutcome.TRACKED if tracked else CommandOutcome.REFUSED,
+        reason="on-demand" if tracked else "replay",
+        chf=eui(i + 1) if i % 3 else None,
+        request_id=f"req-{i}" if i % 5 else None,
+        detail="" if tracked else f"counter {i} already seen",
+        seen_at=T0 + i,
+        last_seen_at=T0 + 2 * i,
+        window_start=T0 + i if tracked else None,
+        window_end=T0 + i + 1_800_000 if tracked else None,
+    )
+
+
 async def fill(store: AStore, n: int = N) -> None:
     """``n`` rows of each kind, with every flag both ways, some reported, some replayed."""
     try:
@@ -84,6 +105,7 @@ async def fill(store: AStore, n: int = N) -> None:
             store.append_suppression(record(alert_id(i), T0 + i))
         for i in range(n // 10):
             store.put_quarantine(entry(i))
+            store.put_command(command(i))
         await store.flush()
         # The report cursor: one report written, one marked but not yet written (a
         # new leader writes it again from the same records), the rest unreported.
@@ -125,6 +147,7 @@ def snapshot(store: AStore, n: int = N) -> dict[str, Any]:
         "unreported_count": store.unreported_count(),
         "log": by_id,
         "quarantined": sorted(store.quarantined(10 * n + 10), key=lambda e: e.id),
+        "commands": [store.commands_for(eui(i)) for i in range(n // 10)],
         "report_cursor": store.report_cursor(),
     }
 
@@ -166,6 +189,7 @@ def test_every_row_round_trips_from_sqlite_to_postgresql_and_back(
     }
     assert {e.replayed_at is None for e in expected["quarantined"]} == {True, False}
     assert expected["report_cursor"] == CURSOR(N)
+    assert all(command(i) in expected["commands"][i] for i in range(N // 10))
 
     assert copy("--from", f"sqlite:{source}", "--to", f"postgresql:{pg_dsn}", "--json") == 0
     out = json.loads(capsys.readouterr().out)
@@ -177,6 +201,7 @@ def test_every_row_round_trips_from_sqlite_to_postgresql_and_back(
         "decisions": (N, N),
         "suppressions": (N, N),
         "quarantine": (N // 10, N // 10),
+        "commands": (N // 10, N // 10),
         "store_meta": (1, 1),  # the report cursor's row
     }
     assert read(pg_store(pg_dsn)) == expected

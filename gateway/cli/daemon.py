@@ -8,14 +8,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from gateway.config import Config
-from gateway.core.events import AlertOutcome, AlertReason
+from gateway.core.devices import DeviceType
+from gateway.core.events import (
+    Activation,
+    AlertDecision,
+    AlertOutcome,
+    AlertReason,
+    CommandOutcome,
+)
 from gateway.daemon_status import read_status
 from gateway.errors import StartupError
 from gateway.eui import format_eui64, parse_eui64
 from gateway.exits import Exit
+from gateway.state.audit import CommandRecord
+from gateway.state.inventory_store import open_inventory
 from gateway.state.sqlite import MARKER_SUFFIX, Store, StoreError
 
 from .support import (
@@ -255,8 +264,8 @@ def _activation(a: Any) -> dict[str, Any]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    def read(_config: Config, store: CliStore) -> int:
-        out = _explain(store, args.subject)
+    def read(config: Config, store: CliStore) -> int:
+        out = _explain(store, args.subject, config)
         if out is None:
             print(f"poa-gateway explain: nothing known about {args.subject!r}", file=sys.stderr)
             return Exit.FAILED
@@ -266,33 +275,202 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return with_state(args, "explain", read)
 
 
-def _explain(store: CliStore, subject: str) -> dict[str, Any] | None:
+# The first data record of a report is its line 3: line 1 is the HEADER, line 2 the
+# column names (gateway/reports/files.py's module docstring).
+_FIRST_DATA_LINE = 3
+
+
+def _explain(store: CliStore, subject: str, config: Config | None = None) -> dict[str, Any] | None:
+    """The answer to ``poa-gateway explain SUBJECT`` (docs/operations.md "Asking why:
+    explain"): for an alert id, its decision and why; for an EUI-64, the device's
+    windows and commands. None when the store knows nothing of ``subject``.
+
+    With ``config``: a forwarded alert also gets the hub's HAN from the inventory with
+    each ESME's latest command, and the nearest window with its gap; a suppressed one
+    the report file and line that hold it."""
     stored = store.decision(subject)
     if stored is not None:
-        decision, effect_done = stored
-        out: dict[str, Any] = {
-            "alert_id": decision.alert_id,
-            "chf": format_eui64(decision.chf),
-            "decision": AlertOutcome.SUPPRESSED if decision.suppressed else AlertOutcome.FORWARDED,
-            "reason": decision.reason,
-            "judged_at": when(decision.judged_at),
-            "decided_at": when(decision.decided_at),
-            "effect_done": effect_done,
-        }
-        if decision.activation is not None:
-            out["why"] = f"raised inside the window of activation {decision.activation.request_id}"
-            out["activation"] = _activation(decision.activation)
-        elif decision.reason is AlertReason.NO_WINDOW:
-            out["why"] = "no tracked activation window of this CHF covered the instant judged"
-        return out
+        return _explain_alert(store, stored, config)
     try:
         eui = parse_eui64(subject)
     except ValueError:
         return None
-    tracked = [a for a in store.load_activations() if eui in (a.esme, a.chf)]
+    tracked = store.activations_of(eui)
+    commands = store.commands_for(eui)
+    out: dict[str, Any] = {
+        "device": format_eui64(eui),
+        "activations": [_activation(a) for a in tracked],
+    }
     if not tracked:
-        return {"device": format_eui64(eui), "activations": [], "why": "no tracked activation"}
-    return {"device": format_eui64(eui), "activations": [_activation(a) for a in tracked]}
+        out["why"] = "no tracked activation"
+    out["commands"] = [_command(c) for c in commands]
+    out["windows"] = [_window(w) for w in _windows(tracked, commands)]
+    return out
+
+
+def _explain_alert(
+    store: CliStore, stored: tuple[AlertDecision, bool], config: Config | None
+) -> dict[str, Any]:
+    decision, effect_done = stored
+    out: dict[str, Any] = {
+        "alert_id": decision.alert_id,
+        "chf": format_eui64(decision.chf),
+        "decision": AlertOutcome.SUPPRESSED if decision.suppressed else AlertOutcome.FORWARDED,
+        "reason": decision.reason,
+        "judged_at": when(decision.judged_at),
+        "decided_at": when(decision.decided_at),
+        "effect_done": effect_done,
+    }
+    a = decision.activation
+    if a is not None:
+        out["why"] = f"raised inside the window of activation {a.request_id}"
+        out["activation"] = _activation(a)
+        commands = [
+            c
+            for c in store.commands_for(a.esme)
+            if (c.originator, c.counter) == (a.originator, a.counter)
+            and c.outcome is not CommandOutcome.REFUSED
+        ]
+        out["command"] = _command(commands[0]) if commands else None
+        out["report"] = _report_of(store, decision.alert_id, config)
+        return out
+    if decision.reason is AlertReason.NO_WINDOW:
+        out["why"] = "no tracked activation window of this CHF covered the instant judged"
+    lead = config.engine_config().lead_ms if config is not None else 0
+    windows = _windows(store.activations_of(decision.chf), store.commands_for(decision.chf))
+    out["nearest_window"] = _nearest(windows, decision.judged_at, lead)
+    out["han"] = _han(store, decision.chf, config)
+    return out
+
+
+def _command(c: CommandRecord) -> dict[str, Any]:
+    # Without an envelope's RequestID, the DUIS one the command's header makes
+    # (originator:target:counter), as an activation's.
+    derived = f"{format_eui64(c.originator)}:{format_eui64(c.esme)}:{c.counter}"
+    return {
+        "request_id": c.request_id or derived,
+        "esme": format_eui64(c.esme),
+        "chf": format_eui64(c.chf) if c.chf is not None else None,
+        "originator": format_eui64(c.originator),
+        "counter": c.counter,
+        "outcome": c.outcome,
+        "refused": c.outcome is CommandOutcome.REFUSED,
+        "reason": c.reason,
+        "detail": c.detail,
+        "seen_at": when(c.seen_at),
+        "last_seen_at": when(c.last_seen_at),
+    }
+
+
+class _Window(NamedTuple):
+    request_id: str
+    esme: bytes
+    start_ms: int
+    end_ms: int
+    closed_early: bool
+
+
+def _windows(tracked: list[Activation], commands: list[CommandRecord]) -> list[_Window]:
+    """The windows of these activations and, for those no longer tracked (run their
+    course, or replaced), of the commands that opened them, as they were opened."""
+    out = {
+        (a.esme, a.originator, a.counter): _Window(
+            a.request_id, a.esme, a.start_ms, a.end_ms, a.closed_early
+        )
+        for a in tracked
+    }
+    for c in commands:
+        key = (c.esme, c.originator, c.counter)
+        if key in out or c.window_start is None or c.window_end is None:
+            continue
+        request_id = _command(c)["request_id"]
+        out[key] = _Window(request_id, c.esme, c.window_start, c.window_end, closed_early=False)
+    return sorted(out.values(), key=lambda w: (w.start_ms, w.request_id))
+
+
+def _window(w: _Window) -> dict[str, Any]:
+    return {
+        "request_id": w.request_id,
+        "esme": format_eui64(w.esme),
+        "window_start": when(w.start_ms),
+        "window_end": when(w.end_ms),
+        "closed_early": w.closed_early,
+    }
+
+
+def _nearest(windows: list[_Window], instant: int, lead: int) -> dict[str, Any] | None:
+    """The window nearest ``instant`` (one covers ``[start - lead, end)``), before or
+    after it, with the gap in seconds (0 when one covers it: closed early, say)."""
+    best: tuple[int, str, _Window] | None = None
+    for w in windows:
+        opens = w.start_ms - lead
+        if instant < opens:
+            gap, position = opens - instant, "after"
+        elif instant >= w.end_ms:
+            gap, position = instant - w.end_ms, "before"
+        else:
+            gap, position = 0, "covering"
+        if best is None or gap < best[0]:
+            best = (gap, position, w)
+    if best is None:
+        return None
+    gap, position, w = best
+    return {**_window(w), "position": position, "gap_seconds": gap / 1000}
+
+
+def _han(store: CliStore, chf: bytes, config: Config | None) -> dict[str, Any]:
+    """The ESMEs on ``chf``'s HAN as the inventory lists them now, each with the latest
+    command recorded for it."""
+    if config is None:
+        return {"esmes": None, "detail": "no configuration: the inventory was not read"}
+    try:
+        inventory = open_inventory(config, create=False)
+        try:
+            devices = inventory.devices_on_chf(chf)
+        finally:
+            inventory.close()
+    except Exception:  # noqa: BLE001 - the audit still answers without the inventory
+        return {"esmes": None, "detail": "the inventory could not be read"}
+    esmes = []
+    for d in devices:
+        if d.device_type is not DeviceType.ESME:
+            continue
+        latest = store.commands_for(d.device_id, limit=1)
+        esmes.append(
+            {
+                "esme": format_eui64(d.device_id),
+                "manufacturer": d.manufacturer,
+                "latest_command": _command(latest[0]) if latest else None,
+            }
+        )
+    return {"esmes": esmes}
+
+
+def _report_of(store: CliStore, alert_id: str, config: Config | None) -> dict[str, Any] | None:
+    """The report file and line that hold a suppression record, or why there is none."""
+    entries = store.suppressions_for(alert_id)
+    if not entries:
+        return {"status": "pruned", "detail": "the record is no longer in the log (retention)"}
+    entry = entries[0]
+    if entry.report_id is None:
+        return {"status": "not yet reported", "seq": entry.seq}
+    if config is None:
+        return {"status": "reported", "report_id": entry.report_id, "seq": entry.seq}
+    # A record is in the report of the period of its decision time (received_at);
+    # reports.period is assumed unchanged since it was written.
+    period = int(config.reports.period)
+    start = entry.record.received_at - entry.record.received_at % period
+    position = store.report_position(entry.seq, entry.report_id, start, start + period)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start // 1000))
+    return {
+        "status": "reported",
+        "report_id": entry.report_id,
+        "file": f"{config.reports.name_prefix}_{stamp}_{entry.report_id}.csv",
+        "record": position,
+        "line": position + _FIRST_DATA_LINE - 1,
+        "seq": entry.seq,
+        "period_start": when(start),
+    }
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -320,10 +498,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     explain = sub.add_parser(
         "explain",
-        help="why an alert was forwarded or suppressed, or a device's activations",
+        help="why an alert was forwarded or suppressed, or a device's windows and commands",
         description=(
-            "Given an alert id: the decision, the instant judged and the activation behind a "
-            "suppression. Given an EUI-64 (ESME or CHF): its tracked activations."
+            "Given an alert id: the decision and the instant judged; for a suppression, the "
+            "window, the command behind it and the report file and line that hold it; for a "
+            "forward, the ESMEs on the hub's HAN with each one's latest command (refused or "
+            "not, and why) and the nearest window with its gap. Given an EUI-64 (ESME or "
+            "CHF): its tracked activations, the commands recorded for it and their windows."
         ),
     )
     explain.add_argument("subject", metavar="ALERT_ID|EUI64")

@@ -5,7 +5,7 @@ Theory of operation
 The engine decides (gateway/core/engine.py). This module turns each decision into exactly
 what must happen, as values: the rows to write (:data:`Write`: put or delete this
 activation, raise this counter, record this decision, append this suppression record,
-prune decisions) and the outputs to publish (:class:`Publish`). The shell
+prune decisions, keep the command judged) and the outputs to publish (:class:`Publish`). The shell
 (gateway/service.py) carries them out in a fixed order: outputs, then one commit, then
 the acknowledgement. It never reads the engine's state back to work out what changed.
 
@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from gateway.state.audit import CommandRecord
 from gateway.state.protocol import StateStore
 from gateway.wire import DccAlertEnvelope, SuppressionRecord, encode
 
@@ -30,6 +31,8 @@ from .events import (
     ActivationCancelled,
     ActivationTracked,
     AlertDecision,
+    CommandOutcome,
+    CommandRefused,
     CommandResult,
     DedupeExpired,
     DeviceOutcomeSeen,
@@ -47,10 +50,12 @@ __all__ = [
     "PruneDecisions",
     "Publish",
     "PutActivation",
+    "PutCommand",
     "PutDecision",
     "SetCounter",
     "Write",
     "apply",
+    "command_record",
     "command_writes",
     "device_outcome",
     "housekeeping_writes",
@@ -101,8 +106,21 @@ class PruneDecisions(msgspec.Struct, frozen=True):
     before_ms: int
 
 
+class PutCommand(msgspec.Struct, frozen=True):
+    """Keep a CS06 judged and what became of it, refused ones too (the commands table:
+    gateway/state/audit.py)."""
+
+    command: CommandRecord
+
+
 Write = (
-    PutActivation | DeleteActivation | SetCounter | PutDecision | AppendSuppression | PruneDecisions
+    PutActivation
+    | DeleteActivation
+    | SetCounter
+    | PutDecision
+    | AppendSuppression
+    | PruneDecisions
+    | PutCommand
 )
 """A row to write, made durable by the next commit."""
 
@@ -139,6 +157,8 @@ def apply(store: StateStore, writes: list[Write]) -> None:
                 store.append_suppression(record, encoded)
             case PruneDecisions(before_ms=before_ms):
                 store.prune_decisions(before_ms)
+            case PutCommand(command=command):
+                store.put_command(command)
 
 
 # -- alerts --------------------------------------------------------------------------------
@@ -218,7 +238,8 @@ def suppression_record(
 
 def command_writes(result: CommandResult) -> list[Write]:
     """The rows a CS06's result changes: the activation tracked (and the pending one it
-    replaced) or cancelled, and the originator counter. A refusal writes nothing."""
+    replaced) or cancelled, and the originator counter. A refusal changes no state (its
+    trace is :func:`command_record`'s)."""
     if isinstance(result, ActivationTracked):
         a = result.activation
         writes: list[Write] = [PutActivation(a)]
@@ -233,6 +254,50 @@ def command_writes(result: CommandResult) -> list[Write]:
         cancelled.append(SetCounter(result.originator, result.esme, result.counter))
         return cancelled
     return []
+
+
+def command_record(
+    result: CommandResult, *, chf: bytes | None, request_id: str | None, seen_at: int
+) -> PutCommand:
+    """The commands table's row of a CS06's result, refused or not, so that ``explain``
+    can say weeks later what became of it and why. ``chf`` is the recipient's hub as the
+    inventory has it (None when unknown)."""
+    window: tuple[int | None, int | None] = (None, None)
+    if isinstance(result, CommandRefused):
+        esme, originator, counter = result.esme, result.originator, result.counter
+        outcome, reason, detail = CommandOutcome.REFUSED, str(result.reason), result.detail
+    elif isinstance(result, ActivationTracked):
+        a = result.activation
+        esme, originator, counter, chf = a.esme, a.originator, a.counter, a.chf
+        outcome = CommandOutcome.REPLACED if result.replaced else CommandOutcome.TRACKED
+        reason, detail = a.kind, ""
+        if result.replaced is not None:
+            detail = f"replaced the pending activation {result.replaced.request_id}"
+        window = (a.start_ms, a.end_ms)
+    else:
+        esme, originator, counter = result.esme, result.originator, result.counter
+        outcome, reason = CommandOutcome.CANCELLED, "cancellation"
+        detail = (
+            f"cancelled the pending activation {result.cancelled.request_id}"
+            if result.cancelled is not None
+            else "nothing was pending"
+        )
+    return PutCommand(
+        CommandRecord(
+            esme=esme,
+            originator=originator,
+            counter=counter,
+            outcome=outcome,
+            reason=reason,
+            chf=chf,
+            request_id=request_id,
+            detail=detail,
+            seen_at=seen_at,
+            last_seen_at=seen_at,
+            window_start=window[0],
+            window_end=window[1],
+        )
+    )
 
 
 def device_outcome(

@@ -69,6 +69,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from gateway.errors import GatewayError
 
+from .audit import COMMAND_COLUMNS
 from .errors import StoreError, StoreReason
 from .postgresql import PostgresStore, describe_dsn
 from .rows import REPORT_CURSOR_KEY
@@ -119,6 +120,7 @@ TABLES: Final = (
     Table(name="counters", columns="originator device counter"),
     Table(name="decisions", columns="alert_id decided_at effect_done decision"),
     Table(name="suppressions", columns="seq alert_id record received_at report_id", numbered="seq"),
+    Table(name="commands", columns=COMMAND_COLUMNS),
     Table(
         name="quarantine",
         columns="id topic payload reason error attempts received_at quarantined_at forwarded "

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 The same store as gateway/state/sqlite.py, on a PostgreSQL database instead of a file:
-the same tables (activations, counters, decisions, suppressions, quarantine), the same
-row formats (gateway/state/rows.py: counters and EUI-64s as 8-byte ``bytea``, the
+the same tables (activations, counters, decisions, suppressions, commands, quarantine), the
+same row formats (gateway/state/rows.py: counters and EUI-64s as 8-byte ``bytea``, the
 decision as one ``bytea`` in the stores' own row format), the same idempotent writes
 (the same ``ON CONFLICT`` rules) and the same contract towards the shell
 (gateway/state/protocol.py).
@@ -64,6 +64,7 @@ from psycopg.conninfo import conninfo_to_dict
 from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
+from .audit import CommandRecord, command_from_row, command_row
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .lease import FENCE_SQL
@@ -74,6 +75,7 @@ from .rows import (
     QuarantineEntry,
     ReportCursor,
     StoredSuppression,
+    activation_from_row,
     activation_key,
     activation_row,
     check_eui,
@@ -143,6 +145,27 @@ CREATE TABLE quarantine (
     forwarded boolean NOT NULL,
     replayed_at bigint
 )
+"""
+# Added after version 1 without a version of its own (version 1 is unreleased): created
+# if missing whenever a store is opened, so that databases made before it keep working.
+_COMMANDS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS commands (
+    esme bytea NOT NULL CHECK (length(esme) = 8),
+    originator bytea NOT NULL CHECK (length(originator) = 8),
+    counter bytea NOT NULL CHECK (length(counter) = 8),
+    outcome text NOT NULL,
+    reason text NOT NULL,
+    chf bytea CHECK (chf IS NULL OR length(chf) = 8),
+    request_id text,
+    detail text NOT NULL,
+    seen_at bigint NOT NULL,
+    last_seen_at bigint NOT NULL,
+    window_start bigint,
+    window_end bigint,
+    PRIMARY KEY (esme, originator, counter, outcome, reason)
+);
+CREATE INDEX IF NOT EXISTS commands_chf ON commands (chf);
+CREATE INDEX IF NOT EXISTS commands_last_seen_at ON commands (last_seen_at)
 """
 _OUR_TABLES: Final = (
     "store_meta",
@@ -242,6 +265,35 @@ SELECT id, topic, payload, reason, error, attempts, received_at, quarantined_at,
     replayed_at
 FROM quarantine
 """
+# The commands table, as sqlite.py's.
+_PUT_COMMAND = """
+INSERT INTO commands (esme, originator, counter, outcome, reason, chf, request_id, detail,
+    seen_at, last_seen_at, window_start, window_end)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (esme, originator, counter, outcome, reason) DO UPDATE SET
+    seen_at = LEAST(commands.seen_at, excluded.seen_at),
+    last_seen_at = GREATEST(commands.last_seen_at, excluded.last_seen_at)
+"""
+_PRUNE_COMMANDS = """
+DELETE FROM commands WHERE (esme, originator, counter, outcome, reason) IN (
+    SELECT esme, originator, counter, outcome, reason FROM commands
+    WHERE last_seen_at < %s AND coalesce(window_end, 0) < %s
+    ORDER BY last_seen_at LIMIT %s)
+"""
+# A device's commands: as the recipient, or as the recipient's hub (both indexed).
+_COMMANDS_FOR = """
+SELECT * FROM (
+    SELECT esme, originator, counter, outcome, reason, chf, request_id, detail, seen_at,
+        last_seen_at, window_start, window_end FROM commands WHERE esme = %s
+    UNION
+    SELECT esme, originator, counter, outcome, reason, chf, request_id, detail, seen_at,
+        last_seen_at, window_start, window_end FROM commands WHERE chf = %s
+) AS c ORDER BY last_seen_at DESC, seen_at DESC LIMIT %s
+"""
+_REPORT_POSITION = """
+SELECT count(*) FROM suppressions
+WHERE report_id = %s AND received_at >= %s AND received_at < %s AND seq <= %s
+"""
 _COUNTS = """
 SELECT
     (SELECT count(*) FROM activations),
@@ -279,6 +331,8 @@ _TABLE_OF: Final = {
     _MARK_REPLAYED: 4,
     _PRUNE_QUARANTINE: 4,
     _SET_META: 5,
+    _PUT_COMMAND: 6,
+    _PRUNE_COMMANDS: 6,
 }
 
 
@@ -460,6 +514,17 @@ class PostgresStore(GroupCommitStore):
         )
         self._enqueue(_DELETE_COUNTER, row)
 
+    def put_command(self, command: CommandRecord) -> None:
+        """Record a CS06 judged and what became of it (gateway/state/audit.py); the same
+        command with the same outcome again only moves its ``last_seen_at``."""
+        self._enqueue(_PUT_COMMAND, command_row(command))
+
+    def prune_commands(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` commands last seen before ``before_ms``
+        whose window (if any) ended before it too, the oldest first."""
+        cutoff = check_i64("before_ms", before_ms)
+        self._enqueue(_PRUNE_COMMANDS, (cutoff, cutoff, PRUNE_BATCH_ROWS))
+
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled (first copy stays unless replayed)."""
         self._enqueue(_PUT_QUARANTINE, quarantine_row(entry))
@@ -603,6 +668,32 @@ class PostgresStore(GroupCommitStore):
             StoredSuppression(seq=int(seq), record=self._record(seq, blob), report_id=report_id)
             for seq, blob, report_id in rows
         ]
+
+    def commands_for(self, device: bytes, limit: int = 1000) -> list[CommandRecord]:
+        """The commands recorded for ``device`` (as the recipient, or as its hub), the
+        most recently seen first, at most ``limit``."""
+        eui = check_eui("device", device)
+        rows = self._fetch(
+            _COMMANDS_FOR,
+            (eui, eui, limit),
+        )
+        return [command_from_row(row) for row in rows]
+
+    def activations_of(self, device: bytes) -> list[Activation]:
+        """The tracked activations whose ESME or hub is ``device``."""
+        eui = check_eui("device", device)
+        rows = self._fetch(
+            "SELECT esme, originator, counter, chf, start_ms, end_ms, future_dated, seen_at, "
+            "closed_early, succeeded FROM activations WHERE esme = %s OR chf = %s "
+            "ORDER BY esme, originator, counter",
+            (eui, eui),
+        )
+        return [activation_from_row(row) for row in rows]
+
+    def report_position(self, seq: int, report_id: str, start_ms: int, end_ms: int) -> int:
+        """As :meth:`gateway.state.sqlite.Store.report_position`."""
+        rows = self._fetch(_REPORT_POSITION, (report_id, start_ms, end_ms, seq))
+        return int(rows[0][0])
 
     def quarantined(self, limit: int = 1000) -> list[QuarantineEntry]:
         """The most recent ``limit`` quarantined messages, newest first."""
@@ -762,7 +853,7 @@ def _prepare(conn: psycopg.Connection[Any], where: str, create: bool = True) -> 
                         "gateway has run on it)",
                         path=where,
                     )
-                for statement in _SCHEMA.split(";"):
+                for statement in _SCHEMA.split(";") + _COMMANDS_SCHEMA.split(";"):
                     conn.execute(statement)
                 store_id = secrets.token_hex(16)
                 conn.execute(
@@ -779,6 +870,9 @@ def _prepare(conn: psycopg.Connection[Any], where: str, create: bool = True) -> 
                     path=where,
                 )
             meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
+            if meta.get("schema_version") == str(PG_SCHEMA_VERSION):
+                for statement in _COMMANDS_SCHEMA.split(";"):
+                    conn.execute(statement)
     except psycopg.Error as exc:
         raise StoreError(
             StoreReason.CANNOT_OPEN, f"{where}: cannot prepare the state store: {exc}", path=where

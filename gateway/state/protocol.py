@@ -26,6 +26,7 @@ from typing import Final, Protocol
 from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.wire import SuppressionRecord
 
+from .audit import CommandRecord
 from .rows import PendingReport, QuarantineEntry, ReportCursor
 
 __all__ = ["PRUNE_BATCH_ROWS", "OpenStore", "StateStore"]
@@ -38,7 +39,8 @@ it waits for."""
 
 class StateStore(Protocol):
     """The durable state: activations, counters, decisions, the suppression log, the
-    report cursor (which records are reported), and the quarantine."""
+    report cursor (which records are reported), the commands judged
+    (gateway/state/audit.py), and the quarantine."""
 
     # -- writes, queued; durable once flush() returns ---------------------------------
     def put_activation(self, a: Activation) -> None: ...
@@ -57,6 +59,8 @@ class StateStore(Protocol):
     def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None: ...
     def set_report_cursor(self, cursor: ReportCursor) -> None: ...
     def put_quarantine(self, entry: QuarantineEntry) -> None: ...
+    def put_command(self, command: CommandRecord) -> None: ...
+    def prune_commands(self, before_ms: int) -> None: ...
     async def flush(self) -> None: ...
     async def aclose(self) -> None: ...
     def close(self) -> None: ...  # without flushing: what is queued is not written

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The gateway acknowledges an inbound QoS 1 message only once its effect is durable: a
 suppressed AD1 is in the suppression log, an accepted CS06 has its window and originator
-counter recorded (WIRE.md). The state lives in one SQLite file with four tables:
+counter recorded (WIRE.md). The state lives in one SQLite file with these tables:
 
 - ``activations``: every tracked activation (all :class:`~gateway.core.events.Activation`
   fields), reloaded into the engine at start-up (``Engine.restore``);
@@ -18,7 +18,11 @@ counter recorded (WIRE.md). The state lives in one SQLite file with four tables:
   nothing to the engine's in-memory form;
 - ``suppressions``: the Power Outage Alert Suppression log, one CBOR
   :class:`~gateway.wire.SuppressionRecord` per suppressed alert, numbered by ``seq``;
-  ``report_id`` stays NULL until a report file includes the record.
+  ``report_id`` stays NULL until a report file includes the record;
+- ``commands``: every CS06 judged (tracked, replaced, cancelled or refused, and why),
+  for ``poa-gateway explain`` (gateway/state/audit.py; schema version 4, added to older
+  files when they are opened);
+- ``quarantine``: messages that could not be handled (gateway/quarantine.py).
 
 **Why group commit.** A durable commit costs an ``fsync``: half a millisecond on the
 development VM, several on many disks, far more than the SQL. One commit per message
@@ -145,6 +149,7 @@ from typing import Final, Literal, Self, TypeAlias
 from gateway.core.events import Activation, ActivationFields, AlertDecision
 from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
 
+from .audit import CommandRecord, command_from_row, command_row
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .protocol import PRUNE_BATCH_ROWS
@@ -182,7 +187,7 @@ __all__ = [
     "quarantine_id",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """``PRAGMA user_version`` of a state file written by this module."""
 
 APPLICATION_ID: Final = 0x504F4153  # "POAS": poa-gateway state
@@ -245,6 +250,23 @@ CREATE TABLE suppressions (
     report_id TEXT
 );
 CREATE INDEX suppressions_unreported ON suppressions (seq) WHERE report_id IS NULL;
+CREATE TABLE commands (
+    esme BLOB NOT NULL CHECK (length(esme) = 8),
+    originator BLOB NOT NULL CHECK (length(originator) = 8),
+    counter BLOB NOT NULL CHECK (length(counter) = 8),
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    chf BLOB CHECK (chf IS NULL OR length(chf) = 8),
+    request_id TEXT,
+    detail TEXT NOT NULL,
+    seen_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    window_start INTEGER,
+    window_end INTEGER,
+    PRIMARY KEY (esme, originator, counter, outcome, reason)
+) WITHOUT ROWID;
+CREATE INDEX commands_chf ON commands (chf);
+CREATE INDEX commands_last_seen_at ON commands (last_seen_at);
 CREATE TABLE quarantine (
     id TEXT PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -363,6 +385,38 @@ SELECT id, topic, payload, reason, error, attempts, received_at, quarantined_at,
     replayed_at
 FROM quarantine
 """
+# The commands table (gateway/state/audit.py): a command judged again (a redelivered
+# copy, a replay sent many times) is one row whose last sighting moves on.
+_PUT_COMMAND = """
+INSERT INTO commands (esme, originator, counter, outcome, reason, chf, request_id, detail,
+    seen_at, last_seen_at, window_start, window_end)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (esme, originator, counter, outcome, reason) DO UPDATE SET
+    seen_at = min(commands.seen_at, excluded.seen_at),
+    last_seen_at = max(commands.last_seen_at, excluded.last_seen_at)
+"""
+# A tracked command's row is kept while its window may still be ahead (a future-dated
+# activation scheduled beyond the retention).
+_PRUNE_COMMANDS = """
+DELETE FROM commands WHERE (esme, originator, counter, outcome, reason) IN (
+    SELECT esme, originator, counter, outcome, reason FROM commands
+    WHERE last_seen_at < ? AND coalesce(window_end, 0) < ?
+    ORDER BY last_seen_at LIMIT ?)
+"""
+_REPORT_POSITION = """
+SELECT count(*) FROM suppressions
+WHERE report_id = ? AND received_at >= ? AND received_at < ? AND seq <= ?
+"""
+# A device's commands: as the recipient, or as the recipient's hub (both indexed).
+_COMMANDS_FOR = """
+SELECT * FROM (
+    SELECT esme, originator, counter, outcome, reason, chf, request_id, detail, seen_at,
+        last_seen_at, window_start, window_end FROM commands WHERE esme = ?
+    UNION
+    SELECT esme, originator, counter, outcome, reason, chf, request_id, detail, seen_at,
+        last_seen_at, window_start, window_end FROM commands WHERE chf = ?
+) AS c ORDER BY last_seen_at DESC, seen_at DESC LIMIT ?
+"""
 _COUNTS = """
 SELECT
     (SELECT count(*) FROM activations),
@@ -400,6 +454,8 @@ _TABLE_OF: Final = {
     _MARK_REPLAYED: 4,
     _PRUNE_QUARANTINE: 4,
     _SET_META: 5,
+    _PUT_COMMAND: 6,
+    _PRUNE_COMMANDS: 6,
 }
 
 
@@ -583,6 +639,17 @@ class Store(GroupCommitStore):
         )
         self._enqueue(_DELETE_COUNTER, row)
 
+    def put_command(self, command: CommandRecord) -> None:
+        """Record a CS06 judged and what became of it (gateway/state/audit.py); the same
+        command with the same outcome again only moves its ``last_seen_at``."""
+        self._enqueue(_PUT_COMMAND, command_row(command))
+
+    def prune_commands(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` commands last seen before ``before_ms``
+        whose window (if any) ended before it too, the oldest first."""
+        cutoff = check_i64("before_ms", before_ms)
+        self._enqueue(_PRUNE_COMMANDS, (cutoff, cutoff, PRUNE_BATCH_ROWS))
+
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled. A second entry with its id (a
         redelivered copy) is ignored, unless the first was replayed: then it replaces it."""
@@ -716,6 +783,37 @@ class Store(GroupCommitStore):
             for seq, blob, report_id in rows
         ]
 
+    def commands_for(self, device: bytes, limit: int = 1000) -> list[CommandRecord]:
+        """The commands recorded for ``device`` (as the recipient, or as its hub), the
+        most recently seen first, at most ``limit``."""
+        eui = check_eui("device", device)
+        with self._reading():
+            rows = self._reader.execute(
+                _COMMANDS_FOR,
+                (eui, eui, limit),
+            ).fetchall()
+        return [command_from_row(row) for row in rows]
+
+    def activations_of(self, device: bytes) -> list[Activation]:
+        """The tracked activations whose ESME or hub is ``device``."""
+        eui = check_eui("device", device)
+        with self._reading():
+            rows = self._reader.execute(
+                _LOAD_ACTIVATIONS.replace("ORDER BY", "WHERE esme = ? OR chf = ? ORDER BY"),
+                (eui, eui),
+            ).fetchall()
+        return [activation_from_row(row) for row in rows]
+
+    def report_position(self, seq: int, report_id: str, start_ms: int, end_ms: int) -> int:
+        """The position (1, 2 ...) of log entry ``seq`` among the records of report
+        ``report_id`` of the period [``start_ms``, ``end_ms``), in seq order: the order
+        the report's data records are written in."""
+        with self._reading():
+            (n,) = self._reader.execute(
+                _REPORT_POSITION, (report_id, start_ms, end_ms, seq)
+            ).fetchone()
+        return int(n)
+
     def quarantined(self, limit: int = 1000) -> list[QuarantineEntry]:
         """The most recent ``limit`` quarantined messages, newest first."""
         with self._reading():
@@ -828,7 +926,7 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
     app_id, version = schema_marks(conn)
     if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
         return
-    if app_id == APPLICATION_ID and version in (1, 2):
+    if app_id == APPLICATION_ID and version in (1, 2, 3):
         _migrate(conn, version)
         return
     if app_id not in (0, APPLICATION_ID):
@@ -861,6 +959,9 @@ _V2_DECISIONS = _SCHEMA[
 
 
 _V3_QUARANTINE = _SCHEMA[_SCHEMA.index("CREATE TABLE quarantine") : _SCHEMA.index("PRAGMA")]
+_V4_COMMANDS = _SCHEMA[
+    _SCHEMA.index("CREATE TABLE commands") : _SCHEMA.index("CREATE TABLE quarantine")
+]
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:
@@ -874,6 +975,14 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute(
             _V3_QUARANTINE.strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
         )
+        # Version 4 added the commands table (gateway/state/audit.py).
+        for statement in _V4_COMMANDS.split(";"):
+            if statement.strip():
+                conn.execute(
+                    statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
+                        "CREATE INDEX", "CREATE INDEX IF NOT EXISTS"
+                    )
+                )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
