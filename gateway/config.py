@@ -533,8 +533,9 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # suppression.dedupe. A month and a margin: "why was this alert not forwarded?"
     # comes with the monthly reconciliation.
     decisions: Duration = _d("35d")
-    # Refusals as the gateway stores them today: the quarantine (messages that could not
-    # be handled), from their quarantine or their replay, whichever is later.
+    # Refusals: the commands table (every CS06 judged, refused ones with why, from when
+    # last seen; D33) and the quarantine (messages that could not be handled), from
+    # their quarantine or their replay, whichever is later.
     refusals: Duration = _d("35d")
     # Originator counters of devices gone from the inventory: how long a device must be
     # seen absent before its counters are dropped.
