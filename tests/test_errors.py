@@ -16,6 +16,7 @@ import pytest
 import gateway
 import gbcs
 from gateway.config import ConfigError, ConfigReason, load_config
+from gateway.core.mpan import MpanCore, MpanError, MpanReason
 from gateway.errors import GatewayError, StartupError, StartupReason
 from gateway.guids import GuidList, GuidListError, GuidListReason
 from gateway.guids_import import GuidRowReason, read_guid_list
@@ -72,6 +73,7 @@ def test_the_gateway_walk_finds_the_errors_of_every_layer() -> None:
         "ConnectionRefusedPermanently",
         "CliError",
         "SimulationError",
+        "MpanError",
     } <= names
 
 
@@ -175,6 +177,7 @@ REASON_VALUES: dict[type[enum.StrEnum], set[str]] = {
         "signing-key",
     },
     LossReason: {"taken", "deadline", "fenced", "stopping"},
+    MpanReason: {"not-digits", "wrong-length", "bad-check-digit"},
 }
 
 # The gateway's errors that take a reason, and the enum it comes from.
@@ -186,6 +189,7 @@ REASON_OF: dict[type[GatewayError], type[enum.StrEnum]] = {
     WireError: WireReason,
     StartupError: StartupReason,
     LeaseLost: LossReason,
+    MpanError: MpanReason,
 }
 
 # Errors that take a reason not yet typed by an enum of their own (none left).
@@ -262,10 +266,14 @@ def test_errors_raised_for_real_carry_members_of_their_enum(tmp_path: Path) -> N
         issues = inventory.import_csv(rows, 0).issues
     raised.extend((issue.reason, InvalidRowReason) for issue in issues)
 
+    with pytest.raises(MpanError) as mpan_error:
+        MpanCore.parse("1312345678900")
+    raised.append((mpan_error.value.reason, MpanReason))
+
     guids = tmp_path / "guids.csv"
     guids.write_text("GUID\n00-DB-12-34-56-78-90-A1\nnonsense\n", encoding="utf-8")
     _, report = read_guid_list(guids)
     raised.extend((row.reason, GuidRowReason) for row in report.invalid)
 
-    assert len(raised) == 8  # one row issue, one invalid GUID row
+    assert len(raised) == 9  # one row issue, one invalid GUID row
     assert [(type(reason), kind) for reason, kind in raised] == [(kind, kind) for _, kind in raised]
