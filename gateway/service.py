@@ -1008,6 +1008,16 @@ class Gateway:
         device = self.inventory.get(frame.header.originator)
         if isinstance(frame.payload, PowerRestorationAlert):
             observed = self.engine.on_restoration(frame, device, received)
+            # Kept (committed before the acknowledgement) for the period's summary file:
+            # the evidence on assumption A5 (gateway/state/restorations.py).
+            kept = pipeline.restoration_record(
+                observed,
+                counter=frame.header.originator_counter,
+                alert_code=frame.payload.alert_code,
+                received_at=received,
+            )
+            pipeline.apply(self.store, [kept])
+            await self._durable()
             self.metrics.count_restoration_alert(in_window=observed.in_window)
             self.log.info(
                 "restoration.observed",
@@ -1098,6 +1108,8 @@ class Gateway:
         r = self.config.retention
         self.store.prune_suppressions(now - r.suppressions)  # reported records only
         self.store.prune_decisions(now - r.decisions)
+        # Restoration alerts are the near misses' companion evidence: kept as long.
+        self.store.prune_restorations(now - r.decisions)
         self.store.prune_quarantine(now - r.refusals)
         self.store.prune_commands(now - r.refusals)  # refused and accepted alike
         counters = await self._counter_sweep.step(

@@ -158,7 +158,7 @@ async def test_a_version_3_state_file_gains_the_commands_table_and_keeps_its_row
     with closing(sqlite3.connect(db)) as conn:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     assert {"commands_chf", "commands_last_seen_at"} <= indexes
 
 

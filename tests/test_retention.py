@@ -347,6 +347,7 @@ async def test_housekeeping_prunes_each_kind_past_its_retention(
         "prune": first - r.decisions,
         "prune-quarantine": first - r.refusals,
         "prune-commands": first - r.refusals,
+        "prune-restorations": first - r.decisions,
     }
     # The gone device's counter is first seen absent now; dropped only after r.counters.
     assert set(store.counters) == {(SUPPLIER, ESME), (SUPPLIER, GONE_ESME)}

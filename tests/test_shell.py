@@ -25,6 +25,7 @@ from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.service import Gateway
 from gateway.state.audit import CommandRecord
+from gateway.state.restorations import RestorationRecord
 from gateway.state.rows import PendingReport, ReportCursor
 from gateway.state.sqlite import QuarantineEntry, StoreError, StoreReason
 from gateway.transport.mqtt import PublishRefused
@@ -100,6 +101,12 @@ class FakeStore:
     def prune_commands(self, before_ms: int) -> None:
         self._queue("prune-commands", before_ms)
 
+    def put_restoration(self, restoration: RestorationRecord) -> None:
+        self._queue("restoration", restoration)
+
+    def prune_restorations(self, before_ms: int) -> None:
+        self._queue("prune-restorations", before_ms)
+
     async def flush(self) -> None:
         await self.gate.wait()
         if self.failures:
@@ -151,6 +158,12 @@ class FakeStore:
 
     def reported(self, pending: PendingReport) -> list[SuppressionRecord]:
         return []
+
+    async def read_evidence(
+        self, start_ms: int, end_ms: int
+    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
+        kept = [r for kind, r in self.committed if kind == "restoration"]
+        return [], [r for r in kept if start_ms <= r.received_at < end_ms]
 
 
 class FakeTransport:

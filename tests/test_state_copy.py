@@ -27,6 +27,7 @@ from gateway.state.copy import NOT_COPIED, TABLES, Table
 from gateway.state.lease import LeaseTable
 from gateway.state.pg_inventory import PostgresInventory
 from gateway.state.postgresql import PostgresStore
+from gateway.state.restorations import RestorationRecord
 from gateway.state.rows import PendingReport, ReportCursor
 from gateway.state.sqlite import QuarantineEntry, Store, quarantine_id
 
@@ -84,6 +85,19 @@ def command(i: int) -> CommandRecord:
     )
 
 
+def restoration(i: int) -> RestorationRecord:
+    """A restoration alert kept, every optional field both ways."""
+    return RestorationRecord(
+        esme=eui(i),
+        counter=2**64 - 1 - i,
+        alert_code=0x8F35 + i % 2,
+        chf=eui(i + 1) if i % 3 else None,
+        received_at=T0 + i,
+        in_window=i % 2 == 0,
+        request_id=f"req-{i}" if i % 2 == 0 else None,
+    )
+
+
 async def fill(store: AStore, n: int = N) -> None:
     """``n`` rows of each kind, with every flag both ways, some reported, some replayed."""
     try:
@@ -106,6 +120,7 @@ async def fill(store: AStore, n: int = N) -> None:
         for i in range(n // 10):
             store.put_quarantine(entry(i))
             store.put_command(command(i))
+            store.put_restoration(restoration(i))
         await store.flush()
         # The report cursor: one report written, one marked but not yet written (a
         # new leader writes it again from the same records), the rest unreported.
@@ -148,6 +163,7 @@ def snapshot(store: AStore, n: int = N) -> dict[str, Any]:
         "log": by_id,
         "quarantined": sorted(store.quarantined(10 * n + 10), key=lambda e: e.id),
         "commands": [store.commands_for(eui(i)) for i in range(n // 10)],
+        "evidence": asyncio.run(store.read_evidence(0, 2**62)),
         "report_cursor": store.report_cursor(),
     }
 
@@ -190,6 +206,7 @@ def test_every_row_round_trips_from_sqlite_to_postgresql_and_back(
     assert {e.replayed_at is None for e in expected["quarantined"]} == {True, False}
     assert expected["report_cursor"] == CURSOR(N)
     assert all(command(i) in expected["commands"][i] for i in range(N // 10))
+    assert expected["evidence"][1] == [restoration(i) for i in range(N // 10)]
 
     assert copy("--from", f"sqlite:{source}", "--to", f"postgresql:{pg_dsn}", "--json") == 0
     out = json.loads(capsys.readouterr().out)
@@ -202,6 +219,7 @@ def test_every_row_round_trips_from_sqlite_to_postgresql_and_back(
         "suppressions": (N, N),
         "quarantine": (N // 10, N // 10),
         "commands": (N // 10, N // 10),
+        "restorations": (N // 10, N // 10),
         "store_meta": (1, 1),  # the report cursor's row
     }
     assert read(pg_store(pg_dsn)) == expected

@@ -635,7 +635,7 @@ def test_a_version_1_state_file_is_migrated_with_its_decisions(db: Path) -> None
     with closing(sqlite3.connect(db)) as conn:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     assert columns == ["alert_id", "decided_at", "effect_done", "decision"]
 
 

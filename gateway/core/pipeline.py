@@ -5,9 +5,10 @@ Theory of operation
 The engine decides (gateway/core/engine.py). This module turns each decision into exactly
 what must happen, as values: the rows to write (:data:`Write`: put or delete this
 activation, raise this counter, record this decision, append this suppression record,
-prune decisions, keep the command judged) and the outputs to publish (:class:`Publish`). The shell
-(gateway/service.py) carries them out in a fixed order: outputs, then one commit, then
-the acknowledgement. It never reads the engine's state back to work out what changed.
+prune decisions, keep the command judged, keep a restoration alert) and the outputs to
+publish (:class:`Publish`). The shell (gateway/service.py) carries them out in a fixed
+order: outputs, then one commit, then the acknowledgement. It never reads the engine's
+state back to work out what changed.
 
 Nothing here does I/O or reads a clock: every function takes what it needs as arguments.
 A new kind of input gets a function here and its effects; a new state backend only has
@@ -23,6 +24,7 @@ import msgspec
 
 from gateway.state.audit import CommandRecord
 from gateway.state.protocol import StateStore
+from gateway.state.restorations import RestorationRecord
 from gateway.wire import DccAlertEnvelope, SuppressionRecord, encode
 
 from .engine import Engine
@@ -39,6 +41,7 @@ from .events import (
     Housekeeping,
     OutcomeApplied,
     OutcomeKind,
+    RestorationObserved,
     WindowExpired,
 )
 
@@ -52,6 +55,7 @@ __all__ = [
     "PutActivation",
     "PutCommand",
     "PutDecision",
+    "PutRestoration",
     "SetCounter",
     "Write",
     "apply",
@@ -60,6 +64,7 @@ __all__ = [
     "device_outcome",
     "housekeeping_writes",
     "judge_alert",
+    "restoration_record",
     "suppression_record",
 ]
 
@@ -113,6 +118,13 @@ class PutCommand(msgspec.Struct, frozen=True):
     command: CommandRecord
 
 
+class PutRestoration(msgspec.Struct, frozen=True):
+    """Keep a restoration alert, the evidence for assumption A5 (the restorations table:
+    gateway/state/restorations.py)."""
+
+    restoration: RestorationRecord
+
+
 Write = (
     PutActivation
     | DeleteActivation
@@ -121,6 +133,7 @@ Write = (
     | AppendSuppression
     | PruneDecisions
     | PutCommand
+    | PutRestoration
 )
 """A row to write, made durable by the next commit."""
 
@@ -159,6 +172,8 @@ def apply(store: StateStore, writes: list[Write]) -> None:
                 store.prune_decisions(before_ms)
             case PutCommand(command=command):
                 store.put_command(command)
+            case PutRestoration(restoration=restoration):
+                store.put_restoration(restoration)
 
 
 # -- alerts --------------------------------------------------------------------------------
@@ -296,6 +311,25 @@ def command_record(
             last_seen_at=seen_at,
             window_start=window[0],
             window_end=window[1],
+        )
+    )
+
+
+def restoration_record(
+    observed: RestorationObserved, *, counter: int, alert_code: int, received_at: int
+) -> PutRestoration:
+    """The restorations table's row of a restoration alert (``counter``: its frame's
+    originator counter, which with the ESME names it)."""
+    a = observed.activation
+    return PutRestoration(
+        RestorationRecord(
+            esme=observed.esme,
+            counter=counter,
+            alert_code=alert_code,
+            chf=observed.chf,
+            received_at=received_at,
+            in_window=observed.in_window,
+            request_id=a.request_id if a is not None else None,
         )
     )
 

@@ -72,6 +72,7 @@ from gateway.errors import GatewayError
 from .audit import COMMAND_COLUMNS
 from .errors import StoreError, StoreReason
 from .postgresql import PostgresStore, describe_dsn
+from .restorations import RESTORATION_COLUMNS
 from .rows import REPORT_CURSOR_KEY
 from .sqlite import MARKER_SUFFIX, Store
 
@@ -121,6 +122,7 @@ TABLES: Final = (
     Table(name="decisions", columns="alert_id decided_at effect_done decision"),
     Table(name="suppressions", columns="seq alert_id record received_at report_id", numbered="seq"),
     Table(name="commands", columns=COMMAND_COLUMNS),
+    Table(name="restorations", columns=RESTORATION_COLUMNS),
     Table(
         name="quarantine",
         columns="id topic payload reason error attempts received_at quarantined_at forwarded "

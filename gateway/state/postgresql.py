@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 The same store as gateway/state/sqlite.py, on a PostgreSQL database instead of a file:
-the same tables (activations, counters, decisions, suppressions, commands, quarantine), the
+the same tables (activations, counters, decisions, suppressions, commands, quarantine,
+restorations), the
 same row formats (gateway/state/rows.py: counters and EUI-64s as 8-byte ``bytea``, the
 decision as one ``bytea`` in the stores' own row format), the same idempotent writes
 (the same ``ON CONFLICT`` rules) and the same contract towards the shell
@@ -69,6 +70,12 @@ from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .lease import FENCE_SQL
 from .protocol import PRUNE_BATCH_ROWS
+from .restorations import (
+    NEAR_MISS_LENGTHS,
+    RestorationRecord,
+    restoration_from_row,
+    restoration_row,
+)
 from .rows import (
     REPORT_CURSOR_KEY,
     PendingReport,
@@ -167,6 +174,21 @@ CREATE TABLE IF NOT EXISTS commands (
 CREATE INDEX IF NOT EXISTS commands_chf ON commands (chf);
 CREATE INDEX IF NOT EXISTS commands_last_seen_at ON commands (last_seen_at)
 """
+# Added as the commands table was (sqlite.py's schema version 5).
+_RESTORATIONS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS restorations (
+    esme bytea NOT NULL CHECK (length(esme) = 8),
+    counter bytea NOT NULL CHECK (length(counter) = 8),
+    alert_code bigint NOT NULL,
+    chf bytea CHECK (chf IS NULL OR length(chf) = 8),
+    received_at bigint NOT NULL,
+    in_window boolean NOT NULL,
+    request_id text,
+    PRIMARY KEY (esme, counter)
+);
+CREATE INDEX IF NOT EXISTS restorations_received_at ON restorations (received_at)
+"""
+_ADDED_SCHEMA: Final = _COMMANDS_SCHEMA + ";" + _RESTORATIONS_SCHEMA
 _OUR_TABLES: Final = (
     "store_meta",
     "activations",
@@ -290,6 +312,27 @@ SELECT * FROM (
         last_seen_at, window_start, window_end FROM commands WHERE chf = %s
 ) AS c ORDER BY last_seen_at DESC, seen_at DESC LIMIT %s
 """
+# The restorations table, as sqlite.py's.
+_PUT_RESTORATION = """
+INSERT INTO restorations (esme, counter, alert_code, chf, received_at, in_window, request_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (esme, counter) DO NOTHING
+"""
+_PRUNE_RESTORATIONS = """
+DELETE FROM restorations WHERE (esme, counter) IN (
+    SELECT esme, counter FROM restorations WHERE received_at < %s
+    ORDER BY received_at LIMIT %s)
+"""
+_RESTORATIONS_IN = """
+SELECT esme, counter, alert_code, chf, received_at, in_window, request_id FROM restorations
+WHERE received_at >= %s AND received_at < %s ORDER BY received_at, esme, counter
+"""
+_NEAR_MISSES_IN = (
+    _SELECT_DECISIONS
+    + "WHERE decided_at >= %s AND decided_at < %s AND length(decision) IN ("
+    + ", ".join(str(n) for n in NEAR_MISS_LENGTHS)
+    + ") ORDER BY decided_at, alert_id"
+)
 _REPORT_POSITION = """
 SELECT count(*) FROM suppressions
 WHERE report_id = %s AND received_at >= %s AND received_at < %s AND seq <= %s
@@ -333,6 +376,8 @@ _TABLE_OF: Final = {
     _SET_META: 5,
     _PUT_COMMAND: 6,
     _PRUNE_COMMANDS: 6,
+    _PUT_RESTORATION: 7,
+    _PRUNE_RESTORATIONS: 7,
 }
 
 
@@ -525,6 +570,15 @@ class PostgresStore(GroupCommitStore):
         cutoff = check_i64("before_ms", before_ms)
         self._enqueue(_PRUNE_COMMANDS, (cutoff, cutoff, PRUNE_BATCH_ROWS))
 
+    def put_restoration(self, restoration: RestorationRecord) -> None:
+        """As :meth:`gateway.state.sqlite.Store.put_restoration`."""
+        self._enqueue(_PUT_RESTORATION, restoration_row(restoration))
+
+    def prune_restorations(self, before_ms: int) -> None:
+        """As :meth:`gateway.state.sqlite.Store.prune_restorations`."""
+        cutoff = check_i64("before_ms", before_ms)
+        self._enqueue(_PRUNE_RESTORATIONS, (cutoff, PRUNE_BATCH_ROWS))
+
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled (first copy stays unless replayed)."""
         self._enqueue(_PUT_QUARANTINE, quarantine_row(entry))
@@ -690,6 +744,25 @@ class PostgresStore(GroupCommitStore):
         )
         return [activation_from_row(row) for row in rows]
 
+    async def read_evidence(
+        self, start_ms: int, end_ms: int
+    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
+        """As :meth:`gateway.state.sqlite.Store.read_evidence`."""
+        self._check_open()
+        return await asyncio.to_thread(self._read_evidence, start_ms, end_ms)
+
+    def _read_evidence(
+        self, start_ms: int, end_ms: int
+    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
+        span = (check_i64("start_ms", start_ms), check_i64("end_ms", end_ms))
+        with self._reading(), _connect(self._dsn, self._password, autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            decisions = conn.execute(_NEAR_MISSES_IN, span).fetchall()
+            restorations = conn.execute(_RESTORATIONS_IN, span).fetchall()
+            conn.rollback()
+        misses = [d for d, _ in map(decision_from_row, decisions) if d.after_window_ms is not None]
+        return misses, [restoration_from_row(row) for row in restorations]
+
     def report_position(self, seq: int, report_id: str, start_ms: int, end_ms: int) -> int:
         """As :meth:`gateway.state.sqlite.Store.report_position`."""
         rows = self._fetch(_REPORT_POSITION, (report_id, start_ms, end_ms, seq))
@@ -853,7 +926,7 @@ def _prepare(conn: psycopg.Connection[Any], where: str, create: bool = True) -> 
                         "gateway has run on it)",
                         path=where,
                     )
-                for statement in _SCHEMA.split(";") + _COMMANDS_SCHEMA.split(";"):
+                for statement in _SCHEMA.split(";") + _ADDED_SCHEMA.split(";"):
                     conn.execute(statement)
                 store_id = secrets.token_hex(16)
                 conn.execute(
@@ -871,7 +944,7 @@ def _prepare(conn: psycopg.Connection[Any], where: str, create: bool = True) -> 
                 )
             meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
             if meta.get("schema_version") == str(PG_SCHEMA_VERSION):
-                for statement in _COMMANDS_SCHEMA.split(";"):
+                for statement in _ADDED_SCHEMA.split(";"):
                     conn.execute(statement)
     except psycopg.Error as exc:
         raise StoreError(

@@ -22,7 +22,10 @@ counter recorded (WIRE.md). The state lives in one SQLite file with these tables
 - ``commands``: every CS06 judged (tracked, replaced, cancelled or refused, and why),
   for ``poa-gateway explain`` (gateway/state/audit.py; schema version 4, added to older
   files when they are opened);
-- ``quarantine``: messages that could not be handled (gateway/quarantine.py).
+- ``quarantine``: messages that could not be handled (gateway/quarantine.py);
+- ``restorations``: the restoration alerts received, in a window or not, the evidence
+  for assumption A5 in a period's summary (gateway/state/restorations.py; schema
+  version 5, added to older files when they are opened).
 
 **Why group commit.** A durable commit costs an ``fsync``: half a millisecond on the
 development VM, several on many disks, far more than the SQL. One commit per message
@@ -153,6 +156,12 @@ from .audit import CommandRecord, command_from_row, command_row
 from .errors import StoreError, StoreReason
 from .group_commit import GroupCommitStore, Op
 from .protocol import PRUNE_BATCH_ROWS
+from .restorations import (
+    NEAR_MISS_LENGTHS,
+    RestorationRecord,
+    restoration_from_row,
+    restoration_row,
+)
 from .rows import (
     REPORT_CURSOR_KEY,
     PendingReport,
@@ -187,7 +196,7 @@ __all__ = [
     "quarantine_id",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """``PRAGMA user_version`` of a state file written by this module."""
 
 APPLICATION_ID: Final = 0x504F4153  # "POAS": poa-gateway state
@@ -279,6 +288,17 @@ CREATE TABLE quarantine (
     forwarded INTEGER NOT NULL CHECK (forwarded = 0 OR forwarded = 1),
     replayed_at INTEGER
 );
+CREATE TABLE restorations (
+    esme BLOB NOT NULL CHECK (length(esme) = 8),
+    counter BLOB NOT NULL CHECK (length(counter) = 8),
+    alert_code INTEGER NOT NULL,
+    chf BLOB CHECK (chf IS NULL OR length(chf) = 8),
+    received_at INTEGER NOT NULL,
+    in_window INTEGER NOT NULL CHECK (in_window = 0 OR in_window = 1),
+    request_id TEXT,
+    PRIMARY KEY (esme, counter)
+) WITHOUT ROWID;
+CREATE INDEX restorations_received_at ON restorations (received_at);
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -403,6 +423,30 @@ DELETE FROM commands WHERE (esme, originator, counter, outcome, reason) IN (
     WHERE last_seen_at < ? AND coalesce(window_end, 0) < ?
     ORDER BY last_seen_at LIMIT ?)
 """
+# The restorations table (gateway/state/restorations.py): a redelivered copy keeps the
+# first sighting, so that a period's summary is the same file whenever it is written.
+_PUT_RESTORATION = """
+INSERT INTO restorations (esme, counter, alert_code, chf, received_at, in_window, request_id)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (esme, counter) DO NOTHING
+"""
+_PRUNE_RESTORATIONS = """
+DELETE FROM restorations WHERE (esme, counter) IN (
+    SELECT esme, counter FROM restorations WHERE received_at < ?
+    ORDER BY received_at LIMIT ?)
+"""
+_RESTORATIONS_IN = """
+SELECT esme, counter, alert_code, chf, received_at, in_window, request_id FROM restorations
+WHERE received_at >= ? AND received_at < ? ORDER BY received_at, esme, counter
+"""
+# A period's near misses (the report summary): only a decisions row of a near-miss
+# length can hold one (NEAR_MISS_LENGTHS), which keeps the decoding to those rows.
+_NEAR_MISSES_IN = (
+    _SELECT_DECISIONS
+    + "WHERE decided_at >= ? AND decided_at < ? AND length(decision) IN ("
+    + ", ".join(str(n) for n in NEAR_MISS_LENGTHS)
+    + ") ORDER BY decided_at, alert_id"
+)
 _REPORT_POSITION = """
 SELECT count(*) FROM suppressions
 WHERE report_id = ? AND received_at >= ? AND received_at < ? AND seq <= ?
@@ -456,6 +500,8 @@ _TABLE_OF: Final = {
     _SET_META: 5,
     _PUT_COMMAND: 6,
     _PRUNE_COMMANDS: 6,
+    _PUT_RESTORATION: 7,
+    _PRUNE_RESTORATIONS: 7,
 }
 
 
@@ -650,6 +696,17 @@ class Store(GroupCommitStore):
         cutoff = check_i64("before_ms", before_ms)
         self._enqueue(_PRUNE_COMMANDS, (cutoff, cutoff, PRUNE_BATCH_ROWS))
 
+    def put_restoration(self, restoration: RestorationRecord) -> None:
+        """Record a restoration alert (gateway/state/restorations.py); a redelivered copy
+        (same ESME and originator counter) keeps the first."""
+        self._enqueue(_PUT_RESTORATION, restoration_row(restoration))
+
+    def prune_restorations(self, before_ms: int) -> None:
+        """Delete up to :data:`PRUNE_BATCH_ROWS` restoration alerts received before
+        ``before_ms``, the oldest first."""
+        cutoff = check_i64("before_ms", before_ms)
+        self._enqueue(_PRUNE_RESTORATIONS, (cutoff, PRUNE_BATCH_ROWS))
+
     def put_quarantine(self, entry: QuarantineEntry) -> None:
         """Keep a message that could not be handled. A second entry with its id (a
         redelivered copy) is ignored, unless the first was replayed: then it replaces it."""
@@ -804,6 +861,33 @@ class Store(GroupCommitStore):
             ).fetchall()
         return [activation_from_row(row) for row in rows]
 
+    async def read_evidence(
+        self, start_ms: int, end_ms: int
+    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
+        """The near misses decided in [``start_ms``, ``end_ms``) (forwarded AD1s with
+        ``after_window_ms``) and the restoration alerts received in it, each in time
+        order: a report period's summary (gateway/reports/summary.py). Read in a thread
+        with a connection of its own, as :meth:`read_unreported`."""
+        self._check_open()
+        return await asyncio.to_thread(self._read_evidence, start_ms, end_ms)
+
+    def _read_evidence(
+        self, start_ms: int, end_ms: int
+    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
+        span = (check_i64("start_ms", start_ms), check_i64("end_ms", end_ms))
+        conn = _connect(self.path, self._busy_timeout_s, check_same_thread=True)
+        try:
+            with self._reading():
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("BEGIN")  # one snapshot for both lists (WAL)
+                decisions = conn.execute(_NEAR_MISSES_IN, span).fetchall()
+                restorations = conn.execute(_RESTORATIONS_IN, span).fetchall()
+                conn.execute("COMMIT")
+        finally:
+            conn.close()
+        misses = [d for d, _ in map(decision_from_row, decisions) if d.after_window_ms is not None]
+        return misses, [restoration_from_row(row) for row in restorations]
+
     def report_position(self, seq: int, report_id: str, start_ms: int, end_ms: int) -> int:
         """The position (1, 2 ...) of log entry ``seq`` among the records of report
         ``report_id`` of the period [``start_ms``, ``end_ms``), in seq order: the order
@@ -926,7 +1010,7 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
     app_id, version = schema_marks(conn)
     if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
         return
-    if app_id == APPLICATION_ID and version in (1, 2, 3):
+    if app_id == APPLICATION_ID and version in (1, 2, 3, 4):
         _migrate(conn, version)
         return
     if app_id not in (0, APPLICATION_ID):
@@ -958,10 +1042,13 @@ _V2_DECISIONS = _SCHEMA[
 ]
 
 
-_V3_QUARANTINE = _SCHEMA[_SCHEMA.index("CREATE TABLE quarantine") : _SCHEMA.index("PRAGMA")]
+_V3_QUARANTINE = _SCHEMA[
+    _SCHEMA.index("CREATE TABLE quarantine") : _SCHEMA.index("CREATE TABLE restorations")
+]
 _V4_COMMANDS = _SCHEMA[
     _SCHEMA.index("CREATE TABLE commands") : _SCHEMA.index("CREATE TABLE quarantine")
 ]
+_V5_RESTORATIONS = _SCHEMA[_SCHEMA.index("CREATE TABLE restorations") : _SCHEMA.index("PRAGMA")]
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:
@@ -975,8 +1062,9 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute(
             _V3_QUARANTINE.strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
         )
-        # Version 4 added the commands table (gateway/state/audit.py).
-        for statement in _V4_COMMANDS.split(";"):
+        # Version 4 added the commands table (gateway/state/audit.py), version 5 the
+        # restorations table (gateway/state/restorations.py).
+        for statement in (_V4_COMMANDS + _V5_RESTORATIONS).split(";"):
             if statement.strip():
                 conn.execute(
                     statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
