@@ -67,6 +67,7 @@ __all__ = [
     "Eui64",
     "GbcsEnvelope",
     "InventoryEnvelope",
+    "MpanDigits",
     "QuarantineNotice",
     "ReportNotice",
     "Sha256Hex",
@@ -128,6 +129,11 @@ Sha256Hex: TypeAlias = Annotated[str, msgspec.Meta(max_length=64, pattern="^[0-9
 
 _NonEmptyStr: TypeAlias = Annotated[str, msgspec.Meta(min_length=1)]
 
+MpanDigits: TypeAlias = Annotated[str, msgspec.Meta(max_length=13, pattern="^[0-9]{13}$")]
+"""An MPAN core as the wire carries it: exactly 13 ASCII digits, no spaces. The check
+digit is not checked here but by the inventory (gateway/core/mpan.py), which refuses a
+wrong one with ``invalid-record`` naming ``mpan``."""
+
 ActivationKind: TypeAlias = Literal["on-demand", "future-dated"]
 """How the CS06 that opened a suppression window asked for activation."""
 
@@ -185,6 +191,9 @@ class InventoryEnvelope(
     # The remote party id of the meter's registered import supplier, when the DSP knows
     # it: only that Supplier's CS06 then opens a window. Absent: any Supplier's does.
     supplier_id: Eui64 | None = None
+    # The 13-digit MPAN core of the meter point, when the DSP knows it (an ESME's):
+    # it names the meter point and, by its first two digits, the distributor.
+    mpan: MpanDigits | None = None
 
 
 class SuppressionRecord(

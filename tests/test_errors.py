@@ -153,6 +153,7 @@ REASON_VALUES: dict[type[enum.StrEnum], set[str]] = {
         "bad-smets",
         "unknown-status",
         "not-utf8",
+        "bad-mpan",
     },
     GuidListReason: {
         "unreadable",

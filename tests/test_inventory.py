@@ -44,6 +44,9 @@ PPMID_A = bytes.fromhex("00DB1234567890A3")
 ESME_B = bytes.fromhex("00DB1234567890B1")
 
 SUPPLIER = bytes.fromhex("90B3D51F30010000")
+# MPAN cores published as examples (sources in tests/test_mpan.py), distributors 13 and 18.
+MPAN = "1312345678907"
+MPAN_B = "1800021679848"
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 # An extract without the optional supplier_id column, as DSP extracts were before it.
@@ -65,6 +68,7 @@ def esme(
     chf_id: bytes,
     manufacturer: str = "Landis+Gyr",
     supplier_id: bytes | None = None,
+    mpan: str | None = None,
 ) -> DeviceRecord:
     return DeviceRecord(
         device_id=device_id,
@@ -75,6 +79,7 @@ def esme(
         chf_id=chf_id,
         model="E470",
         supplier_id=supplier_id,
+        mpan=mpan,
     )
 
 
@@ -132,19 +137,19 @@ def test_new_file_has_the_schema_version_wal_and_the_chf_index(db_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("status", "supplier_id"),
-    [("lost", None), ("commissioned", b"\x01" * 7)],
-    ids=["status", "supplier_id"],
+    ("status", "supplier_id", "mpan"),
+    [("lost", None, None), ("commissioned", b"\x01" * 7, None), ("commissioned", None, "131")],
+    ids=["status", "supplier_id", "mpan"],
 )
 def test_database_checks_refuse_rows_that_bypass_the_module(
-    db_path: Path, status: str, supplier_id: bytes | None
+    db_path: Path, status: str, supplier_id: bytes | None, mpan: str | None
 ) -> None:
     Inventory(db_path).close()
     with closing(sqlite3.connect(db_path)) as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute(
             "INSERT INTO devices (device_id, device_type, smets, manufacturer, status, "
-            "supplier_id, updated_at) VALUES (?, 'ESME', 2, 'X', ?, ?, 0)",
-            (ESME_A, status, supplier_id),
+            "supplier_id, mpan, updated_at) VALUES (?, 'ESME', 2, 'X', ?, ?, ?, 0)",
+            (ESME_A, status, supplier_id, mpan),
         )
 
 
@@ -172,30 +177,45 @@ def _columns(path: Path) -> list[tuple[object, ...]]:
         return conn.execute("PRAGMA table_info(devices)").fetchall()
 
 
+# Version 2 added supplier_id, as the migration from version 1 did, and nothing else.
+_V2_SCHEMA = (
+    _V1_SCHEMA.replace("PRAGMA user_version = 1;", "PRAGMA user_version = 2;")
+    + "ALTER TABLE devices ADD COLUMN supplier_id BLOB;"
+)
+
+
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("create", [True, False], ids=["daemon", "read-only-tool"])
-def test_version_1_inventory_is_migrated_keeping_its_rows(
-    tmp_path: Path, db_path: Path, create: bool
+def test_older_inventory_is_migrated_keeping_its_rows(
+    tmp_path: Path, db_path: Path, create: bool, version: int
 ) -> None:
+    supplier = {1: (), 2: (SUPPLIER,)}[version]
     with closing(sqlite3.connect(db_path)) as conn:
-        conn.executescript(_V1_SCHEMA)
+        conn.executescript({1: _V1_SCHEMA, 2: _V2_SCHEMA}[version])
         conn.executemany(
-            "INSERT INTO devices VALUES (?, ?, 2, ?, ?, ?, 'commissioned', ?)",
+            "INSERT INTO devices VALUES "
+            f"(?, ?, 2, ?, ?, ?, 'commissioned', ?{', ?' * len(supplier)})",
             [
-                (CHF_A, "CHF", "Toshiba", None, None, T0),
-                (ESME_A, "ESME", "Landis+Gyr", "E470", CHF_A, T0),
+                (CHF_A, "CHF", "Toshiba", None, None, T0, *(None,) * len(supplier)),
+                (ESME_A, "ESME", "Landis+Gyr", "E470", CHF_A, T0, *supplier),
             ],
         )
         conn.commit()
+    known = SUPPLIER if version == 2 else None
     with Inventory.open(db_path, create=create) as inv:
         assert inv.count() == 2
         assert inv.get(CHF_A) == chf(CHF_A)
-        assert inv.get(ESME_A) == esme(ESME_A, CHF_A)  # no supplier known yet
-        inv.upsert(esme(ESME_A, CHF_A, supplier_id=SUPPLIER), T0 + 1)
+        # the supplier kept (version 2) or not known yet (1); no MPAN known yet
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=known)
+        inv.upsert(esme(ESME_A, CHF_A, supplier_id=SUPPLIER, mpan=MPAN), T0 + 1)
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
         assert conn.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
+        assert conn.execute(
+            "SELECT mpan FROM devices WHERE device_id = ?", (CHF_A,)
+        ).fetchall() == [(None,)]
     with Inventory.open(db_path, create=False) as inv:
-        assert inv.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER)
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER, mpan=MPAN)
     # A migrated file and a new one have the same columns in the same order.
     fresh = tmp_path / "fresh.sqlite"
     Inventory(fresh).close()
@@ -299,13 +319,17 @@ def test_envelope_like_object_with_bad_values_is_refused() -> None:
         chf_id: bytes | None = CHF_A
         status: str = "commissioned"
         supplier_id: bytes | None = None
+        mpan: str | None = None
 
     assert from_envelope(Duck()).device_id == ESME_A
+    assert from_envelope(Duck(mpan="13 1234 5678 907")).mpan == MPAN  # as printed on a bill
     for duck, field in [
         (Duck(device_type="esme-ish"), "device_type"),
         (Duck(status="gone"), "status"),
         (Duck(chf_id=b"\x01"), "chf_id"),
         (Duck(supplier_id=b"\x01" * 9), "supplier_id"),
+        (Duck(mpan="1312345678900"), "mpan"),  # check digit wrong
+        (Duck(mpan="131234567890"), "mpan"),
     ]:
         with pytest.raises(InventoryError) as info:
             from_envelope(duck)
@@ -412,13 +436,14 @@ def test_written_csv_imports_back_to_the_same_records(inventory: Inventory, tmp_
         chf(CHF_A),
         esme(ESME_A, CHF_A, manufacturer='Landis, "Gyr"'),
         chf(CHF_B),
-        esme(ESME_B, CHF_B, supplier_id=SUPPLIER),
+        esme(ESME_B, CHF_B, supplier_id=SUPPLIER, mpan=MPAN),
     ]
     path = tmp_path / "out.csv"
     write_inventory_csv(path, records)
     lines = path.read_text().splitlines()
-    assert lines[0] == ",".join(CSV_COLUMNS) == HEADER + ",supplier_id"
-    assert lines[-1].endswith(",commissioned,90-B3-D5-1F-30-01-00-00")
+    assert lines[0] == ",".join(CSV_COLUMNS) == HEADER + ",supplier_id,mpan"
+    assert lines[-1].endswith(",commissioned,90-B3-D5-1F-30-01-00-00,1312345678907")
+    assert lines[1].endswith(",commissioned,,")
     report = inventory.import_csv(path, T0)
     assert (report.rows_imported, report.issues) == (4, ())
     assert [inventory.get(r.device_id) for r in records] == records
@@ -433,6 +458,7 @@ _FIELD_VALUES = {
     "chf_id": ["", "00-DB-12-34-56-78-90-A0", "00DB1234567890A0", "00-DB-12", "00 DB"],
     "status": ["commissioned", "Withdrawn", "installed-not-commissioned", "lost", ""],
     "supplier_id": ["", "90-B3-D5-1F-30-01-00-00", "90b3d51f30010000", "90-B3", " "],
+    "mpan": ["", MPAN, " 1312345678907", "13 1234 5678 907", "1312345678900", "131234567890"],
 }
 
 
@@ -534,11 +560,12 @@ def test_cli_show_prints_the_record_as_json(
 ) -> None:
     with Inventory(db_path) as inv:
         inv.upsert(esme(ESME_A, CHF_A), T0)
-        inv.upsert(esme(ESME_B, CHF_B, supplier_id=SUPPLIER), T0)
+        inv.upsert(esme(ESME_B, CHF_B, supplier_id=SUPPLIER, mpan=MPAN_B), T0)
     assert run_cli("show", "00db1234567890a1", "--db", str(db_path)) == 0
     human = capsys.readouterr().out
     assert "manufacturer: Landis+Gyr" in human
     assert "supplier_id:  -" in human
+    assert "mpan:         -" in human
     assert run_cli("show", "--json", "00db1234567890a1", "--db", str(db_path)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "device_id": "00-DB-12-34-56-78-90-A1",
@@ -549,9 +576,15 @@ def test_cli_show_prints_the_record_as_json(
         "chf_id": "00-DB-12-34-56-78-90-A0",
         "status": "commissioned",
         "supplier_id": None,
+        "mpan": None,
+        "distributor": None,
     }
     assert run_cli("show", "--json", "00-DB-12-34-56-78-90-B1", "--db", str(db_path)) == 0
-    assert json.loads(capsys.readouterr().out)["supplier_id"] == "90-B3-D5-1F-30-01-00-00"
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["supplier_id"] == "90-B3-D5-1F-30-01-00-00"
+    assert (shown["mpan"], shown["distributor"]) == (MPAN_B, "South of Scotland (SPEN)")
+    assert run_cli("show", "00-DB-12-34-56-78-90-B1", "--db", str(db_path)) == 0
+    assert "distributor:  South of Scotland (SPEN)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

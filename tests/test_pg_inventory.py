@@ -42,6 +42,8 @@ from .test_inventory import (
     ESME_B,
     GSME_A,
     HEADER,
+    MPAN,
+    MPAN_B,
     PPMID_A,
     SUPPLIER,
     T0,
@@ -123,6 +125,34 @@ def test_upserted_device_is_returned_by_get_and_counted(inventory: InventoryStor
     inventory.upsert(esme(ESME_A, CHF_A), T0 + 1)  # the DSP no longer names a supplier
     assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
     assert inventory.count() == 1
+
+
+def test_mpan_is_stored_as_its_thirteen_digits_and_can_be_cleared(
+    inventory: InventoryStore,
+) -> None:
+    inventory.upsert(esme(ESME_A, CHF_A, mpan=MPAN), T0)
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A, mpan=MPAN)
+    assert inventory.devices_on_chf(CHF_A) == [esme(ESME_A, CHF_A, mpan=MPAN)]
+    inventory.upsert(esme(ESME_A, CHF_A, mpan="18 0002 1679 848"), T0 + 1)  # as on a bill
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A, mpan=MPAN_B)
+    inventory.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A)], T0 + 2)  # no longer named
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A)
+
+
+@pytest.mark.parametrize(
+    ("mpan", "why"),
+    [("1312345678900", "check digit is 0"), ("13123", "got 5"), ("13123456789O7", "'O'")],
+)
+def test_an_invalid_mpan_is_refused_naming_it_and_nothing_is_written(
+    inventory: InventoryStore, mpan: str, why: str
+) -> None:
+    with pytest.raises(InventoryError) as refused:
+        inventory.upsert(esme(ESME_A, CHF_A, mpan=mpan), T0)
+    assert (refused.value.reason, refused.value.column) == ("invalid-record", "mpan")
+    assert why in str(refused.value)
+    with pytest.raises(InventoryError):
+        inventory.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A, mpan=mpan)], T0)
+    assert inventory.count() == 0
 
 
 def test_unknown_device_is_none(inventory: InventoryStore) -> None:
@@ -253,6 +283,37 @@ def test_csv_import_upserts_good_rows_and_reports_each_bad_row(
     assert inventory.get(PPMID_A) is None
 
 
+def test_csv_mpan_column_is_optional_and_a_bad_mpan_is_a_row_issue(
+    inventory: InventoryStore, tmp_path: Path
+) -> None:
+    esme_row = "ESME,2,Landis+Gyr,E470,00-DB-12-34-56-78-90-A0,commissioned,"
+    path = write_csv(
+        tmp_path / "inv.csv",
+        HEADER + ",supplier_id,MPAN",
+        "00-DB-12-34-56-78-90-A0,CHF,2,Toshiba,,,commissioned,,",
+        f"00-DB-12-34-56-78-90-A1,{esme_row},{MPAN}",
+        f"00-DB-12-34-56-78-90-B1,{esme_row},18 0002 1679 848",
+        f"00-DB-12-34-56-78-90-A2,{esme_row},1312345678900",
+        f"00-DB-12-34-56-78-90-A3,{esme_row},131234567890",
+        f"00-DB-12-34-56-78-90-A4,{esme_row},13-1234-5678-907",
+    )
+    report = inventory.import_csv(path, T0)
+    assert (report.rows_read, report.rows_imported, report.rows_invalid) == (6, 3, 3)
+    assert [(i.line, i.column, i.value, i.reason) for i in report.issues] == [
+        (5, "mpan", "1312345678900", "bad-mpan"),
+        (6, "mpan", "131234567890", "bad-mpan"),
+        (7, "mpan", "13-1234-5678-907", "bad-mpan"),
+    ]
+    details = [i.detail for i in report.issues]
+    assert "check digit is 0, the first 12 digits give 7" in details[0]
+    assert "has 13 digits, got 12" in details[1]
+    assert "only the digits 0-9" in details[2]
+    assert inventory.get(CHF_A) == chf(CHF_A)
+    assert inventory.get(ESME_A) == esme(ESME_A, CHF_A, mpan=MPAN)
+    assert inventory.get(ESME_B) == esme(ESME_B, CHF_A, mpan=MPAN_B)
+    assert inventory.get(GSME_A) is None
+
+
 def test_csv_rows_that_are_not_well_formed_are_reported_and_skipped(
     inventory: InventoryStore, tmp_path: Path
 ) -> None:
@@ -331,7 +392,7 @@ def test_both_backends_import_one_file_to_the_same_records_and_report(
     tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("gateway.state.inventory.IMPORT_BATCH_ROWS", 100)
-    lines = [HEADER + ",supplier_id"]
+    lines = [HEADER + ",supplier_id,mpan"]
     makers = ["Landis+Gyr", " Itron ", "Énergie", "", "Secure"]
     types = ["ESME", "gsme", "CHF", "WATER", "PPMID"]
     for i in range(1000):
@@ -342,8 +403,10 @@ def test_both_backends_import_one_file_to_the_same_records_and_report(
         chf_id = "" if i % 3 else f"00-DB-12-34-56-78-90-{i % 200:02X}"
         supplier = "90-B3-D5-1F-30-01-00-00" if i % 5 == 0 else ("90-B3" if i % 83 == 0 else "")
         status = "lost" if i % 101 == 0 else "commissioned"
+        mpan = MPAN if i % 7 == 0 else ("1312345678900" if i % 79 == 0 else "")
         lines.append(
-            f"{device},{types[i % 5]},{smets},{makers[i % 5]},M{i % 7},{chf_id},{status},{supplier}"
+            f"{device},{types[i % 5]},{smets},{makers[i % 5]},M{i % 7},{chf_id},{status},"
+            f"{supplier},{mpan}"
         )
     path = write_csv(tmp_path / "mixed.csv", *lines)
     with Inventory.open(tmp_path / "inventory.sqlite") as sqlite_inv:
@@ -383,7 +446,7 @@ def test_the_schema_is_created_once_by_openers_at_the_same_time(pg_dsn: str) -> 
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert meta(pg_dsn)["inventory_schema_version"] == "1"
+    assert meta(pg_dsn)["inventory_schema_version"] == "2"
     assert meta(pg_dsn)["schema_version"] == "1"
 
 
@@ -400,7 +463,8 @@ def test_inventory_and_state_store_share_a_fresh_database_whichever_opens_first(
     for opener in opened:
         opener().close()
     assert {"store_meta", "inventory", "activations"} <= tables(pg_dsn)
-    assert {meta(pg_dsn)[k] for k in ("schema_version", "inventory_schema_version")} == {"1"}
+    assert meta(pg_dsn)["schema_version"] == "1"
+    assert meta(pg_dsn)["inventory_schema_version"] == "2"
     with PostgresStore.open(pg_dsn) as store, PostgresInventory.open(pg_dsn) as inv:
         assert store.counts()["activations"] == 0
         assert inv.count() == 0
@@ -442,7 +506,7 @@ def test_a_dsn_that_cannot_connect_is_refused_naming_the_server_not_the_password
 def test_another_inventory_schema_version_is_refused_and_left_as_it_is(pg_dsn: str) -> None:
     with PostgresInventory.open(pg_dsn) as inv:
         inv.upsert(chf(CHF_A), T0)
-    for version, age in (("2", "newer"), ("0", "older")):
+    for version, age in (("3", "newer"), ("0", "older")):
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(
                 "UPDATE store_meta SET value = %s WHERE key = 'inventory_schema_version'",
@@ -455,6 +519,35 @@ def test_another_inventory_schema_version_is_refused_and_left_as_it_is(pg_dsn: s
         assert meta(pg_dsn)["inventory_schema_version"] == version
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM inventory").fetchall() == [(1,)]
+
+
+def columns(dsn: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'inventory' ORDER BY ordinal_position"
+        ).fetchall()
+    return [(name, kind) for name, kind in rows]
+
+
+def test_version_1_inventory_is_migrated_keeping_its_rows(pg_dsn: str) -> None:
+    with PostgresInventory.open(pg_dsn) as inv:
+        inv.upsert_many([chf(CHF_A), esme(ESME_A, CHF_A, supplier_id=SUPPLIER)], T0)
+    fresh = columns(pg_dsn)
+    # Back to what version 1 made: no mpan column, the mark at 1.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE inventory DROP COLUMN mpan")
+        conn.execute("UPDATE store_meta SET value = '1' WHERE key = 'inventory_schema_version'")
+    assert "mpan" not in dict(columns(pg_dsn))
+    with PostgresInventory.open(pg_dsn, create=False) as inv:
+        assert inv.count() == 2
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER)  # no MPAN known
+        inv.upsert(esme(ESME_A, CHF_A, supplier_id=SUPPLIER, mpan=MPAN), T0 + 1)
+    assert meta(pg_dsn)["inventory_schema_version"] == "2"
+    assert columns(pg_dsn) == fresh
+    with PostgresInventory.open(pg_dsn) as inv:
+        assert inv.get(ESME_A) == esme(ESME_A, CHF_A, supplier_id=SUPPLIER, mpan=MPAN)
+        assert inv.get(CHF_A) == chf(CHF_A)
 
 
 def test_a_table_called_inventory_that_is_not_ours_is_refused(pg_dsn: str) -> None:

@@ -433,6 +433,26 @@ def test_inventory_supplier_id_is_optional_and_an_eui64() -> None:
         assert (error.reason, error.field) == ("bad-field", "supplier_id")
 
 
+def test_inventory_mpan_is_optional_and_thirteen_digits_on_the_wire() -> None:
+    assert INVENTORY.mpan is None
+    assert "mpan" not in cbor2.loads(encode(INVENTORY))
+    fields = msgspec.to_builtins(INVENTORY, builtin_types=(bytes,))
+    mpan = "1312345678907"  # a published example core (tests/test_mpan.py)
+    assert decode_inventory(cbor2.dumps(fields | {"mpan": mpan})).mpan == mpan
+    # Strictly 13 ASCII digits: the spaces of a bill are for CSV extracts typed by people.
+    for bad in (
+        "131234567890",
+        "13123456789070",
+        "13 1234 5678 907",
+        "1312345678907\n",
+        1312345678907,
+    ):
+        error = refusal(cbor2.dumps(fields | {"mpan": bad}), decode_inventory)
+        assert (error.reason, error.field) == ("bad-field", "mpan")
+    # The check digit is the inventory's to judge (from_envelope: invalid-record).
+    assert decode_inventory(cbor2.dumps(fields | {"mpan": "1312345678900"})).mpan == "1312345678900"
+
+
 @pytest.mark.parametrize("alert_id", ["", "x" * 129, None, b"ad1-0001"])
 def test_bad_alert_id_is_named(alert_id: object) -> None:
     error = refusal(cbor2.dumps(alert_fields(alert_id=alert_id)))

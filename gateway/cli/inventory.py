@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.core.mpan import distributor_of
 from gateway.eui import format_eui64, parse_eui64
 from gateway.exits import Exit
 from gateway.state.inventory import ImportIssue, Inventory, InventoryError, InventoryStore
@@ -44,9 +45,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description=(
             "Upsert every valid row of an inventory CSV into the inventory, creating it if "
             "needed. The header names the columns (any case): device_id, device_type, "
-            "smets, manufacturer, status, and optionally model, chf_id and supplier_id (the "
+            "smets, manufacturer, status, and optionally model, chf_id, supplier_id (the "
             "EUI-64 of the meter's registered import supplier: only that Supplier's CS06 "
-            "then opens a window). EUI-64s may be written 00-DB-12-34-56-78-90-A0, "
+            "then opens a window) and mpan (the 13-digit MPAN core, spaces allowed, its "
+            "check digit checked). EUI-64s may be written 00-DB-12-34-56-78-90-A0, "
             "00:db:... or 00DB1234567890A0; an empty field means absent. Invalid rows "
             "are listed (line, column, value, reason) and skipped; the exit status is 0 "
             "unless the file or the inventory cannot be used."
@@ -177,6 +179,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         "chf_id": None if record.chf_id is None else format_eui64(record.chf_id),
         "status": record.status.value,
         "supplier_id": None if record.supplier_id is None else format_eui64(record.supplier_id),
+        "mpan": record.mpan,
+        # The distribution area and its operator, named by the MPAN's first two digits.
+        "distributor": None if record.mpan is None else distributor_of(record.mpan[:2]).name,
     }
     print_result(args, out)
     return Exit.OK

@@ -38,6 +38,9 @@ class DeviceRecord(msgspec.Struct, frozen=True):
     ``supplier_id`` is the remote party id (EUI-64) of the meter's registered import
     supplier, when the inventory names one: only that party may activate its firmware.
     None means not known, and then any Supplier may.
+    ``mpan`` is the 13-digit MPAN core of the meter point (gateway/core/mpan.py), when
+    the inventory names one: an ESME's normally, any device's allowed. The inventory
+    checks it (digits, length, check digit) before storing it.
     """
 
     device_id: EUI64
@@ -48,6 +51,7 @@ class DeviceRecord(msgspec.Struct, frozen=True):
     chf_id: EUI64 | None = None
     model: str | None = None
     supplier_id: EUI64 | None = None
+    mpan: str | None = None
 
 
 def normalize_manufacturer(name: str) -> str:

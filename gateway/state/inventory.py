@@ -21,9 +21,9 @@ corrupt the file; the inventory is re-sent by the DSP, so that is the right trad
 
 The file is marked as ours with ``PRAGMA application_id`` and versioned with ``PRAGMA
 user_version`` (:data:`SCHEMA_VERSION`), so that pointing ``--db`` at the state store or
-at a newer gateway's inventory is refused with a reason instead of being "migrated". A
-version 1 file (before ``supplier_id``) is migrated when opened, keeping its rows: the
-new column is added, empty, in one transaction.
+at a newer gateway's inventory is refused with a reason instead of being "migrated". An
+older file is migrated when opened, keeping its rows: version 1 (before ``supplier_id``)
+and version 2 (before ``mpan``) get the columns they lack, empty, in one transaction.
 
 CSV imports are applied in batches of :data:`IMPORT_BATCH_ROWS` rows, one transaction
 each. An import is therefore atomic per batch, not per file; since every row is an upsert,
@@ -62,6 +62,7 @@ from typing import Protocol, Self, TypeAlias, TypeVar
 import msgspec
 
 from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.mpan import MPAN_CORE_LENGTH, MpanCore, MpanError, check_digit
 from gateway.errors import GatewayError
 from gateway.eui import EUI64_LENGTH, format_eui64, parse_eui64
 
@@ -86,9 +87,9 @@ __all__ = [
     "write_inventory_csv",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version`` of an inventory file written by this module (2 added
-``supplier_id``; version 1 files are migrated when opened)."""
+``supplier_id``, 3 ``mpan``; older files are migrated when opened)."""
 
 APPLICATION_ID = 0x504F4149  # "POAI": poa-gateway inventory
 """``PRAGMA application_id`` that marks a SQLite file as a poa-gateway inventory."""
@@ -114,12 +115,14 @@ CSV_COLUMNS = (
     "chf_id",
     "status",
     "supplier_id",
+    "mpan",
 )
 """Columns of an inventory CSV, in the order :func:`write_inventory_csv` writes them."""
 
 REQUIRED_COLUMNS = ("device_id", "device_type", "smets", "manufacturer", "status")
-"""Columns an inventory CSV must have; ``model``, ``chf_id`` and ``supplier_id`` are
-optional (``supplier_id``: the EUI-64 of the meter's registered import supplier)."""
+"""Columns an inventory CSV must have; ``model``, ``chf_id``, ``supplier_id`` and
+``mpan`` are optional (``supplier_id``: the EUI-64 of the meter's registered import
+supplier; ``mpan``: the 13-digit MPAN core of the meter point)."""
 
 _VALUE_SHOWN = 64  # longest CSV value quoted back in a report
 
@@ -198,6 +201,7 @@ class InvalidRowReason(enum.StrEnum):
     BAD_SMETS = "bad-smets"
     UNKNOWN_STATUS = "unknown-status"
     NOT_UTF8 = "not-utf8"
+    BAD_MPAN = "bad-mpan"  # not a valid MPAN core (digits, length or check digit)
 
 
 class ImportIssue(msgspec.Struct, frozen=True, kw_only=True):
@@ -258,6 +262,8 @@ class InventoryFields(Protocol):
     def status(self) -> str: ...
     @property
     def supplier_id(self) -> bytes | None: ...
+    @property
+    def mpan(self) -> str | None: ...
 
 
 class InventoryStore(Protocol):
@@ -350,6 +356,7 @@ def from_envelope(env: InventoryFields) -> DeviceRecord:
         chf_id=None if env.chf_id is None else bytes(env.chf_id),
         model=env.model if env.model else None,
         supplier_id=None if env.supplier_id is None else bytes(env.supplier_id),
+        mpan=None if env.mpan is None else _mpan(env.mpan),
     )
     _row(record)  # the remaining checks
     return record
@@ -359,8 +366,8 @@ def write_inventory_csv(path: str | os.PathLike[str], records: Iterable[DeviceRe
     """Write ``records`` as an inventory CSV that :meth:`Inventory.import_csv` reads back.
 
     Columns are :data:`CSV_COLUMNS`; EUI-64s in the DCC form ``00-DB-12-34-56-78-90-A0``;
-    an absent ``model``, ``chf_id`` or ``supplier_id`` is an empty field. For scripts
-    and tests.
+    an absent ``model``, ``chf_id``, ``supplier_id`` or ``mpan`` is an empty field. For
+    scripts and tests.
     """
     with open(path, "w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")
@@ -375,12 +382,15 @@ def write_inventory_csv(path: str | os.PathLike[str], records: Iterable[DeviceRe
                 "" if r.chf_id is None else format_eui64(r.chf_id),
                 DeviceStatus(r.status).value,
                 "" if r.supplier_id is None else format_eui64(r.supplier_id),
+                r.mpan or "",
             )
             for r in records
         )
 
 
-_Row: TypeAlias = tuple[bytes, str, int, str, str | None, bytes | None, str, bytes | None]
+_Row: TypeAlias = tuple[
+    bytes, str, int, str, str | None, bytes | None, str, bytes | None, str | None
+]
 
 
 def _one_of(column: str, values: Iterable[str]) -> str:
@@ -392,6 +402,9 @@ def _one_of(column: str, values: Iterable[str]) -> str:
 _SUPPLIER_ID_COLUMN = (
     f"supplier_id BLOB CHECK (supplier_id IS NULL OR length(supplier_id) = {EUI64_LENGTH})"
 )
+# After it, as ALTER TABLE adds it to a version 2 file (and to a version 1 file after
+# supplier_id). Only the length is checked here: the check digit is _row's.
+_MPAN_COLUMN = f"mpan TEXT CHECK (mpan IS NULL OR length(mpan) = {MPAN_CORE_LENGTH})"
 
 # The CHECKs say "a = x OR a = y" rather than "a IN (x, y)": for an IN list SQLite builds a
 # temporary table each time the statement runs, which halved the speed of a bulk import.
@@ -405,7 +418,8 @@ CREATE TABLE IF NOT EXISTS devices (
     chf_id BLOB CHECK (chf_id IS NULL OR length(chf_id) = {EUI64_LENGTH}),
     status TEXT NOT NULL CHECK ({_one_of("status", DeviceStatus)}),
     updated_at INTEGER NOT NULL,
-    {_SUPPLIER_ID_COLUMN}
+    {_SUPPLIER_ID_COLUMN},
+    {_MPAN_COLUMN}
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_chf_id ON devices (chf_id);
 PRAGMA application_id = {APPLICATION_ID};
@@ -413,20 +427,21 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 _GET = """
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan
 FROM devices WHERE device_id = ?
 """
 
 _ON_CHF = """
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan
 FROM devices WHERE chf_id = ? ORDER BY device_id
 """
 
 _UPSERT = """
 INSERT INTO devices (
-    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, updated_at
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan,
+    updated_at
 )
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (device_id) DO UPDATE SET
     device_type = excluded.device_type,
     smets = excluded.smets,
@@ -435,6 +450,7 @@ ON CONFLICT (device_id) DO UPDATE SET
     chf_id = excluded.chf_id,
     status = excluded.status,
     supplier_id = excluded.supplier_id,
+    mpan = excluded.mpan,
     updated_at = excluded.updated_at
 """
 
@@ -562,8 +578,10 @@ class Inventory:
         are matched without regard to case or surrounding spaces; columns other than
         :data:`CSV_COLUMNS` are ignored. Values are trimmed; EUI-64s may be written
         ``00-DB-12-34-56-78-90-A0``, ``00:db:...`` or as 16 hex digits; ``device_type``
-        and ``status`` are matched without regard to case; an empty ``model``,
-        ``chf_id`` or ``supplier_id`` (or a file without that column) means absent.
+        and ``status`` are matched without regard to case; an ``mpan`` is a 13-digit
+        MPAN core (spaces ignored) whose check digit must be right; an empty ``model``,
+        ``chf_id``, ``supplier_id`` or ``mpan`` (or a file without that column) means
+        absent.
 
         Rows are written in batches of :data:`IMPORT_BATCH_ROWS`, one transaction each.
 
@@ -618,8 +636,8 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
             return
-        if app_id == APPLICATION_ID and version == 1:
-            _migrate_from_v1(conn)
+        if app_id == APPLICATION_ID and version in (1, 2):
+            _migrate(conn)
             return
         create_schema_once(
             conn,
@@ -633,13 +651,16 @@ def _prepare(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         ) from exc
 
 
-def _migrate_from_v1(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection) -> None:
     # One transaction, and the version read again inside it: another process may have
-    # migrated the file since it was opened. The rows stay as they were; the column is
-    # empty (no supplier known) until the DSP or a CSV import says otherwise.
+    # migrated the file since it was opened. The rows stay as they were; the new columns
+    # are empty (no supplier, no MPAN known) until the DSP or a CSV import says otherwise.
     with immediate(conn):
-        if schema_marks(conn)[1] == 1:
+        version = schema_marks(conn)[1]
+        if version == 1:
             conn.execute(f"ALTER TABLE devices ADD COLUMN {_SUPPLIER_ID_COLUMN}")
+        if version in (1, 2):
+            conn.execute(f"ALTER TABLE devices ADD COLUMN {_MPAN_COLUMN}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -654,7 +675,7 @@ def _invalid(field: str, detail: str) -> InventoryError:
 
 
 def _record(row: _Row) -> DeviceRecord:
-    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id = row
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan = row
     return DeviceRecord(
         device_id=device_id,
         device_type=DeviceType(device_type),
@@ -664,7 +685,15 @@ def _record(row: _Row) -> DeviceRecord:
         chf_id=chf_id,
         model=model,
         supplier_id=supplier_id,
+        mpan=mpan,
     )
+
+
+def _mpan(text: str) -> str:
+    try:
+        return MpanCore.parse(text).digits
+    except MpanError as exc:
+        raise _invalid("mpan", exc.detail) from None
 
 
 def _row(record: DeviceRecord) -> _Row:
@@ -679,6 +708,7 @@ def _row(record: DeviceRecord) -> _Row:
     supplier_id = None if record.supplier_id is None else bytes(record.supplier_id)
     if supplier_id is not None and len(supplier_id) != EUI64_LENGTH:
         raise _invalid("supplier_id", f"expected {EUI64_LENGTH} bytes, got {len(supplier_id)}")
+    mpan = None if record.mpan is None else _mpan(record.mpan)
     if type(record.smets) is not int or record.smets not in (1, 2):
         raise _invalid("smets", f"expected 1 or 2, got {record.smets!r}")
     if not record.manufacturer.strip():
@@ -700,6 +730,7 @@ def _row(record: DeviceRecord) -> _Row:
         chf_id,
         status,
         supplier_id,
+        mpan,
     )
 
 
@@ -716,7 +747,7 @@ def read_inventory_csv(
     """Read an inventory CSV for :meth:`InventoryStore.import_csv`, whatever the backend.
 
     Every valid row, as ``(device_id, device_type, smets, manufacturer, model, chf_id,
-    status, supplier_id, updated_at_ms)``, is handed to ``write_batch`` in batches of
+    status, supplier_id, mpan, updated_at_ms)``, is handed to ``write_batch`` in batches of
     :data:`IMPORT_BATCH_ROWS`, in file order (a device listed twice: the later row
     wins); the list is reused, so ``write_batch`` must copy what it keeps. Invalid rows
     are reported and skipped, as :meth:`Inventory.import_csv` describes.
@@ -854,6 +885,7 @@ class _RowParser:
         "device_type",
         "manufacturer",
         "model",
+        "mpan",
         "smets",
         "status",
         "supplier_id",
@@ -870,6 +902,7 @@ class _RowParser:
         self.chf_id = index.get("chf_id", -1)
         self.status = index["status"]
         self.supplier_id = index.get("supplier_id", -1)
+        self.mpan = index.get("mpan", -1)
 
     def parse(self, fields: list[str]) -> _Row | None:
         if len(fields) != self.width:
@@ -884,6 +917,8 @@ class _RowParser:
         chf_id = _fast_eui64(chf_text) if chf_text else None
         supplier_text = fields[self.supplier_id] if self.supplier_id >= 0 else ""
         supplier_id = _fast_eui64(supplier_text) if supplier_text else None
+        mpan_text = fields[self.mpan] if self.mpan >= 0 else ""
+        mpan = _fast_mpan(mpan_text) if mpan_text else None
         if (
             device_id is None
             or device_type is None
@@ -892,6 +927,7 @@ class _RowParser:
             or not manufacturer
             or (chf_id is None and chf_text)
             or (supplier_id is None and supplier_text)
+            or (mpan is None and mpan_text)
             or not (manufacturer.isascii() and model.isascii())
         ):
             return None
@@ -904,6 +940,7 @@ class _RowParser:
             chf_id,
             status,
             supplier_id,
+            mpan,
         )
 
     def check(self, fields: list[str], line: int, issues: list[ImportIssue]) -> _Row | None:
@@ -964,6 +1001,13 @@ class _RowParser:
         chf_id = eui("chf_id", self.chf_id, required=False)
         status = choice("status", self.status, _STATUSES)
         supplier_id = eui("supplier_id", self.supplier_id, required=False)
+        mpan_text = fields[self.mpan].strip() if self.mpan >= 0 else ""
+        mpan: str | None = None
+        if mpan_text:
+            try:
+                mpan = MpanCore.parse(mpan_text).digits
+            except MpanError as exc:
+                bad("mpan", _visible(mpan_text), InvalidRowReason.BAD_MPAN, exc.detail)
         if (
             len(issues) != before
             or device_id is None
@@ -981,6 +1025,7 @@ class _RowParser:
             chf_id,
             status,
             supplier_id,
+            mpan,
         )
 
 
@@ -1001,6 +1046,14 @@ def _fast_eui64(text: str) -> bytes | None:
     if _EUI64_FAST.fullmatch(text) is None:
         return None
     return bytes.fromhex(text.replace("-", ""))
+
+
+def _fast_mpan(text: str) -> str | None:
+    # 13 digits with nothing around them and the right check digit; anything else (spaces,
+    # mistakes) goes to MpanCore.parse, which explains faults.
+    if len(text) != MPAN_CORE_LENGTH or not (text.isascii() and text.isdigit()):
+        return None
+    return text if check_digit(text[:12]) == int(text[12]) else None
 
 
 def _is_utf8(text: str) -> bool:

@@ -21,14 +21,16 @@ with one is reported (``bad-csv``, as Python's CSV reader itself said of a NUL b
 **Schema.** The table is created if missing with ``CREATE TABLE IF NOT EXISTS``, in one
 transaction holding an advisory lock of its own (:data:`_LOCK_KEY`: not the state
 store's, which guards the store's tables), so that two instances starting at once
-create it once. Its version is the row ``('inventory_schema_version', '1')`` of
+create it once. Its version is the row ``('inventory_schema_version', '2')`` of
 ``store_meta``, the state store's table of marks (gateway/state/postgresql.py). Either
 may be opened first on an empty database, so this module creates ``store_meta`` too,
 with the same definition, under the state store's lock (taken after ours: the store
 never takes ours, so the two cannot deadlock) since ``CREATE TABLE IF NOT EXISTS`` is
-not safe against a concurrent creation. Another version is refused with
-``unsupported-schema`` and nothing is changed; a table ``inventory`` without the mark
-is someone else's (``not-an-inventory``).
+not safe against a concurrent creation. Version 1 (before ``mpan``) is migrated in that
+same locked transaction: ``ADD COLUMN IF NOT EXISTS``, then the mark, so two instances
+starting at once migrate it once and a crash half-way leaves version 1 to be migrated
+again. A newer version is refused with ``unsupported-schema`` and nothing is changed;
+a table ``inventory`` without the mark is someone else's (``not-an-inventory``).
 
 **Connection.** One connection in autocommit mode: each read sees what is committed
 (another instance's update included), a single upsert commits as it returns, and the
@@ -59,6 +61,7 @@ from typing import Any, Final, Self, TypeVar
 import psycopg
 
 from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.mpan import MPAN_CORE_LENGTH
 from gateway.eui import EUI64_LENGTH
 
 from .errors import StoreError, StoreReason
@@ -80,8 +83,9 @@ from .postgresql import describe_dsn
 
 __all__ = ["INVENTORY_SCHEMA_VERSION", "PostgresInventory"]
 
-INVENTORY_SCHEMA_VERSION: Final = 1
-"""The value of ``store_meta.inventory_schema_version`` written by this module."""
+INVENTORY_SCHEMA_VERSION: Final = 2
+"""The value of ``store_meta.inventory_schema_version`` written by this module (2 added
+``mpan``; version 1 is migrated when opened)."""
 
 _VERSION_KEY: Final = "inventory_schema_version"
 _LOCK_KEY: Final = 0x504F4149  # "POAI", as the SQLite inventory's application_id
@@ -113,13 +117,19 @@ CREATE TABLE IF NOT EXISTS inventory (
 )""",
     "CREATE INDEX IF NOT EXISTS inventory_chf_id ON inventory (chf_id)",
 )
+# Added by version 2, to new tables and old alike (so both have the same columns in the
+# same order); IF NOT EXISTS makes a migration interrupted before its mark safe to redo.
+_ADD_MPAN: Final = (
+    "ALTER TABLE inventory ADD COLUMN IF NOT EXISTS mpan text "
+    f"CHECK (mpan IS NULL OR length(mpan) = {MPAN_CORE_LENGTH})"
+)
 
 _GET: Final = """
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan
 FROM inventory WHERE device_id = %s
 """
 _ON_CHF: Final = """
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan
 FROM inventory WHERE chf_id = %s ORDER BY device_id
 """
 
@@ -127,9 +137,10 @@ FROM inventory WHERE chf_id = %s ORDER BY device_id
 # the conflict rule of its upsert: the later write replaces every field.
 _UPSERT: Final = """
 INSERT INTO inventory (
-    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, updated_at
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan,
+    updated_at
 )
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET
     device_type = excluded.device_type,
     smets = excluded.smets,
@@ -138,6 +149,7 @@ ON CONFLICT (device_id) DO UPDATE SET
     chf_id = excluded.chf_id,
     status = excluded.status,
     supplier_id = excluded.supplier_id,
+    mpan = excluded.mpan,
     updated_at = excluded.updated_at
 """
 
@@ -146,20 +158,33 @@ ON CONFLICT (device_id) DO UPDATE SET
 _STAGE: Final = """
 CREATE TEMPORARY TABLE inventory_import (
     device_id bytea, device_type text, smets smallint, manufacturer text, model text,
-    chf_id bytea, status text, supplier_id bytea, updated_at bigint
+    chf_id bytea, status text, supplier_id bytea, mpan text, updated_at bigint
 ) ON COMMIT DROP
 """
 _COPY: Final = """
 COPY inventory_import (
-    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, updated_at
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan,
+    updated_at
 ) FROM STDIN (FORMAT BINARY)
 """
-_COPY_TYPES: Final = ("bytea", "text", "int2", "text", "text", "bytea", "text", "bytea", "int8")
+_COPY_TYPES: Final = (
+    "bytea",
+    "text",
+    "int2",
+    "text",
+    "text",
+    "bytea",
+    "text",
+    "bytea",
+    "text",
+    "int8",
+)
 _MERGE: Final = """
 INSERT INTO inventory (
-    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, updated_at
+    device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan,
+    updated_at
 )
-SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id,
+SELECT device_id, device_type, smets, manufacturer, model, chf_id, status, supplier_id, mpan,
     updated_at
 FROM inventory_import
 ON CONFLICT (device_id) DO UPDATE SET
@@ -170,6 +195,7 @@ ON CONFLICT (device_id) DO UPDATE SET
     chf_id = excluded.chf_id,
     status = excluded.status,
     supplier_id = excluded.supplier_id,
+    mpan = excluded.mpan,
     updated_at = excluded.updated_at
 """
 
@@ -426,9 +452,18 @@ def _prepare(conn: _Conn, where: str, *, create: bool) -> None:
                     conn.execute(_STORE_META)
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                conn.execute(_ADD_MPAN)
                 conn.execute(
                     "INSERT INTO store_meta (key, value) VALUES (%s, %s)",
                     (_VERSION_KEY, str(INVENTORY_SCHEMA_VERSION)),
+                )
+                return
+            if version == "1" and "inventory" in tables:
+                # The rows stay; their MPAN is unknown until the DSP or an import says.
+                conn.execute(_ADD_MPAN)
+                conn.execute(
+                    "UPDATE store_meta SET value = %s WHERE key = %s",
+                    (str(INVENTORY_SCHEMA_VERSION), _VERSION_KEY),
                 )
                 return
     except psycopg.Error as exc:
