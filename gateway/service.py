@@ -100,6 +100,7 @@ from .quarantine import (
 )
 from .reports.files import Rotation, write_report
 from .reports.signing import Signer, startup_signer
+from .reports.summary import write_summary
 from .retention import PRUNE_EVERY_MS, CounterSweep, sweep_outbox
 from .sdnotify import Notifier
 from .state.inventory import InventoryError, InventoryStore, from_envelope
@@ -1222,6 +1223,9 @@ class Gateway:
                 await self._close_part(start, end, rows)
                 if len(rows) < limit:
                     break
+            # Before the cursor leaves the period: a leader stopped in between closes
+            # it again and writes the same summary (it is read from the store alone).
+            await self._write_summary(start, end)
             self._report_opened_at = end
             self._parts_written = 0
             self.store.set_report_cursor(ReportCursor(opened_at_ms=end))
@@ -1235,6 +1239,33 @@ class Gateway:
                 break
             await self._close_part(self._report_opened_at, end, rows)
         self._unreported = self.store.unreported_count()
+
+    async def _write_summary(self, start: int, end: int) -> None:
+        """Write the summary of the closed period [start, end): its near misses and
+        restoration alerts inside a window (gateway/reports/summary.py)."""
+        near_misses, restorations = await self.store.read_evidence(start, end)
+        if not self._may_act():
+            return
+        # The period's part of its report ids ("PT1H" of "PT1H-001"), as its name.
+        period_id = self._rotation.report_id(start, 1).rsplit("-", 1)[0]
+        written = await asyncio.to_thread(
+            write_summary,
+            self.config.paths.outbox,
+            period_start_ms=start,
+            period_end_ms=end,
+            period_id=period_id,
+            near_misses=near_misses,
+            restorations=restorations,
+            name_prefix=self.config.reports.name_prefix,
+            version=__version__,
+            signer=self._signer,
+        )
+        self.log.info(
+            "report.summary_written",
+            file=str(written.path),
+            near_misses=written.near_misses,
+            restorations_in_window=written.restorations_in_window,
+        )
 
     async def _settled(self) -> None:
         """Wait until the alerts in hand now are decided and their records committed, so

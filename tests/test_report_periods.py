@@ -100,7 +100,9 @@ class Harness:
 
     def reports(self) -> list[ReportContents]:
         """Every report in the outbox, by period then part."""
-        found = [read_report(p) for p in (self.home.root / "outbox").glob("*.csv")]
+        outbox = self.home.root / "outbox"
+        # The period summaries beside them are not reports (gateway/reports/summary.py).
+        found = [read_report(p) for p in outbox.glob("*.csv") if not p.stem.endswith("-summary")]
         return sorted(found, key=lambda r: (r.period_start_ms, r.report_id))
 
 

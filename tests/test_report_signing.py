@@ -460,7 +460,8 @@ async def test_the_daemon_signs_every_report_it_writes(
     reports = sorted(outbox.glob("*.csv"))
     assert reports
     for path in reports:
-        assert verify_report(path).ok
+        # Summaries (gateway/reports/summary.py) are signed too, but are not reports.
+        assert path.stem.endswith("-summary") or verify_report(path).ok
         assert check_signature(path, keys.key.public_key()) == (SignatureStatus.OK, None)
 
 
