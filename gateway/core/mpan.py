@@ -29,6 +29,7 @@ No I/O, no clock: text in, values or :class:`MpanError` out.
 from __future__ import annotations
 
 import enum
+import operator
 from typing import Final
 
 import msgspec
@@ -52,6 +53,7 @@ MPAN_CORE_LENGTH: Final = 13
 # The weights of the check digit, one per digit of the first 12 (the primes from 3, with
 # 11 left out).
 _PRIMES: Final = (3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43)
+_ZERO_OFFSET: Final = ord("0") * sum(_PRIMES)
 
 
 class MpanReason(enum.StrEnum):
@@ -141,7 +143,9 @@ def check_digit(first12: str) -> int:
     """
     if len(first12) != len(_PRIMES) or not (first12.isascii() and first12.isdigit()):
         raise ValueError(f"expected 12 digits, got {first12!r}")
-    return sum(int(digit) * prime for digit, prime in zip(first12, _PRIMES, strict=True)) % 11 % 10
+    # On the ASCII codes, the offset of "0" taken off once: a third of the time of int()
+    # per digit, which a bulk import of an estate's MPANs feels.
+    return (sum(map(operator.mul, first12.encode(), _PRIMES)) - _ZERO_OFFSET) % 11 % 10
 
 
 def distributor_of(distributor_id: str) -> Distributor:
