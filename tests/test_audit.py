@@ -17,7 +17,6 @@ import pytest
 
 import gateway.state.postgresql
 import gateway.state.sqlite
-from gateway import wire
 from gateway.cli.main import main
 from gateway.core.events import CommandOutcome
 from gateway.eui import format_eui64
@@ -28,7 +27,6 @@ from gateway.state.sqlite import SCHEMA_VERSION, Store
 from .e2e_support import CHF, ESME, SUPPLIER, cs06
 from .test_report_periods import HOUR, P0, Harness
 from .test_report_periods import harness as harness_fixture  # noqa: F401 - a fixture
-from .test_shell import settle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,28 +170,6 @@ def explain(capsys: pytest.CaptureFixture[str], h: Harness, subject: str) -> dic
     return out
 
 
-async def send_command(h: Harness, frame: bytes, at: int) -> None:
-    h.clock[0] = at
-    env = wire.GbcsEnvelope(v=1, kind="gbcs", frame=frame, sent_at=at)
-    delivery = h.send("dsp/gbcs/command", wire.encode(env))
-    await settle(lambda: delivery.acked)
-
-
-async def send_alert(h: Harness, alert_id: str, at: int) -> None:
-    h.clock[0] = at
-    alert = wire.DccAlertEnvelope(
-        v=1,
-        kind="dcc-alert",
-        code="AD1",
-        alert_id=alert_id,
-        device_id=CHF,
-        raised_at=at,
-        sent_at=at,
-    )
-    delivery = h.send("csp/dcc/alert", wire.encode(alert))
-    await settle(lambda: delivery.acked)
-
-
 @pytest.mark.asyncio
 async def test_a_refused_cs06_is_kept_and_explained_after_a_restart(
     harness_fixture: Callable[..., Harness],  # noqa: F811 - the fixture imported above
@@ -202,9 +178,9 @@ async def test_a_refused_cs06_is_kept_and_explained_after_a_restart(
     h = harness_fixture()
     await h.start()
     frame = cs06(h.home, 1000)
-    await send_command(h, frame, P0 + 60_000)
-    await send_command(h, frame, P0 + 2 * 60_000)  # the same CS06 again: a replay
-    await send_command(h, cs06(h.home, 1001, signer="none"), P0 + 3 * 60_000)
+    await h.gbcs("dsp/gbcs/command", frame, P0 + 60_000)
+    await h.gbcs("dsp/gbcs/command", frame, P0 + 2 * 60_000)  # the same CS06 again: a replay
+    await h.gbcs("dsp/gbcs/command", cs06(h.home, 1001, signer="none"), P0 + 3 * 60_000)
     await h.stop()
 
     out = explain(capsys, h, format_eui64(ESME))
@@ -226,10 +202,10 @@ async def test_a_forwarded_ad1_names_the_hans_esmes_their_latest_commands_and_th
 ) -> None:
     h = harness_fixture()
     await h.start()
-    await send_command(h, cs06(h.home, 1000), P0 + 60_000)
+    await h.gbcs("dsp/gbcs/command", cs06(h.home, 1000), P0 + 60_000)
     # A later CS06 for the same meter, refused: the one that "should" have opened a window.
-    await send_command(h, cs06(h.home, 1001, signer="attacker"), P0 + 40 * 60_000)
-    await send_alert(h, "late", P0 + 50 * 60_000)
+    await h.gbcs("dsp/gbcs/command", cs06(h.home, 1001, signer="attacker"), P0 + 40 * 60_000)
+    await h.alerts(P0 + 50 * 60_000, ["late"])
     await h.stop()
     await h.start()  # explain answers from the store: nothing in memory
     await h.stop()

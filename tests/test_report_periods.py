@@ -73,14 +73,18 @@ class Harness:
         transport.deliver(topic, payload, delivery)
         return delivery
 
-    async def window_and_alerts(self, at: int, counter: int, alerts: list[str]) -> None:
-        """At ``at``: a CS06 opening a window on CHF, then an AD1 of CHF per id."""
+    async def gbcs(self, topic: str, frame: bytes, at: int) -> None:
+        """At ``at``: a GBCS frame on ``topic`` (a command or inbound), until handled."""
         self.clock[0] = at
-        env = wire.GbcsEnvelope(v=1, kind="gbcs", frame=cs06(self.home, counter), sent_at=at)
-        command = self.send("dsp/gbcs/command", wire.encode(env))
-        await settle(lambda: command.acked)
+        env = wire.GbcsEnvelope(v=1, kind="gbcs", frame=frame, sent_at=at)
+        delivery = self.send(topic, wire.encode(env))
+        await settle(lambda: delivery.acked)
+
+    async def alerts(self, at: int, alert_ids: list[str]) -> None:
+        """At ``at``: an AD1 of CHF per id, raised then, until all are handled."""
+        self.clock[0] = at
         deliveries = []
-        for alert_id in alerts:
+        for alert_id in alert_ids:
             alert = wire.DccAlertEnvelope(
                 v=1,
                 kind="dcc-alert",
@@ -92,6 +96,11 @@ class Harness:
             )
             deliveries.append(self.send("csp/dcc/alert", wire.encode(alert)))
         await settle(lambda: all(d.acked for d in deliveries))
+
+    async def window_and_alerts(self, at: int, counter: int, alerts: list[str]) -> None:
+        """At ``at``: a CS06 opening a window on CHF, then an AD1 of CHF per id."""
+        await self.gbcs("dsp/gbcs/command", cs06(self.home, counter), at)
+        await self.alerts(at, alerts)
 
     async def rotate(self, at: int) -> None:
         assert self.gateway is not None

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway import wire
 from gateway.core.events import Activation, AlertDecision, AlertReason
 from gateway.eui import format_eui64
 from gateway.reports.files import format_time
@@ -32,7 +31,6 @@ from gbcs import AlertCode, builders
 
 from .e2e_support import CHF, ESME, SUPPLIER
 from .test_report_periods import HOUR, P0, Harness, harness  # noqa: F401 - a fixture
-from .test_shell import settle
 
 MIN = 60_000
 AStore = Store | PostgresStore
@@ -51,25 +49,7 @@ def restoration_frame(counter: int, at: int) -> bytes:
 
 
 async def restoration(h: Harness, counter: int, at: int) -> None:
-    h.clock[0] = at
-    env = wire.GbcsEnvelope(v=1, kind="gbcs", frame=restoration_frame(counter, at), sent_at=at)
-    delivery = h.send("csp/gbcs/inbound", wire.encode(env))
-    await settle(lambda: delivery.acked)
-
-
-async def alert(h: Harness, alert_id: str, at: int) -> None:
-    h.clock[0] = at
-    envelope = wire.DccAlertEnvelope(
-        v=1,
-        kind="dcc-alert",
-        code="AD1",
-        alert_id=alert_id,
-        device_id=CHF,
-        raised_at=at,
-        sent_at=at,
-    )
-    delivery = h.send("csp/dcc/alert", wire.encode(envelope))
-    await settle(lambda: delivery.acked)
+    await h.gbcs("csp/gbcs/inbound", restoration_frame(counter, at), at)
 
 
 def summary_path(h: Harness, start: int) -> Path:
@@ -96,7 +76,7 @@ async def test_a_period_summary_lists_its_near_miss_and_restoration_and_the_next
     opened = P0 + 10 * MIN
     await h.window_and_alerts(opened, 1000, ["inside"])  # a 30-minute window on CHF
     await restoration(h, 7, opened + 5 * MIN)  # inside the window: evidence against A5
-    await alert(h, "late", opened + 35 * MIN)  # 5 minutes after it ended: a near miss
+    await h.alerts(opened + 35 * MIN, ["late"])  # 5 minutes after it ended: a near miss
     await restoration(h, 8, P0 + HOUR + 10 * MIN)  # the next period, no window: counted
     await h.rotate(P0 + 2 * HOUR + 2_000)
 
