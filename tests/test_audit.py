@@ -15,8 +15,7 @@ from typing import Any, Protocol
 
 import pytest
 
-import gateway.state.postgresql
-import gateway.state.sqlite
+import gateway.state.common
 from gateway.cli.main import main
 from gateway.core.events import CommandOutcome
 from gateway.eui import format_eui64
@@ -112,8 +111,7 @@ async def test_commands_are_kept_once_per_outcome_and_read_by_esme_or_hub(
 async def test_prune_commands_deletes_past_the_cutoff_in_batches_and_keeps_windows_ahead(
     open_store: Callable[[], AuditStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in (gateway.state.sqlite, gateway.state.postgresql):
-        monkeypatch.setattr(module, "PRUNE_BATCH_ROWS", 3)
+    monkeypatch.setattr(gateway.state.common, "PRUNE_BATCH_ROWS", 3)  # the shared writes
     cutoff = T0 + 35 * DAY
     store = open_store()
     for n in range(5):

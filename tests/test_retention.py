@@ -13,8 +13,7 @@ from typing import Any, Protocol
 
 import pytest
 
-import gateway.state.postgresql
-import gateway.state.sqlite
+import gateway.state.common
 from gateway.config import ConfigError, load_config
 from gateway.retention import PRUNE_EVERY_MS, sweep_outbox
 from gateway.state.postgresql import PostgresStore
@@ -76,8 +75,8 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> int:
     """A prune batch of 3 rows, so that a test can show one prune stopping at it."""
-    for module in (gateway.state.sqlite, gateway.state.postgresql):
-        monkeypatch.setattr(module, "PRUNE_BATCH_ROWS", 3)
+    # The shared writes queue the prunes (gateway/state/common.py).
+    monkeypatch.setattr(gateway.state.common, "PRUNE_BATCH_ROWS", 3)
     return 3
 
 

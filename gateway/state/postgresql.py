@@ -49,7 +49,6 @@ relies on (sqlite.py, :meth:`~gateway.state.sqlite.Store.mark_reported_range`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import secrets
@@ -63,37 +62,28 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from gateway.core.events import Activation, ActivationFields, AlertDecision
-from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
+from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 
-from .audit import CommandRecord, command_from_row, command_row
+from .audit import CommandRecord, command_from_row
+from .common import SharedStore, Statements
 from .errors import StoreError, StoreReason
-from .group_commit import GroupCommitStore, Op
+from .group_commit import Op
 from .lease import FENCE_SQL
-from .protocol import PRUNE_BATCH_ROWS
 from .restorations import (
     NEAR_MISS_LENGTHS,
     RestorationRecord,
     restoration_from_row,
-    restoration_row,
 )
 from .rows import (
     REPORT_CURSOR_KEY,
     PendingReport,
     QuarantineEntry,
-    ReportCursor,
     StoredSuppression,
     activation_from_row,
-    activation_key,
-    activation_row,
     check_eui,
     check_i64,
-    check_u64,
-    cursor_from_value,
-    cursor_value,
     decision_from_row,
-    decision_row,
     quarantine_entry_from_row,
-    quarantine_row,
 )
 
 __all__ = ["PG_SCHEMA_VERSION", "PostgresStore", "connect"]
@@ -392,7 +382,30 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
 
 
-class PostgresStore(GroupCommitStore):
+_STATEMENTS: Final = Statements(
+    append_suppression=_APPEND_SUPPRESSION,
+    delete_activation=_DELETE_ACTIVATION,
+    delete_counter=_DELETE_COUNTER,
+    mark_replayed=_MARK_REPLAYED,
+    mark_reported_before=_MARK_REPORTED_BEFORE,
+    mark_reported_range=_MARK_REPORTED_RANGE,
+    prune_commands=_PRUNE_COMMANDS,
+    prune_decisions=_PRUNE_DECISIONS,
+    prune_quarantine=_PRUNE_QUARANTINE,
+    prune_restorations=_PRUNE_RESTORATIONS,
+    prune_suppressions=_PRUNE_SUPPRESSIONS,
+    put_activation=_PUT_ACTIVATION,
+    put_command=_PUT_COMMAND,
+    put_decision=_PUT_DECISION,
+    put_quarantine=_PUT_QUARANTINE,
+    put_restoration=_PUT_RESTORATION,
+    set_counter=_SET_COUNTER,
+    set_meta=_SET_META,
+)
+"""The shared writes' statements in this dialect (gateway/state/common.py)."""
+
+
+class PostgresStore(SharedStore):
     """The daemon's durable state in a PostgreSQL database. See the module docstring.
 
     Open with :meth:`PostgresStore.open`; close with :meth:`aclose` (flushes first) or
@@ -407,6 +420,8 @@ class PostgresStore(GroupCommitStore):
     """
 
     _TASK_NAME: ClassVar[str] = "poa-pg-store-commit"
+
+    _sql: ClassVar[Statements] = _STATEMENTS
 
     def __init__(
         self,
@@ -488,104 +503,6 @@ class PostgresStore(GroupCommitStore):
             self._writer.commit()
 
     # -- writes (queued; see flush) ------------------------------------------------------
-
-    def put_activation(self, a: Activation) -> None:
-        """Record an activation, replacing the one with the same (esme, originator, counter)."""
-        self._enqueue(_PUT_ACTIVATION, activation_row(a))
-
-    def delete_activation(self, a: Activation) -> None:
-        """Forget an activation (by esme, originator, counter); nothing if not recorded."""
-        self._enqueue(_DELETE_ACTIVATION, activation_key(a))
-
-    def set_counter(self, originator: bytes, device: bytes, counter: int) -> None:
-        """Record an accepted originator counter; the stored value only ever goes up."""
-        self._enqueue_counter(_SET_COUNTER, originator, device, counter)
-
-    def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None:
-        """Record an alert decision (the same rules as the SQLite store)."""
-        self._enqueue(_PUT_DECISION, decision_row(decision, effect_done=effect_done))
-
-    def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
-        """Append a record to the suppression log; the first record of an alert id stays."""
-        blob = encode(record) if encoded is None else encoded
-        row = (record.alert_id, blob, check_i64("received_at", record.received_at))
-        self._enqueue(_APPEND_SUPPRESSION, row)
-
-    def mark_reported_range(
-        self, first: int, last: int, report_id: str, *, before_ms: int | None = None
-    ) -> None:
-        """Record that a report includes every unreported entry from ``first`` to ``last``."""
-        if before_ms is not None:
-            # Only the entries decided before the period's end: a later period's entry
-            # may have been committed before some of this period's.
-            self._enqueue(
-                _MARK_REPORTED_BEFORE,
-                (
-                    report_id,
-                    check_i64("first", first),
-                    check_i64("last", last),
-                    check_i64("before_ms", before_ms),
-                ),
-            )
-            return
-        self._enqueue(
-            _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
-        )
-
-    def set_report_cursor(self, cursor: ReportCursor) -> None:
-        """Record where reporting stands (:class:`~gateway.state.rows.ReportCursor`)."""
-        self._enqueue(_SET_META, (REPORT_CURSOR_KEY, cursor_value(cursor)))
-
-    def prune_decisions(self, before_ms: int) -> None:
-        """Forget up to :data:`PRUNE_BATCH_ROWS` decisions made before ``before_ms``."""
-        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
-
-    def prune_suppressions(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` of the oldest reported suppression
-        records received before ``before_ms``; never an unreported one."""
-        self._enqueue(_PRUNE_SUPPRESSIONS, (PRUNE_BATCH_ROWS, check_i64("before_ms", before_ms)))
-
-    def prune_quarantine(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` quarantine entries replayed before
-        ``before_ms``, or quarantined before it and not replayed since."""
-        self._enqueue(_PRUNE_QUARANTINE, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
-
-    def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None:
-        """Delete the counter of (``originator``, ``device``) if it is still ``counter``."""
-        row = (
-            check_eui("originator", originator),
-            check_eui("device", device),
-            check_u64("counter", counter),
-        )
-        self._enqueue(_DELETE_COUNTER, row)
-
-    def put_command(self, command: CommandRecord) -> None:
-        """Record a CS06 judged and what became of it (gateway/state/audit.py); the same
-        command with the same outcome again only moves its ``last_seen_at``."""
-        self._enqueue(_PUT_COMMAND, command_row(command))
-
-    def prune_commands(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` commands last seen before ``before_ms``
-        whose window (if any) ended before it too, the oldest first."""
-        cutoff = check_i64("before_ms", before_ms)
-        self._enqueue(_PRUNE_COMMANDS, (cutoff, cutoff, PRUNE_BATCH_ROWS))
-
-    def put_restoration(self, restoration: RestorationRecord) -> None:
-        """As :meth:`gateway.state.sqlite.Store.put_restoration`."""
-        self._enqueue(_PUT_RESTORATION, restoration_row(restoration))
-
-    def prune_restorations(self, before_ms: int) -> None:
-        """As :meth:`gateway.state.sqlite.Store.prune_restorations`."""
-        cutoff = check_i64("before_ms", before_ms)
-        self._enqueue(_PRUNE_RESTORATIONS, (cutoff, PRUNE_BATCH_ROWS))
-
-    def put_quarantine(self, entry: QuarantineEntry) -> None:
-        """Keep a message that could not be handled (first copy stays unless replayed)."""
-        self._enqueue(_PUT_QUARANTINE, quarantine_row(entry))
-
-    def mark_replayed(self, entry_id: str, at_ms: int) -> None:
-        """Record that a quarantined message was published again at ``at_ms``."""
-        self._enqueue(_MARK_REPLAYED, (check_i64("at_ms", at_ms), entry_id))
 
     # -- reads (synchronous, committed state) ----------------------------------------------
 
@@ -677,13 +594,6 @@ class PostgresStore(GroupCommitStore):
         rows = self._fetch(_UNREPORTED, (limit,))
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
-    async def read_unreported(
-        self, limit: int, *, before_ms: int | None = None
-    ) -> list[tuple[int, SuppressionRecord]]:
-        """:meth:`unreported`, in a thread with a connection of its own."""
-        self._check_open()
-        return await asyncio.to_thread(self._read_unreported, limit, before_ms)
-
     def _read_unreported(
         self, limit: int, before_ms: int | None = None
     ) -> list[tuple[int, SuppressionRecord]]:
@@ -694,18 +604,6 @@ class PostgresStore(GroupCommitStore):
         with self._reading(), _connect(self._dsn, self._password, autocommit=True) as conn:
             rows = conn.execute(sql, params).fetchall()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
-
-    def report_cursor(self) -> ReportCursor | None:
-        """Where reporting stands, None before the first report."""
-        rows = self._meta_rows()
-        return cursor_from_value(str(rows[0][0]), self.path) if rows else None
-
-    def reported(self, pending: PendingReport) -> list[SuppressionRecord]:
-        """The records marked with ``pending``'s id, by seq (to write its file again)."""
-        if pending.first_seq is None or pending.last_seq is None:
-            return []
-        rows = self._report_rows(pending)
-        return [self._record(seq, blob) for seq, blob in rows]
 
     def unreported_count(self) -> int:
         """How many log entries are not yet in a report."""
@@ -743,13 +641,6 @@ class PostgresStore(GroupCommitStore):
             (eui, eui),
         )
         return [activation_from_row(row) for row in rows]
-
-    async def read_evidence(
-        self, start_ms: int, end_ms: int
-    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
-        """As :meth:`gateway.state.sqlite.Store.read_evidence`."""
-        self._check_open()
-        return await asyncio.to_thread(self._read_evidence, start_ms, end_ms)
 
     def _read_evidence(
         self, start_ms: int, end_ms: int

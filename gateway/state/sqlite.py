@@ -136,7 +136,6 @@ without a loop, for reads, as ``poa-gateway status`` does), and one event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import itertools
@@ -147,40 +146,32 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
-from typing import Final, Literal, Self, TypeAlias
+from typing import ClassVar, Final, Literal, Self, TypeAlias
 
 from gateway.core.events import Activation, ActivationFields, AlertDecision
-from gateway.wire import SuppressionRecord, WireError, decode_suppression_record, encode
+from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 
-from .audit import CommandRecord, command_from_row, command_row
+from .audit import CommandRecord, command_from_row
+from .common import SharedStore, Statements
 from .errors import StoreError, StoreReason
-from .group_commit import GroupCommitStore, Op
-from .protocol import PRUNE_BATCH_ROWS
+from .group_commit import Op
 from .restorations import (
     NEAR_MISS_LENGTHS,
     RestorationRecord,
     restoration_from_row,
-    restoration_row,
 )
 from .rows import (
     REPORT_CURSOR_KEY,
     PendingReport,
     QuarantineEntry,
-    ReportCursor,
     StoredSuppression,
     activation_from_row,
-    activation_key,
-    activation_row,
     check_eui,
     check_i64,
-    check_u64,
-    cursor_from_value,
-    cursor_value,
     decision_from_row,
     decision_row,
     quarantine_entry_from_row,
     quarantine_id,
-    quarantine_row,
 )
 from .sqlite_util import create_schema_once, immediate, schema_marks
 
@@ -508,7 +499,30 @@ _TABLE_OF: Final = {
 # -- the store ---------------------------------------------------------------------------
 
 
-class Store(GroupCommitStore):
+_STATEMENTS: Final = Statements(
+    append_suppression=_APPEND_SUPPRESSION,
+    delete_activation=_DELETE_ACTIVATION,
+    delete_counter=_DELETE_COUNTER,
+    mark_replayed=_MARK_REPLAYED,
+    mark_reported_before=_MARK_REPORTED_BEFORE,
+    mark_reported_range=_MARK_REPORTED_RANGE,
+    prune_commands=_PRUNE_COMMANDS,
+    prune_decisions=_PRUNE_DECISIONS,
+    prune_quarantine=_PRUNE_QUARANTINE,
+    prune_restorations=_PRUNE_RESTORATIONS,
+    prune_suppressions=_PRUNE_SUPPRESSIONS,
+    put_activation=_PUT_ACTIVATION,
+    put_command=_PUT_COMMAND,
+    put_decision=_PUT_DECISION,
+    put_quarantine=_PUT_QUARANTINE,
+    put_restoration=_PUT_RESTORATION,
+    set_counter=_SET_COUNTER,
+    set_meta=_SET_META,
+)
+"""The shared writes' statements in this dialect (gateway/state/common.py)."""
+
+
+class Store(SharedStore):
     """The daemon's durable state in one SQLite file. See the module docstring.
 
     Open with :meth:`Store.open`; close with :meth:`aclose` (flushes first) or
@@ -526,6 +540,8 @@ class Store(GroupCommitStore):
 
     store_id: str
     marker: str
+
+    _sql: ClassVar[Statements] = _STATEMENTS
 
     def __init__(
         self,
@@ -596,126 +612,6 @@ class Store(GroupCommitStore):
 
     # -- writes (queued; see flush) ------------------------------------------------------
 
-    def put_activation(self, a: Activation) -> None:
-        """Record an activation, replacing the one with the same (esme, originator, counter)."""
-        self._enqueue(_PUT_ACTIVATION, activation_row(a))
-
-    def delete_activation(self, a: Activation) -> None:
-        """Forget an activation (by esme, originator, counter); nothing if not recorded."""
-        self._enqueue(_DELETE_ACTIVATION, activation_key(a))
-
-    def set_counter(self, originator: bytes, device: bytes, counter: int) -> None:
-        """Record an accepted originator counter; the stored value only ever goes up.
-
-        Visible to :meth:`last_counter` at once, before it is committed.
-        """
-        self._enqueue_counter(_SET_COUNTER, originator, device, counter)
-
-    def put_decision(self, decision: AlertDecision, *, effect_done: bool) -> None:
-        """Record an alert decision and whether its effect is done.
-
-        The same decision recorded again (a duplicate, or once its effect is done) only
-        raises ``effect_done``, never lowers it; a later decision on the same alert id
-        replaces it; an earlier one is ignored. ``duplicate`` is not stored.
-        """
-        self._enqueue(_PUT_DECISION, decision_row(decision, effect_done=effect_done))
-
-    def append_suppression(self, record: SuppressionRecord, encoded: bytes | None = None) -> None:
-        """Append a record to the suppression log (CBOR, as :func:`gateway.wire.encode`;
-        pass ``encoded`` when the caller already has those bytes).
-
-        A second record for an alert id already in the log is ignored: the first stays.
-        """
-        blob = encode(record) if encoded is None else encoded
-        row = (record.alert_id, blob, check_i64("received_at", record.received_at))
-        self._enqueue(_APPEND_SUPPRESSION, row)
-
-    def mark_reported_range(
-        self, first: int, last: int, report_id: str, *, before_ms: int | None = None
-    ) -> None:
-        """Record that a report includes every unreported entry from ``first`` to ``last``.
-
-        For a batch read by :meth:`read_unreported`: sequence numbers only grow, so an
-        entry committed after that read lies beyond ``last`` and stays unreported. One
-        statement instead of one per entry (a report holds up to 50,000).
-        """
-        if before_ms is not None:
-            # Only the entries decided before the period's end: a later period's entry
-            # may have been committed before some of this period's.
-            self._enqueue(
-                _MARK_REPORTED_BEFORE,
-                (
-                    report_id,
-                    check_i64("first", first),
-                    check_i64("last", last),
-                    check_i64("before_ms", before_ms),
-                ),
-            )
-            return
-        self._enqueue(
-            _MARK_REPORTED_RANGE, (report_id, check_i64("first", first), check_i64("last", last))
-        )
-
-    def set_report_cursor(self, cursor: ReportCursor) -> None:
-        """Record where reporting stands (:class:`~gateway.state.rows.ReportCursor`)."""
-        self._enqueue(_SET_META, (REPORT_CURSOR_KEY, cursor_value(cursor)))
-
-    def prune_decisions(self, before_ms: int) -> None:
-        """Forget up to :data:`PRUNE_BATCH_ROWS` decisions made before ``before_ms``
-        (past ``retention.decisions``), the oldest first."""
-        self._enqueue(_PRUNE_DECISIONS, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
-
-    def prune_suppressions(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` of the oldest suppression records that are
-        in a report and were received before ``before_ms``; never an unreported one."""
-        self._enqueue(_PRUNE_SUPPRESSIONS, (PRUNE_BATCH_ROWS, check_i64("before_ms", before_ms)))
-
-    def prune_quarantine(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` quarantine entries replayed before
-        ``before_ms``, or quarantined before it and not replayed since."""
-        self._enqueue(_PRUNE_QUARANTINE, (check_i64("before_ms", before_ms), PRUNE_BATCH_ROWS))
-
-    def delete_counter(self, originator: bytes, device: bytes, counter: int) -> None:
-        """Delete the originator counter of (``originator``, ``device``) if it is still
-        ``counter`` (a counter raised since it was read stays)."""
-        row = (
-            check_eui("originator", originator),
-            check_eui("device", device),
-            check_u64("counter", counter),
-        )
-        self._enqueue(_DELETE_COUNTER, row)
-
-    def put_command(self, command: CommandRecord) -> None:
-        """Record a CS06 judged and what became of it (gateway/state/audit.py); the same
-        command with the same outcome again only moves its ``last_seen_at``."""
-        self._enqueue(_PUT_COMMAND, command_row(command))
-
-    def prune_commands(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` commands last seen before ``before_ms``
-        whose window (if any) ended before it too, the oldest first."""
-        cutoff = check_i64("before_ms", before_ms)
-        self._enqueue(_PRUNE_COMMANDS, (cutoff, cutoff, PRUNE_BATCH_ROWS))
-
-    def put_restoration(self, restoration: RestorationRecord) -> None:
-        """Record a restoration alert (gateway/state/restorations.py); a redelivered copy
-        (same ESME and originator counter) keeps the first."""
-        self._enqueue(_PUT_RESTORATION, restoration_row(restoration))
-
-    def prune_restorations(self, before_ms: int) -> None:
-        """Delete up to :data:`PRUNE_BATCH_ROWS` restoration alerts received before
-        ``before_ms``, the oldest first."""
-        cutoff = check_i64("before_ms", before_ms)
-        self._enqueue(_PRUNE_RESTORATIONS, (cutoff, PRUNE_BATCH_ROWS))
-
-    def put_quarantine(self, entry: QuarantineEntry) -> None:
-        """Keep a message that could not be handled. A second entry with its id (a
-        redelivered copy) is ignored, unless the first was replayed: then it replaces it."""
-        self._enqueue(_PUT_QUARANTINE, quarantine_row(entry))
-
-    def mark_replayed(self, entry_id: str, at_ms: int) -> None:
-        """Record that a quarantined message was published again at ``at_ms``."""
-        self._enqueue(_MARK_REPLAYED, (check_i64("at_ms", at_ms), entry_id))
-
     # -- reads (synchronous, committed state) ----------------------------------------------
 
     def load_activations(self) -> list[Activation]:
@@ -783,15 +679,6 @@ class Store(GroupCommitStore):
             rows = self._reader.execute(_UNREPORTED, (limit,)).fetchall()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
 
-    async def read_unreported(
-        self, limit: int, *, before_ms: int | None = None
-    ) -> list[tuple[int, SuppressionRecord]]:
-        """:meth:`unreported`, read and decoded in a thread of its own with a connection
-        of its own: a report's 50,000 entries would otherwise hold the event loop for
-        half a second (WAL: the read does not block the writer)."""
-        self._check_open()
-        return await asyncio.to_thread(self._read_unreported, limit, before_ms)
-
     def _read_unreported(
         self, limit: int, before_ms: int | None = None
     ) -> list[tuple[int, SuppressionRecord]]:
@@ -807,18 +694,6 @@ class Store(GroupCommitStore):
         finally:
             conn.close()
         return [(int(seq), self._record(seq, blob)) for seq, blob in rows]
-
-    def report_cursor(self) -> ReportCursor | None:
-        """Where reporting stands, None before the first report."""
-        rows = self._meta_rows()
-        return cursor_from_value(str(rows[0][0]), self.path) if rows else None
-
-    def reported(self, pending: PendingReport) -> list[SuppressionRecord]:
-        """The records marked with ``pending``'s id, by seq (to write its file again)."""
-        if pending.first_seq is None or pending.last_seq is None:
-            return []
-        rows = self._report_rows(pending)
-        return [self._record(seq, blob) for seq, blob in rows]
 
     def unreported_count(self) -> int:
         """How many log entries are not yet in a report."""
@@ -860,16 +735,6 @@ class Store(GroupCommitStore):
                 (eui, eui),
             ).fetchall()
         return [activation_from_row(row) for row in rows]
-
-    async def read_evidence(
-        self, start_ms: int, end_ms: int
-    ) -> tuple[list[AlertDecision], list[RestorationRecord]]:
-        """The near misses decided in [``start_ms``, ``end_ms``) (forwarded AD1s with
-        ``after_window_ms``) and the restoration alerts received in it, each in time
-        order: a report period's summary (gateway/reports/summary.py). Read in a thread
-        with a connection of its own, as :meth:`read_unreported`."""
-        self._check_open()
-        return await asyncio.to_thread(self._read_evidence, start_ms, end_ms)
 
     def _read_evidence(
         self, start_ms: int, end_ms: int
