@@ -70,8 +70,8 @@ from psycopg.conninfo import conninfo_to_dict
 from gateway.errors import GatewayError
 
 from .audit import COMMAND_COLUMNS
-from .errors import StoreError, StoreReason
-from .postgresql import PostgresStore, describe_dsn
+from .errors import StoreError, StoreReason, first_line
+from .postgresql import PostgresStore, connect, describe_dsn
 from .restorations import RESTORATION_COLUMNS
 from .rows import REPORT_CURSOR_KEY
 from .sqlite import MARKER_SUFFIX, Store
@@ -141,7 +141,6 @@ own; it is imported from its CSV into the new backend: docs/operations.md), and 
 own bookkeeping (``sqlite_sequence``, set from the source's high-water mark instead)."""
 
 _BATCH: Final = 5_000  # rows per read and per executemany: bounded memory for any size
-_CONNECT_TIMEOUT_S: Final = 10
 _LOCK_TIMEOUT: Final = "10s"  # a target a running daemon keeps busy fails, not hangs
 _BUSY_TIMEOUT_S: Final = 10.0
 
@@ -404,7 +403,7 @@ def _pg_has_store(spec: StoreSpec, password: str | None) -> bool:
     # database without one (empty, or holding only the inventory's store_meta) a new,
     # empty store, and the copy would move nothing.
     where = spec.describe()
-    with contextlib.closing(_pg_connect(spec.location, password, autocommit=True)) as conn:
+    with contextlib.closing(connect(spec.location, password, autocommit=True)) as conn:
         try:
             if conn.execute("SELECT to_regclass('store_meta')").fetchone() == (None,):
                 return False
@@ -489,7 +488,7 @@ def _reader(spec: StoreSpec, password: str | None) -> Iterator[_Reader]:
         finally:
             conn.close()
         return
-    pg = _pg_connect(spec.location, password)
+    pg = connect(spec.location, password)
     try:
         pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         pg.read_only = True
@@ -514,7 +513,7 @@ def _writer(spec: StoreSpec, password: str | None) -> Iterator[_Writer]:
                 conn.rollback()
             conn.close()
         return
-    pg = _pg_connect(spec.location, password)
+    pg = connect(spec.location, password)
     try:
         pg_writer = _PgWriter(pg, where, "cannot write")
         with pg_writer._guard():
@@ -743,29 +742,7 @@ def _pg_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
 # -- connections and errors --------------------------------------------------------------
 
 
-def _pg_connect(
-    dsn: str, password: str | None, *, autocommit: bool = False
-) -> psycopg.Connection[Any]:
-    extra: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_S}
-    if password:
-        extra["password"] = password
-    try:
-        return psycopg.connect(dsn, autocommit=autocommit, **extra)
-    except psycopg.Error as exc:
-        # As PostgresStore.open: libpq's first line, which never holds the password.
-        raise StoreError(
-            StoreReason.CANNOT_OPEN,
-            f"cannot connect to the PostgreSQL state store at {describe_dsn(dsn)}: "
-            f"{_first_line(exc)}",
-            path=describe_dsn(dsn),
-        ) from None
-
-
 def _failed(where: str, doing: str, exc: Exception) -> StoreError:
     return StoreError(
-        StoreReason.DATABASE_ERROR, f"{where}: {doing}: {_first_line(exc)}", path=where
+        StoreReason.DATABASE_ERROR, f"{where}: {doing}: {first_line(exc)}", path=where
     )
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

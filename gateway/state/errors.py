@@ -11,7 +11,7 @@ import enum
 
 from gateway.errors import GatewayError
 
-__all__ = ["StoreError", "StoreReason"]
+__all__ = ["StoreError", "StoreReason", "first_line"]
 
 
 class StoreReason(enum.StrEnum):
@@ -67,3 +67,9 @@ class StoreError(GatewayError):
         self.detail = detail
         self.path = path
         super().__init__(detail)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error, for a one-line message: libpq's says what
+    failed (refused, no such database, authentication) and never holds the password."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -44,7 +44,7 @@ from typing import Any, Final
 import msgspec
 import psycopg
 
-from .errors import StoreError, StoreReason
+from .errors import StoreError, StoreReason, first_line
 
 __all__ = [
     "FENCE_SQL",
@@ -351,7 +351,7 @@ class LeaseTable:
             if conn.broken or conn.closed:
                 self.close()  # the next call reconnects
             raise StoreError(
-                StoreReason.DATABASE_ERROR, f"lease: {_first_line(exc)}", path=None
+                StoreReason.DATABASE_ERROR, f"lease: {first_line(exc)}", path=None
             ) from exc
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -368,7 +368,7 @@ class LeaseTable:
             except psycopg.Error as exc:
                 conn.close()
                 raise StoreError(
-                    StoreReason.DATABASE_ERROR, f"lease: {_first_line(exc)}", path=None
+                    StoreReason.DATABASE_ERROR, f"lease: {first_line(exc)}", path=None
                 ) from exc
             self._conn = conn
         return self._conn
@@ -379,7 +379,3 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         for statement in _SCHEMA:
             conn.execute(statement)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

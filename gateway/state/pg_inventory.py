@@ -64,7 +64,7 @@ from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.core.mpan import MPAN_CORE_LENGTH
 from gateway.eui import EUI64_LENGTH
 
-from .errors import StoreError, StoreReason
+from .errors import StoreError, StoreReason, first_line
 from .inventory import (
     InventoryError,
     InventoryImportReport,
@@ -79,7 +79,7 @@ from .inventory import (
 )
 from .lease import FENCE_SQL
 from .postgresql import _LOCK_KEY as _STORE_LOCK_KEY
-from .postgresql import describe_dsn
+from .postgresql import describe_dsn, open_connection
 
 __all__ = ["INVENTORY_SCHEMA_VERSION", "PostgresInventory"]
 
@@ -89,7 +89,6 @@ INVENTORY_SCHEMA_VERSION: Final = 2
 
 _VERSION_KEY: Final = "inventory_schema_version"
 _LOCK_KEY: Final = 0x504F4149  # "POAI", as the SQLite inventory's application_id
-_CONNECT_TIMEOUT_S: Final = 10
 _APPLICATION_NAME: Final = "poa-gateway inventory"  # what pg_stat_activity shows
 _NO_NUL: Final = "PostgreSQL text cannot hold one"
 
@@ -391,21 +390,12 @@ class PostgresInventory:
 
 def _connect(dsn: str, password: str | None) -> _Conn:
     where = describe_dsn(dsn)
-    extra: dict[str, Any] = {
-        "connect_timeout": _CONNECT_TIMEOUT_S,
-        "application_name": _APPLICATION_NAME,
-    }
-    if password:
-        extra["password"] = password
     try:
-        return psycopg.connect(dsn, autocommit=True, **extra)
+        return open_connection(dsn, password, autocommit=True, application_name=_APPLICATION_NAME)
     except psycopg.Error as exc:
-        # libpq's first line says what failed (refused, no such database, auth); it
-        # never contains the password.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InventoryError(
             InventoryReason.CANNOT_OPEN,
-            f"cannot connect to the PostgreSQL inventory at {where}: {first}",
+            f"cannot connect to the PostgreSQL inventory at {where}: {first_line(exc)}",
             path=where,
         ) from None
 

@@ -66,7 +66,7 @@ from gateway.wire import SuppressionRecord, WireError, decode_suppression_record
 
 from .audit import CommandRecord, command_from_row
 from .common import SharedStore, Statements
-from .errors import StoreError, StoreReason
+from .errors import StoreError, StoreReason, first_line
 from .group_commit import Op
 from .lease import FENCE_SQL
 from .restorations import (
@@ -86,7 +86,7 @@ from .rows import (
     quarantine_entry_from_row,
 )
 
-__all__ = ["PG_SCHEMA_VERSION", "PostgresStore", "connect"]
+__all__ = ["PG_SCHEMA_VERSION", "PostgresStore", "connect", "open_connection"]
 
 PG_SCHEMA_VERSION: Final = 1
 """``store_meta.schema_version`` of a database written by this module."""
@@ -770,22 +770,34 @@ def connect(dsn: str, password: str | None, *, autocommit: bool = False) -> psyc
     return _connect(dsn, password, autocommit=autocommit)
 
 
+def open_connection(
+    dsn: str,
+    password: str | None,
+    *,
+    autocommit: bool = False,
+    application_name: str | None = None,
+) -> psycopg.Connection[Any]:
+    """psycopg's connection to ``dsn`` as every module of ours makes it (the password
+    passed apart from the DSN, a connect timeout); psycopg's error when it fails, for
+    the caller to say in its own terms (with :func:`first_line`)."""
+    extra: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_S}
+    if application_name:
+        extra["application_name"] = application_name
+    if password:
+        extra["password"] = password
+    return psycopg.connect(dsn, autocommit=autocommit, **extra)
+
+
 def _connect(
     dsn: str, password: str | None, *, autocommit: bool = False
 ) -> psycopg.Connection[Any]:
     where = describe_dsn(dsn)
-    extra: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_S}
-    if password:
-        extra["password"] = password
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, **extra)
+        return open_connection(dsn, password, autocommit=autocommit)
     except psycopg.Error as exc:
-        # libpq's first line says what failed (refused, no such database, auth);
-        # it never contains the password.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StoreError(
             StoreReason.CANNOT_OPEN,
-            f"cannot connect to the PostgreSQL state store at {where}: {first}",
+            f"cannot connect to the PostgreSQL state store at {where}: {first_line(exc)}",
             path=where,
         ) from None
 
