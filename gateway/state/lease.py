@@ -53,6 +53,7 @@ __all__ = [
     "LeaseRow",
     "LeaseTable",
     "LeaseView",
+    "check_fence",
     "new_run_id",
 ]
 
@@ -143,6 +144,20 @@ _SETTINGS = """
 SELECT set_config('lock_timeout', %(lock)s, false),
     set_config('statement_timeout', %(statement)s, false)
 """
+
+
+def check_fence(conn: Any, fence: tuple[str, int] | None, refused: str) -> None:
+    """Run :data:`FENCE_SQL` for ``fence`` (holder, epoch) on ``conn`` (a connection or
+    cursor, inside the write's transaction, which keeps the lease row share-locked to its
+    end); ``StoreError`` ``fenced`` (``refused``: what was refused, for the message) when
+    the lease is no longer theirs. Nothing to check when ``fence`` is None."""
+    if fence is None or conn.execute(FENCE_SQL, fence).fetchone() is not None:
+        return
+    holder, epoch = fence
+    raise StoreError(
+        StoreReason.FENCED,
+        f"{refused}: this instance ({holder}) no longer holds the leader lease at epoch {epoch}",
+    )
 
 
 def new_run_id(name: str) -> str:
@@ -356,7 +371,7 @@ class LeaseTable:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None:
-            # Imported here: postgresql.py imports this module for FENCE_SQL.
+            # Imported here: postgresql.py imports this module for check_fence.
             from .postgresql import connect  # noqa: PLC0415
 
             conn = connect(self._dsn, self._password, autocommit=True)

@@ -64,7 +64,7 @@ from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.core.mpan import MPAN_CORE_LENGTH
 from gateway.eui import EUI64_LENGTH
 
-from .errors import StoreError, StoreReason, first_line
+from .errors import first_line
 from .inventory import (
     InventoryError,
     InventoryImportReport,
@@ -77,7 +77,7 @@ from .inventory import (
     from_envelope,
     read_inventory_csv,
 )
-from .lease import FENCE_SQL
+from .lease import check_fence
 from .postgresql import _LOCK_KEY as _STORE_LOCK_KEY
 from .postgresql import describe_dsn, open_connection
 
@@ -357,14 +357,7 @@ class PostgresInventory:
         self._fence = (holder, epoch)
 
     def _check_fence(self, conn: _Conn) -> None:
-        # Inside the write's transaction: the lease row stays share-locked to its end.
-        if self._fence is not None and conn.execute(FENCE_SQL, self._fence).fetchone() is None:
-            holder, epoch = self._fence
-            raise StoreError(
-                StoreReason.FENCED,
-                f"{self.path}: inventory write refused: this instance ({holder}) no longer "
-                f"holds the leader lease at epoch {epoch}",
-            )
+        check_fence(conn, self._fence, f"{self.path}: inventory write refused")
 
     def _run(self, op: Callable[[_Conn], _T]) -> _T:
         try:

@@ -68,7 +68,7 @@ from .audit import CommandRecord, command_from_row
 from .common import SharedStore, Statements
 from .errors import StoreError, StoreReason, first_line
 from .group_commit import Op
-from .lease import FENCE_SQL
+from .lease import check_fence
 from .restorations import (
     NEAR_MISS_LENGTHS,
     RestorationRecord,
@@ -736,15 +736,7 @@ class PostgresStore(SharedStore):
         conn = self._writer
         try:
             with conn.transaction(), conn.cursor() as cur:
-                if self._fence is not None:
-                    cur.execute(FENCE_SQL, self._fence)
-                    if cur.fetchone() is None:
-                        holder, epoch = self._fence
-                        raise StoreError(
-                            StoreReason.FENCED,
-                            f"{self.path}: commit refused: this instance ({holder}) no "
-                            f"longer holds the leader lease at epoch {epoch}",
-                        )
+                check_fence(cur, self._fence, f"{self.path}: commit refused")
                 ordered = sorted(batch, key=lambda op: _TABLE_OF[op[0]])
                 for sql, ops in itertools.groupby(ordered, key=itemgetter(0)):
                     _write_rows(cur, sql, [params for _, params in ops])
