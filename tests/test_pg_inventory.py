@@ -155,6 +155,16 @@ def test_an_invalid_mpan_is_refused_naming_it_and_nothing_is_written(
     assert inventory.count() == 0
 
 
+def test_mpans_gives_the_mpan_of_each_device_that_has_one(inventory: InventoryStore) -> None:
+    # The report writer's batch lookup (docs/decisions.md D34).
+    inventory.upsert_many([esme(ESME_A, CHF_A, mpan=MPAN), esme(ESME_B, CHF_A), chf(CHF_A)], T0)
+    unknown = bytes.fromhex("00DB1234567890FF")
+    assert inventory.mpans([ESME_A, ESME_B, unknown, CHF_A]) == {ESME_A: MPAN}
+    assert inventory.mpans([]) == {}
+    with pytest.raises(ValueError, match="at most 500"):
+        inventory.mpans([unknown] * 501)
+
+
 def test_unknown_device_is_none(inventory: InventoryStore) -> None:
     assert inventory.get(ESME_A) is None
     assert inventory.chf_of(ESME_A) is None

@@ -72,6 +72,7 @@ __all__ = [
     "APPLICATION_ID",
     "CSV_COLUMNS",
     "IMPORT_BATCH_ROWS",
+    "MPANS_PER_CALL",
     "REQUIRED_COLUMNS",
     "SCHEMA_VERSION",
     "ImportIssue",
@@ -118,6 +119,11 @@ CSV_COLUMNS = (
     "mpan",
 )
 """Columns of an inventory CSV, in the order :func:`write_inventory_csv` writes them."""
+
+MPANS_PER_CALL = 500
+"""Most device ids one :meth:`InventoryStore.mpans` call takes: the caller (the report
+writer, on the event loop) asks in slices so that no single query holds the loop long,
+and SQLite's limit of bound parameters is far away."""
 
 REQUIRED_COLUMNS = ("device_id", "device_type", "smets", "manufacturer", "status")
 """Columns an inventory CSV must have; ``model``, ``chf_id``, ``supplier_id`` and
@@ -287,6 +293,12 @@ class InventoryStore(Protocol):
 
     def chf_of(self, device_id: bytes) -> bytes | None:
         """The CHF on whose HAN this device sits; None if unknown or not recorded."""
+        ...
+
+    def mpans(self, device_ids: Sequence[bytes]) -> dict[bytes, str]:
+        """The MPAN core of each of these devices that has one recorded (at most
+        :data:`MPANS_PER_CALL` ids a call); devices unknown or without an MPAN are left
+        out of the result."""
         ...
 
     def devices_on_chf(self, chf_id: bytes) -> list[DeviceRecord]:
@@ -527,6 +539,18 @@ class Inventory:
         with self._errors():
             row = self._conn.execute(_GET, (bytes(device_id),)).fetchone()
         return None if row is None else _record(row)
+
+    def mpans(self, device_ids: Sequence[bytes]) -> dict[bytes, str]:
+        """As :meth:`InventoryStore.mpans`."""
+        if len(device_ids) > MPANS_PER_CALL:
+            raise ValueError(f"at most {MPANS_PER_CALL} device ids a call")
+        marks = ",".join("?" * len(device_ids))
+        # Only '?' marks are formatted in; the ids are bound.
+        sql = "SELECT device_id, mpan FROM devices WHERE mpan IS NOT NULL AND device_id IN "
+        sql += f"({marks})"
+        with self._errors():
+            rows = self._conn.execute(sql, [bytes(d) for d in device_ids]).fetchall()
+        return {bytes(device): mpan for device, mpan in rows}
 
     def chf_of(self, device_id: bytes) -> bytes | None:
         """The CHF on whose HAN this device sits; None if unknown or not recorded."""

@@ -54,7 +54,7 @@ Threads: as :class:`~gateway.state.inventory.Inventory`, one thread only.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -66,6 +66,7 @@ from gateway.eui import EUI64_LENGTH
 
 from .errors import first_line
 from .inventory import (
+    MPANS_PER_CALL,
     InventoryError,
     InventoryImportReport,
     InventoryReason,
@@ -265,6 +266,20 @@ class PostgresInventory:
         """The device with this EUI-64, or None if the inventory does not list it."""
         rows = self._run(lambda conn: conn.execute(_GET, (bytes(device_id),)).fetchall())
         return _record(rows[0]) if rows else None
+
+    def mpans(self, device_ids: Sequence[bytes]) -> dict[bytes, str]:
+        """As :meth:`~gateway.state.inventory.InventoryStore.mpans`."""
+        if len(device_ids) > MPANS_PER_CALL:
+            raise ValueError(f"at most {MPANS_PER_CALL} device ids a call")
+        ids = [bytes(d) for d in device_ids]
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT device_id, mpan FROM inventory"
+                " WHERE mpan IS NOT NULL AND device_id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+        )
+        return {bytes(device): mpan for device, mpan in rows}
 
     def chf_of(self, device_id: bytes) -> bytes | None:
         """The CHF on whose HAN this device sits; None if unknown or not recorded."""
