@@ -38,6 +38,7 @@ import msgspec
 
 from .core.engine import EngineConfig
 from .errors import GatewayError
+from .reports.profile import BUILTIN_PROFILES, ProfileError, load_profile
 from .wire import DEFAULT_MAX_PAYLOAD
 
 __all__ = [
@@ -500,8 +501,19 @@ class ReportsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The DSP's private key (PEM, ECDSA P-256) that signs each report file; relative to
     # the config file's folder. Empty: reports are unsigned. Read once, at start-up.
     signing_key: str = ""
+    # The layout of the report files (HEADER fields, columns, TRAILER fields): a built-in
+    # profile, "dno" (for the Network Operators: MPAN and distributor, no Supplier
+    # identity) or "dsp" (every column), or a profile .toml file relative to the config
+    # file's folder (docs/reports.md, "Profiles").
+    profile: str = "dno"
+    # "distributor": also write one file per distributor beside each consolidated
+    # report (every GB distribution area, empty ones too). "none": the consolidated
+    # report only.
+    split: Literal["none", "distributor"] = "none"
 
     def __post_init__(self) -> None:
+        if not self.profile or not self.profile.isprintable():
+            raise _fail("reports.profile", "name a built-in profile or a .toml file")
         if not self.signing_key.isprintable():
             raise _fail("reports.signing_key", "use a file path of printable characters")
         if self.period <= 0:
@@ -804,6 +816,12 @@ def load_config(path: Path | None, *, env: Mapping[str, str]) -> Config:
         # Like the TLS files: relative to the config file's folder.
         signing_key = str(_resolve(base, reports.signing_key))
         reports = msgspec.structs.replace(reports, signing_key=signing_key)
+    if reports.profile not in BUILTIN_PROFILES:
+        reports = msgspec.structs.replace(reports, profile=str(_resolve(base, reports.profile)))
+    try:
+        load_profile(reports.profile)
+    except ProfileError as exc:
+        raise _fail("reports.profile", str(exc)) from None
     _check_retention(file)
     secret = env.get(b.password_env) if b.password_env else None
     pg_secret = env.get(file.state.password_env) if file.state.password_env else None

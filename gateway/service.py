@@ -98,12 +98,13 @@ from .quarantine import (
     quarantine_entry,
     quarantine_notice,
 )
-from .reports.files import Rotation, write_report
+from .reports.files import ReportFile, Rotation, by_distributor, write_report
+from .reports.profile import load_profile
 from .reports.signing import Signer, startup_signer
 from .reports.summary import write_summary
 from .retention import PRUNE_EVERY_MS, CounterSweep, sweep_outbox
 from .sdnotify import Notifier
-from .state.inventory import InventoryError, InventoryStore, from_envelope
+from .state.inventory import MPANS_PER_CALL, InventoryError, InventoryStore, from_envelope
 from .state.inventory_store import open_inventory
 from .state.protocol import OpenStore, StateStore
 from .state.rows import PendingReport, ReportCursor
@@ -307,6 +308,8 @@ class Gateway:
         started = time.monotonic()
         self.trust = self._load_trust(paths.trust_dir)
         self._signer: Signer | None = startup_signer(self.config.reports.signing_key, self.log)
+        # Checked by load_config already; read again here, once, for the writer.
+        self._profile = load_profile(self.config.reports.profile)
         try:
             self.guids = GuidList.open(paths.guid_list)
         except GuidListError as exc:
@@ -1300,38 +1303,82 @@ class Gateway:
     async def _write_report(
         self, report: PendingReport, records: list[SuppressionRecord] | None
     ) -> None:
-        """Write the file of a report already marked in the store, then clear its mark."""
+        """Write the file of a report already marked in the store (and, with
+        ``reports.split = "distributor"``, each distributor's file of it), then clear
+        its mark."""
         if records is None:
             records = self.store.reported(report)
+        mpans = await self._mpans(records)
         if not self._may_act():
             return
-        written = await asyncio.to_thread(
-            write_report,
-            self.config.paths.outbox,
-            records,
-            report_id=report.report_id,
-            period_start_ms=report.period_start_ms,
-            period_end_ms=report.period_end_ms,
-            name_prefix=self.config.reports.name_prefix,
-            version=__version__,
-            xlsx=self.config.reports.xlsx,
-            signer=self._signer,
-        )
+        written = await asyncio.to_thread(self._write_files, report, records, mpans)
         self.store.set_report_cursor(
             ReportCursor(opened_at_ms=report.period_start_ms, parts_written=report.part)
         )
         await self._durable()
         self._pending_report = None
         self._parts_written = report.part
-        self.mqtt.publish_soon(self.topics["reports"], encode(written.notice()))
+        for file in written:
+            self.mqtt.publish_soon(self.topics["reports"], encode(file.notice()))
         self.metrics.reports.inc()
         self.metrics.report_last_written.set(self.clock() / 1000)
+        consolidated = written[-1]
         self.log.info(
             "report.written",
-            file=str(written.path),
-            records=written.records,
-            sha256=written.sha256,
+            file=str(consolidated.path),
+            records=consolidated.records,
+            sha256=consolidated.sha256,
+            records_without_mpan=consolidated.records_without_mpan,
+            distributor_files=len(written) - 1,
         )
+
+    async def _mpans(self, records: list[SuppressionRecord]) -> dict[bytes, str]:
+        """The MPAN core of each record's meter, from the inventory as it is now (a
+        meter without one is left out, and its record gets empty MPAN cells)."""
+        meters = list(dict.fromkeys(r.esme_id for r in records))
+        found: dict[bytes, str] = {}
+        for at in range(0, len(meters), MPANS_PER_CALL):
+            try:
+                found |= self.inventory.mpans(meters[at : at + MPANS_PER_CALL])
+            except InventoryError as exc:
+                # The report still goes out, complete, with empty MPAN cells (counted in
+                # its TRAILER): a DNO gets every record late rather than none.
+                self.log.warning("report.mpans_unavailable", detail=str(exc))
+                return {}
+            await asyncio.sleep(0)  # a slice at a time: the loop keeps acknowledging
+        return found
+
+    def _write_files(
+        self, report: PendingReport, records: list[SuppressionRecord], mpans: dict[bytes, str]
+    ) -> list[ReportFile]:
+        """The files of one report, in a thread: each distributor's first (when split),
+        the consolidated report last, so that a consolidated report in the outbox has
+        its distributors' files beside it."""
+        r, s = self.config.reports, self.config.suppression
+        write = partial(
+            write_report,
+            self.config.paths.outbox,
+            period_start_ms=report.period_start_ms,
+            period_end_ms=report.period_end_ms,
+            name_prefix=r.name_prefix,
+            version=__version__,
+            xlsx=r.xlsx,
+            signer=self._signer,
+            profile=self._profile,
+            mpans=mpans,
+            guid_list_sha256=self.guids.sha256 if self.guids is not None else "",
+            window_ms=int(s.window),
+            lead_ms=int(s.lead),
+        )
+        written = []
+        if r.split == "distributor":
+            for distributor, part in by_distributor(records, mpans).items():
+                report_id = self._rotation.report_id(
+                    report.period_start_ms, report.part, distributor
+                )
+                written.append(write(part, report_id=report_id, distributor=distributor))
+        written.append(write(records, report_id=report.report_id))
+        return written
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_ping_s()

@@ -233,6 +233,9 @@ class ReportNotice(
     period_end: EpochMillis
     records: Uint
     sha256: Sha256Hex
+    # The two-digit distributor id of a distributor's file (reports.split); absent for
+    # the consolidated report.
+    distributor: Annotated[str, msgspec.Meta(pattern="^[0-9]{2}$")] | None = None
 
 
 class QuarantineNotice(

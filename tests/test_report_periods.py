@@ -1,6 +1,8 @@
 """Reports per UTC period (issue 13, point 1): a report for every period, empty ones
 too, each record in the period of its decision time, numbered parts past max_records,
-names that follow from the period and part alone; across a restart and a backlog.
+names that follow from the period and part alone; across a restart and a backlog. And
+what the daemon puts in them (point 2): the MPAN and distributor from the inventory, the
+rules in force, and each distributor's file beside the consolidated report.
 
 The gateway runs on a real SQLite store and the in-memory transport of test_shell, with
 the clock in the test's hands."""
@@ -17,15 +19,18 @@ import pytest_asyncio
 
 from gateway import wire
 from gateway.config import load_config
+from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.mpan import GB_AREAS
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
 from gateway.reports.files import ReportContents, format_time, read_report
 from gateway.service import Gateway
+from gateway.state.inventory import Inventory
 from gateway.state.protocol import StateStore
 from gateway.state.sqlite import Store
 from gateway.transport.protocol import DeliveryHandler, EventSink, Transport
 
-from .e2e_support import CHF, Home, cs06
+from .e2e_support import CHF, ESME, Home, cs06
 from .test_shell import FakeDelivery, FakeTransport, settle
 
 pytestmark = pytest.mark.asyncio
@@ -205,3 +210,91 @@ async def test_a_period_past_max_records_is_split_into_numbered_parts(
     assert [ids(r) for r in reports] == [alerts[:3], alerts[3:6], alerts[6:]]
     assert [r.name.rsplit("_", 1)[1] for r in reports] == ["PT1H-001", "PT1H-002", "PT1H-003"]
     assert {(r.period_start_ms, r.period_end_ms) for r in reports} == {(P0, P0 + HOUR)}
+
+
+def give_mpan(home: Home, mpan: str) -> None:
+    """Record the test meter's MPAN in the home's inventory (as an import would)."""
+    with Inventory.open(home.root / "inventory.sqlite") as inventory:
+        inventory.upsert(
+            DeviceRecord(
+                device_id=ESME,
+                device_type=DeviceType.ESME,
+                smets=2,
+                manufacturer="Landis+Gyr",
+                status=DeviceStatus.COMMISSIONED,
+                chf_id=CHF,
+                mpan=mpan,
+            ),
+            1,
+        )
+
+
+async def test_records_carry_the_mpan_and_distributor_the_inventory_holds_at_writing(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness()
+    await h.start()
+    await h.window_and_alerts(P0 + 60_000, 1000, ["no-mpan"])
+    await h.rotate(P0 + HOUR + 2_000)
+    await h.stop()
+    give_mpan(h.home, "1012345678903")
+    await h.start()
+    await h.window_and_alerts(P0 + HOUR + 60_000, 1001, ["with-mpan"])
+    await h.rotate(P0 + 2 * HOUR + 2_000)
+    first, second = h.reports()
+    # A meter the inventory has no MPAN for: the record is there, its cells empty, and
+    # the TRAILER counts it.
+    assert ids(first) == ["no-mpan"]
+    assert (first.records[0].mpan, first.records[0].distributor) == (None, None)
+    assert first.trailer["records_without_mpan"] == "1"
+    row = second.records[0]
+    assert (row.mpan, row.distributor_id, row.distributor) == (
+        "1012345678903",
+        "10",
+        "Eastern (UKPN)",
+    )
+    assert row.alert_code == "AD1"
+    assert second.trailer["records_without_mpan"] == "0"
+    # The rules in force: the GUID list's digest (the test list's is all zeros), the
+    # window and lead of the home's configuration.
+    header = second.header
+    assert (header["guid_list_sha256"], header["window"], header["lead"]) == (
+        "0" * 64,
+        "PT30M",
+        "PT2M",
+    )
+    assert header["profile"] == "dno"
+    # The DNO's layout has no Supplier identity.
+    assert "originator" not in second.columns
+    assert "request_id" not in second.columns
+
+
+async def test_split_by_distributor_writes_every_area_a_file_beside_the_consolidated_one(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(split="distributor")
+    give_mpan(h.home, "2312345678900")  # Yorkshire
+    gateway = await h.start()
+    await h.window_and_alerts(P0 + 60_000, 1000, ["y-1", "y-2"])
+    await h.rotate(P0 + HOUR + 2_000)
+    reports = {r.report_id: r for r in h.reports()}
+    assert set(reports) == {"PT1H-001"} | {f"PT1H-001-D{area}" for area in GB_AREAS}
+    assert ids(reports["PT1H-001"]) == ["y-1", "y-2"]
+    assert ids(reports["PT1H-001-D23"]) == ["y-1", "y-2"]
+    assert reports["PT1H-001-D23"].header["scope_name"] == "Yorkshire (NPg)"
+    assert all(
+        r.records == [] for key, r in reports.items() if key not in {"PT1H-001", "PT1H-001-D23"}
+    )
+    # A notice for each file, the distributor's named.
+    await settle(lambda: len(notices(gateway)) == 15)
+    assert sorted(n.distributor or "" for n in notices(gateway)) == ["", *sorted(GB_AREAS)]
+
+
+def notices(gateway: Gateway) -> list[wire.ReportNotice]:
+    transport = gateway.mqtt
+    assert isinstance(transport, FakeTransport)
+    return [
+        wire.decode_report_notice(payload)
+        for topic, payload in transport.published
+        if topic == "gateway/reports"
+    ]

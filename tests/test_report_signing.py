@@ -123,7 +123,8 @@ def forge(path: Path) -> None:
     lines[2] = lines[2].replace(b"AD1-0001,", b"AD1-9999,", 1)
     trailer = next(i for i, line in enumerate(lines) if line.startswith(b"TRAILER,"))
     digest = hashlib.sha256(b"".join(line + b"\r\n" for line in lines[2:trailer])).hexdigest()
-    lines[trailer] = f"TRAILER,{trailer - 2},{digest}".encode()
+    without_mpan = lines[trailer].split(b",")[3].decode()  # the rest of the TRAILER, as it was
+    lines[trailer] = f"TRAILER,{trailer - 2},{digest},{without_mpan}".encode()
     path.write_bytes(b"\r\n".join(lines))
 
 

@@ -23,13 +23,12 @@ from hypothesis import strategies as st
 from gateway.cli.report import add_parser
 from gateway.exits import Exit
 from gateway.reports.files import (
-    COLUMNS,
     EMPTY_SHA256,
     REPORT_SHEET_TITLE,
     SHEET_TITLE,
-    XLSX_HEADER_LABELS,
     XLSX_TIME_FORMAT,
     ReportError,
+    ReportRow,
     Rotation,
     format_time,
     parse_time,
@@ -37,6 +36,7 @@ from gateway.reports.files import (
     verify_report,
     write_report,
 )
+from gateway.reports.profile import builtin_profile
 from gateway.wire import SuppressionRecord
 
 HOUR = 3_600_000
@@ -45,6 +45,10 @@ END = START + HOUR
 CHF = bytes.fromhex("00DB1234567890A0")
 ESME = bytes.fromhex("00DB123456789001")
 SUPPLIER = bytes.fromhex("90B3D51F30010000")
+MPAN = "1012345678903"  # Eastern (UKPN); check digit 3
+MPANS = {ESME: MPAN}
+DSP = builtin_profile("dsp")  # every column: these tests exercise each one
+COLUMNS = DSP.columns
 
 
 def record(
@@ -75,16 +79,18 @@ TWO = [record("AD1-0001"), record("AD1-0002", request_id=None, counter=2**63 + 5
 
 EXPECTED_TWO = (
     "HEADER,POA-SUPPRESSION_20300114T090000Z_42-43,42-43,2030-01-14T09:00:00.000Z,"
-    "2030-01-14T10:00:00.000Z,poa-gateway,0.1.0\r\n"
-    "alert_id,chf_id,esme_id,raised_at,received_at,window_start,window_end,request_id,"
-    "originator,originator_counter,activation\r\n"
-    "AD1-0001,00-DB-12-34-56-78-90-A0,00-DB-12-34-56-78-90-01,2030-01-14T09:01:01.234Z,"
-    "2030-01-14T09:01:01.484Z,2030-01-14T09:00:00.000Z,2030-01-14T09:30:00.000Z,"
-    "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-01:1000,90-B3-D5-1F-30-01-00-00,1000,"
-    "on-demand\r\n"
-    "AD1-0002,00-DB-12-34-56-78-90-A0,00-DB-12-34-56-78-90-01,2030-01-14T09:01:01.234Z,"
-    "2030-01-14T09:01:01.484Z,2030-01-14T09:00:00.000Z,2030-01-14T09:30:00.000Z,,"
-    "90-B3-D5-1F-30-01-00-00,9223372036854775813,on-demand\r\n"
+    "2030-01-14T10:00:00.000Z,poa-gateway,0.1.0,dsp,all,all distributors,,,\r\n"
+    "alert_id,alert_code,mpan,distributor_id,distributor,chf_id,esme_id,raised_at,"
+    "received_at,window_start,window_end,activation,request_id,originator,"
+    "originator_counter\r\n"
+    "AD1-0001,AD1,1012345678903,10,Eastern (UKPN),00-DB-12-34-56-78-90-A0,"
+    "00-DB-12-34-56-78-90-01,2030-01-14T09:01:01.234Z,2030-01-14T09:01:01.484Z,"
+    "2030-01-14T09:00:00.000Z,2030-01-14T09:30:00.000Z,on-demand,"
+    "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-01:1000,90-B3-D5-1F-30-01-00-00,1000\r\n"
+    "AD1-0002,AD1,1012345678903,10,Eastern (UKPN),00-DB-12-34-56-78-90-A0,"
+    "00-DB-12-34-56-78-90-01,2030-01-14T09:01:01.234Z,2030-01-14T09:01:01.484Z,"
+    "2030-01-14T09:00:00.000Z,2030-01-14T09:30:00.000Z,on-demand,,"
+    "90-B3-D5-1F-30-01-00-00,9223372036854775813\r\n"
 )
 
 
@@ -99,7 +105,30 @@ def write(
         period_end_ms=END,
         version="0.1.0",
         xlsx=xlsx,
+        profile=DSP,
+        mpans=MPANS,
     ).path
+
+
+def as_row(r: SuppressionRecord, mpan: str | None = MPAN) -> ReportRow:
+    """What a dsp-profile report holds of a record (and what read_report gives back)."""
+    return ReportRow(
+        alert_id=r.alert_id,
+        alert_code="AD1",
+        mpan=mpan,
+        distributor_id=None if mpan is None else mpan[:2],
+        distributor=None if mpan is None else "Eastern (UKPN)",
+        chf_id=r.chf_id,
+        esme_id=r.esme_id,
+        raised_at=r.raised_at,
+        received_at=r.received_at,
+        window_start=r.window_start,
+        window_end=r.window_end,
+        activation=r.activation,
+        request_id=r.request_id,
+        originator=r.originator,
+        originator_counter=r.originator_counter,
+    )
 
 
 def lines(path: Path) -> list[bytes]:
@@ -118,11 +147,13 @@ def test_a_report_of_two_records_has_header_columns_records_and_trailer(tmp_path
         period_start_ms=START,
         period_end_ms=END,
         version="0.1.0",
+        profile=DSP,
+        mpans=MPANS,
     )
     data = written.path.read_bytes()
     records = EXPECTED_TWO.split("\r\n", 2)[2].encode()
     digest = hashlib.sha256(records).hexdigest()
-    assert data.decode() == f"{EXPECTED_TWO}TRAILER,2,{digest}\r\n"
+    assert data.decode() == f"{EXPECTED_TWO}TRAILER,2,{digest},0\r\n"
     assert not data.startswith(b"\xef\xbb\xbf")
     assert written.name == "POA-SUPPRESSION_20300114T090000Z_42-43.csv"
     assert written.path == tmp_path / "outbox" / written.name
@@ -146,7 +177,7 @@ def test_a_report_of_two_records_has_header_columns_records_and_trailer(tmp_path
 def test_the_trailer_digest_is_over_lines_3_to_the_one_before_the_trailer(tmp_path: Path) -> None:
     path = write(tmp_path, TWO)
     body = b"".join(lines(path)[2:-1])
-    assert lines(path)[-1] == f"TRAILER,2,{hashlib.sha256(body).hexdigest()}\r\n".encode()
+    assert lines(path)[-1] == f"TRAILER,2,{hashlib.sha256(body).hexdigest()},0\r\n".encode()
 
 
 def test_name_prefix_generator_and_version_go_into_the_name_and_header(tmp_path: Path) -> None:
@@ -170,6 +201,12 @@ def test_name_prefix_generator_and_version_go_into_the_name_and_header(tmp_path:
         "2030-01-14T10:00:00.000Z",
         "poa gateway, site A",
         "1.2.3",
+        "dno",
+        "all",
+        "all distributors",
+        "",
+        "",
+        "",
     ]
     assert verify_report(written.path).ok
 
@@ -178,7 +215,7 @@ def test_an_empty_period_gives_a_valid_report_of_zero_records(tmp_path: Path) ->
     written = write_report(
         tmp_path, [], report_id="none", period_start_ms=START, period_end_ms=END, version="0.1.0"
     )
-    assert lines(written.path)[2:] == [f"TRAILER,0,{EMPTY_SHA256}\r\n".encode()]
+    assert lines(written.path)[2:] == [f"TRAILER,0,{EMPTY_SHA256},0\r\n".encode()]
     assert written.records == 0
     assert written.sha256 == EMPTY_SHA256 == hashlib.sha256(b"").hexdigest()
     check = verify_report(written.path)
@@ -319,7 +356,7 @@ def test_a_file_cut_inside_a_record_is_reported(tmp_path: Path) -> None:
     assert verify_report(path).problems == [
         "line 4: the last record is not a TRAILER record: the file is incomplete "
         "(it ends at line 4)",
-        "line 4: a data record has 11 fields, found 10 fields",
+        "line 4: a data record has 15 fields, found 14 fields",
     ]
 
 
@@ -338,10 +375,10 @@ def test_a_damaged_header_and_column_line_are_named(tmp_path: Path) -> None:
     _tamper(path, b"raised_at,", b"raised,")
     problems = verify_report(path).problems
     assert problems[0] == (
-        "line 1: HEADER: period end: '2030-01-14T10:00:00Z' is not a time like "
+        "line 1: HEADER: period_end: '2030-01-14T10:00:00Z' is not a time like "
         "2030-01-15T09:00:00.000Z"
     )
-    assert problems[1].startswith("line 2: expected the column names alert_id,chf_id,")
+    assert problems[1].startswith("line 2: expected the column names alert_id,alert_code,mpan,")
     assert len(problems) == 2
 
 
@@ -375,8 +412,8 @@ def test_data_records_with_the_wrong_number_of_columns_are_named(tmp_path: Path)
     path.write_bytes(b"".join(data))
     problems = verify_report(path).problems
     assert problems[:2] == [
-        "line 3: a data record has 11 fields, found 2 fields",
-        "line 4: a data record has 11 fields, found an empty line",
+        "line 3: a data record has 15 fields, found 2 fields",
+        "line 4: a data record has 15 fields, found an empty line",
     ]
 
 
@@ -473,7 +510,7 @@ def test_awkward_values_round_trip_through_report_show(
 ) -> None:
     path = write(tmp_path, AWKWARD)
     assert verify_report(path).ok
-    assert read_report(path).records == AWKWARD
+    assert read_report(path).records == [as_row(r) for r in AWKWARD]
     assert _cli(["report", "show", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     shown = [json.loads(line) for line in out.splitlines()]
@@ -498,6 +535,8 @@ def test_the_xlsx_copy_has_typed_cells_named_columns_a_filter_and_a_report_sheet
         period_end_ms=END,
         version="0.1.0",
         xlsx=True,
+        profile=DSP,
+        mpans=MPANS,
     )
     assert written.xlsx_path == written.path.with_suffix(".xlsx")
     rows = list(csv.reader(io.StringIO(written.path.read_text(encoding="utf-8"), newline="")))
@@ -506,31 +545,42 @@ def test_the_xlsx_copy_has_typed_cells_named_columns_a_filter_and_a_report_sheet
         assert workbook.sheetnames == [SHEET_TITLE, REPORT_SHEET_TITLE]
         sheet = workbook[SHEET_TITLE]
         cells = [list(row) for row in sheet.iter_rows(values_only=True)]
-        assert sheet.auto_filter.ref == f"A1:K{len(records) + 1}"
+        assert sheet.auto_filter.ref == f"A1:O{len(records) + 1}"  # 15 columns
         assert sheet.freeze_panes == "A2"
-        raised = sheet["D2"]
+        raised = sheet["H2"]  # raised_at, the 8th column
         assert raised.number_format == XLSX_TIME_FORMAT
         about = [list(row) for row in workbook[REPORT_SHEET_TITLE].iter_rows(values_only=True)]
     finally:
         workbook.close()
     assert cells[0] == list(COLUMNS)  # the column names first: any reader finds them
     assert len(cells) == len(records) + 1
+    at = {name: COLUMNS.index(name) for name in COLUMNS}
     for line, record_, row in zip(rows[2:-1], records, cells[1:], strict=True):
         # Times are dates (UTC, to the ms), the counter a number (text past 2**53,
         # which a spreadsheet would round), everything else the CSV's text.
-        assert row[3] == dt.datetime(2030, 1, 14, 9, 1, 1, 234_000)  # noqa: DTZ001 - UTC, naive
-        assert row[4] == _naive(record_.received_at)
-        assert (row[5], row[6]) == (_naive(record_.window_start), _naive(record_.window_end))
+        assert row[at["raised_at"]] == dt.datetime(2030, 1, 14, 9, 1, 1, 234_000)  # noqa: DTZ001 - UTC, naive
+        assert row[at["received_at"]] == _naive(record_.received_at)
+        assert row[at["window_start"]] == _naive(record_.window_start)
+        assert row[at["window_end"]] == _naive(record_.window_end)
         counter = record_.originator_counter
-        assert row[9] == (counter if counter <= 2**53 else line[9])
-        texts = [0, 1, 2, 7, 8, 10]
+        position = at["originator_counter"]
+        assert row[position] == (counter if counter <= 2**53 else line[position])
+        texts = [
+            at[n]
+            for n in COLUMNS
+            if n not in {"raised_at", "received_at", "window_start", "window_end"}
+            and n != "originator_counter"
+        ]
         # XML turns a CR into a line feed: the CSV is the exact record.
         expected = [line[i].replace("\r\n", "\n").replace("\r", "\n") for i in texts]
         assert [row[i] if row[i] is not None else "" for i in texts] == expected
     assert about == [
-        *([label, value] for label, value in zip(XLSX_HEADER_LABELS, rows[0][1:], strict=True)),
+        ["record", "HEADER"],
+        *([label, value or None] for label, value in zip(DSP.header, rows[0][1:], strict=True)),
+        ["record", "TRAILER"],
         ["records", len(records)],
-        ["sha256 of the CSV's data lines", written.sha256],
+        ["sha256", written.sha256],
+        ["records_without_mpan", 0],
     ]
     with zipfile.ZipFile(written.xlsx_path) as archive:
         sheet_xml = archive.read("xl/worksheets/sheet1.xml")
@@ -546,8 +596,9 @@ def test_the_csv_loads_with_one_documented_step(tmp_path: Path) -> None:
     # is a CSV with the column names first. This is what pandas' read_csv(skiprows=1,
     # skipfooter=1, engine="python", dtype=str) and Excel's "skip 1 row" do.
     written = write_report(
-        tmp_path, AWKWARD, report_id="7-9", period_start_ms=START, period_end_ms=END, version="1"
-    )
+        tmp_path, AWKWARD, report_id="7-9", period_start_ms=START, period_end_ms=END, version="1",
+        profile=DSP,
+    )  # fmt: skip
     with written.path.open(newline="", encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     # Quoted fields may hold line breaks: read the whole body as CSV, then drop the
@@ -568,6 +619,7 @@ def test_control_characters_in_the_xlsx_copy_are_replaced_not_refused(tmp_path: 
         period_end_ms=END,
         version="0.1.0",
         xlsx=True,
+        profile=DSP,
     )
     assert read_report(written.path).records[0].request_id == "a\x00b\x1bc"
     assert written.xlsx_path is not None
@@ -576,7 +628,7 @@ def test_control_characters_in_the_xlsx_copy_are_replaced_not_refused(tmp_path: 
         first_record = next(workbook[SHEET_TITLE].iter_rows(min_row=2, values_only=True))
     finally:
         workbook.close()
-    assert first_record[7] == "a\ufffdb\ufffdc"
+    assert first_record[COLUMNS.index("request_id")] == "a\ufffdb\ufffdc"
 
 
 # ---------------------------------------------------------------------------------------
@@ -666,12 +718,12 @@ def test_any_valid_records_make_a_report_that_verifies_and_reads_back(
     with tempfile.TemporaryDirectory() as folder:
         written = write_report(
             Path(folder), records, report_id="p", period_start_ms=START, period_end_ms=END,
-            version="0.1.0",
+            version="0.1.0", profile=DSP,
         )  # fmt: skip
         check = verify_report(written.path)
         assert check.problems == []
         assert (check.records, check.sha256) == (len(records), written.sha256)
-        assert read_report(written.path).records == records
+        assert read_report(written.path).records == [as_row(r, None) for r in records]
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ from typing import Any
 
 from gateway.eui import format_eui64
 from gateway.exits import Exit
-from gateway.reports.files import ReportError, format_time, read_report, verify_report
+from gateway.reports.files import ReportError, ReportRow, format_time, read_report, verify_report
+from gateway.reports.profile import (
+    BUILTIN_PROFILES,
+    DEFAULT_PROFILE_NAME,
+    ProfileError,
+    ReportProfile,
+    load_profile,
+)
 from gateway.reports.signing import (
     SignatureStatus,
     SigningKeyError,
@@ -18,7 +25,6 @@ from gateway.reports.signing import (
     load_public_key,
     signature_path,
 )
-from gateway.wire import SuppressionRecord
 
 from .support import add_json_option
 
@@ -41,9 +47,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "verify",
         help="check report files for completeness and integrity",
         description=(
-            "Check each report: the HEADER record, the column names, every data record "
-            "(11 columns, EUI-64s, ISO 8601 UTC times), and the TRAILER's record count and "
-            "SHA-256 of the data records. With --key PUB, also the DSP's detached "
+            "Check each report against its profile (--profile, the built-in 'dno' by "
+            "default): the HEADER record, the column names, every data record (EUI-64s, "
+            "ISO 8601 UTC times, MPAN cores and distributors), and the TRAILER's record "
+            "count and SHA-256 of the data records. With --key PUB, also the DSP's detached "
             "signature FILE.sig beside each report (DER ECDSA P-256 over SHA-256 of the "
             "whole file): the TRAILER shows a file is complete, the signature that the DSP "
             "wrote it; a missing or wrong signature fails. Prints 'FILE: ok, N records, "
@@ -60,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the DSP's report-signing public key or certificate (PEM, ECDSA P-256): "
         "also check each FILE.sig",
     )
+    _add_profile_option(verify)
     add_json_option(verify)
     verify.set_defaults(handler=_cmd_verify)
 
@@ -68,33 +76,51 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="print a report's records",
         description=(
             "Verify a report, then print each suppressed AD1, one per line; with --json as "
-            "one JSON object per line keyed by the CSV column names: EUI-64s as "
+            "one JSON object per line keyed by the file's column names: EUI-64s as "
             "00-DB-12-34-56-78-90-A0, times as RFC 3339 UTC with milliseconds, "
-            "originator_counter as a number, an empty request_id as null. A report that "
+            "originator_counter as a number, an empty cell as null. A report that "
             "fails verification prints its problems on stderr and nothing on stdout "
             "(exit status 1)."
         ),
     )
     show.add_argument("file", type=Path, metavar="FILE", help="a report .csv file")
+    _add_profile_option(show)
     add_json_option(show)
     show.set_defaults(handler=_cmd_show)
 
 
-def record_json(record: SuppressionRecord) -> dict[str, Any]:
-    """A record as ``report show`` prints it (JSON-ready, in CSV column order)."""
-    return {
-        "alert_id": record.alert_id,
-        "chf_id": format_eui64(record.chf_id),
-        "esme_id": format_eui64(record.esme_id),
-        "raised_at": format_time(record.raised_at),
-        "received_at": format_time(record.received_at),
-        "window_start": format_time(record.window_start),
-        "window_end": format_time(record.window_end),
-        "request_id": record.request_id,
-        "originator": format_eui64(record.originator),
-        "originator_counter": record.originator_counter,
-        "activation": record.activation,
-    }
+def _add_profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        metavar="PROFILE",
+        help=f"the report layout the files were written with: a built-in profile "
+        f"({', '.join(BUILTIN_PROFILES)}) or a profile .toml file, as in [reports] profile "
+        f"(default: the built-in profile the HEADER names, else {DEFAULT_PROFILE_NAME})",
+    )
+
+
+def _profile(args: argparse.Namespace, command: str) -> tuple[bool, ReportProfile | None]:
+    """(usable, the --profile given): None for "the one the HEADER names"."""
+    if args.profile is None:
+        return True, None
+    try:
+        return True, load_profile(args.profile)
+    except ProfileError as exc:
+        print(f"poa-gateway report {command}: --profile {exc}", file=sys.stderr)
+        return False, None
+
+
+def record_json(record: ReportRow, columns: tuple[str, ...]) -> dict[str, Any]:
+    """A record as ``report show`` prints it (JSON-ready, in the file's column order)."""
+    out: dict[str, Any] = {}
+    for column in columns:
+        value = getattr(record, column)
+        if isinstance(value, bytes):
+            value = format_eui64(value)
+        elif isinstance(value, int) and column != "originator_counter":
+            value = format_time(value)
+        out[column] = value
+    return out
 
 
 def _cannot_read(command: str, path: Path, exc: OSError) -> None:
@@ -104,6 +130,9 @@ def _cannot_read(command: str, path: Path, exc: OSError) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    usable, profile = _profile(args, "verify")
+    if not usable:
+        return Exit.USAGE
     key = None
     if args.key is not None:
         try:
@@ -116,7 +145,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for path in args.files:
         signature: SignatureStatus | None = None
         try:
-            check = verify_report(path)
+            check = verify_report(path, profile)
             problems = list(check.problems)
             if key is not None:
                 signature, problem = check_signature(path, key)
@@ -146,8 +175,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     path: Path = args.file
+    usable, profile = _profile(args, "show")
+    if not usable:
+        return Exit.USAGE
     try:
-        contents = read_report(path)
+        contents = read_report(path, profile)
     except OSError as exc:
         _cannot_read("show", path, exc)
         return Exit.USAGE
@@ -156,13 +188,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
             print(f"poa-gateway report show: {path}: {problem}", file=sys.stderr)
         return Exit.FAILED
     for record in contents.records:
-        r = record_json(record)
+        r = record_json(record, contents.columns)
         if args.json:
             print(json.dumps(r))
         else:
-            print(
-                f"{r['alert_id']}  CHF {r['chf_id']}  raised {r['raised_at']}  "
-                f"window {r['window_start']} .. {r['window_end']}  ESME {r['esme_id']}  "
-                f"{r['activation']}"
-            )
+            # The columns the profile has, in its order, empty ones left out.
+            print("  ".join(f"{k} {v}" for k, v in r.items() if v is not None and v != ""))
     return Exit.OK

@@ -92,15 +92,22 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple
 
 import msgspec
 
+from gateway.core.mpan import GB_AREAS, MpanCore, MpanError, distributor_of
 from gateway.errors import GatewayError
 from gateway.eui import EUI64_LENGTH, format_eui64, parse_eui64
 from gateway.fileio import fsync_dir
+from gateway.reports.profile import (
+    BUILTIN_PROFILES,
+    DEFAULT_PROFILE_NAME,
+    ReportProfile,
+    builtin_profile,
+)
 from gateway.reports.signing import Signer, signature_path
 from gateway.wire import ActivationKind, ReportNotice, SuppressionRecord
 
@@ -108,14 +115,18 @@ if TYPE_CHECKING:
     from openpyxl.cell.cell import Cell
 
 __all__ = [
+    "ALERT_CODE",
     "COLUMNS",
+    "DEFAULT_PROFILE",
     "EMPTY_SHA256",
     "MAX_FIELD_CHARS",
     "ReportCheck",
     "ReportContents",
     "ReportError",
     "ReportFile",
+    "ReportRow",
     "Rotation",
+    "by_distributor",
     "format_time",
     "parse_time",
     "read_report",
@@ -123,20 +134,16 @@ __all__ = [
     "write_report",
 ]
 
-COLUMNS: Final = (
-    "alert_id",
-    "chf_id",
-    "esme_id",
-    "raised_at",
-    "received_at",
-    "window_start",
-    "window_end",
-    "request_id",
-    "originator",
-    "originator_counter",
-    "activation",
-)
-"""The column names of a data record, in order (line 2 of every report)."""
+DEFAULT_PROFILE: Final = builtin_profile(DEFAULT_PROFILE_NAME)
+"""The layout reports have unless ``reports.profile`` names another (``dno``)."""
+
+_BUILTINS: Final = tuple(builtin_profile(name) for name in BUILTIN_PROFILES)
+
+COLUMNS: Final = DEFAULT_PROFILE.columns
+"""The column names of the default profile's data records (line 2 of its reports)."""
+
+ALERT_CODE: Final = "AD1"
+"""The alert code of every suppressed alert: the gateway suppresses AD1s only."""
 
 EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
 """The TRAILER digest of a report with no data records."""
@@ -154,28 +161,11 @@ row per record, typed, under an autofilter."""
 REPORT_SHEET_TITLE: Final = "Report"
 """The second worksheet of the ``.xlsx`` copy: the HEADER's fields and the TRAILER's."""
 
-XLSX_HEADER_LABELS: Final = (
-    "report",
-    "report id",
-    "period start (UTC)",
-    "period end (UTC)",
-    "generator",
-    "version",
-)
-"""Labels of the ``Report`` sheet's first rows: one row per HEADER field."""
-
-XLSX_TRAILER_LABELS: Final = ("records", "sha256 of the CSV's data lines")
-"""Labels of the ``Report`` sheet's last rows: the TRAILER's fields."""
-
 XLSX_TIME_FORMAT: Final = "yyyy-mm-dd hh:mm:ss.000"
 """How the ``.xlsx`` copy shows its times (UTC; Excel has no time zones)."""
 
 _EXCEL_EXACT: Final = 1 << 53  # integers above this are not exact in a spreadsheet cell
 
-_HEADER: Final = "HEADER"
-_TRAILER: Final = "TRAILER"
-_HEADER_FIELDS: Final = 7
-_TRAILER_FIELDS: Final = 3
 _ACTIVATIONS: Final[tuple[ActivationKind, ...]] = ("on-demand", "future-dated")
 _UINT64_MAX: Final = (1 << 64) - 1
 _MAX_PROBLEMS: Final = 50  # per file: a wrong file must not print a million lines
@@ -291,7 +281,7 @@ class ReportFile(msgspec.Struct, frozen=True, kw_only=True):
     """A report file as written by :func:`write_report`."""
 
     name: str
-    """The CSV file's name, e.g. ``POA-SUPPRESSION_20300115T090000Z_42-57.csv``."""
+    """The CSV file's name, e.g. ``POA-SUPPRESSION_20300115T090000Z_PT1H-001.csv``."""
     path: Path
     """Where the CSV is."""
     records: int
@@ -303,6 +293,10 @@ class ReportFile(msgspec.Struct, frozen=True, kw_only=True):
     report_id: str
     xlsx_path: Path | None = None
     """The spreadsheet copy, when one was asked for."""
+    distributor: str | None = None
+    """The distributor id of a distributor's file; None for the consolidated report."""
+    records_without_mpan: int = 0
+    """Data records whose meter had no MPAN in the inventory."""
 
     def notice(self) -> ReportNotice:
         """The ``gateway/reports`` notice announcing this file."""
@@ -315,6 +309,7 @@ class ReportFile(msgspec.Struct, frozen=True, kw_only=True):
             period_end=self.period_end_ms,
             records=self.records,
             sha256=self.sha256,
+            distributor=self.distributor,
         )
 
 
@@ -330,6 +325,12 @@ def write_report(
     version: str,
     xlsx: bool = False,
     signer: Signer | None = None,
+    profile: ReportProfile | None = None,
+    mpans: Mapping[bytes, str] | None = None,
+    distributor: str | None = None,
+    guid_list_sha256: str = "",
+    window_ms: int | None = None,
+    lead_ms: int | None = None,
 ) -> ReportFile:
     """Write the report of one period atomically; return what was written.
 
@@ -337,6 +338,15 @@ def write_report(
     ``outbox`` (created with mode 0o750 if missing); with ``xlsx`` a spreadsheet copy
     ``<same name>.xlsx`` is written beside it. The same arguments always give the same
     CSV, so a re-run after a crash replaces the file with an identical one.
+
+    The layout is ``profile``'s (the built-in ``dno`` one by default,
+    :mod:`gateway.reports.profile`). ``mpans`` gives the MPAN core of each meter (ESME
+    EUI-64 to 13 digits, as the inventory holds it), from which the MPAN and distributor
+    columns are filled; a meter without one gets empty cells and is counted in the
+    TRAILER's ``records_without_mpan``, never left out. ``distributor`` (a two-digit id)
+    makes this a distributor's file: the HEADER's scope names it (the caller picks the
+    records, :func:`by_distributor`). ``guid_list_sha256``, ``window_ms`` and
+    ``lead_ms`` are written in the HEADER when the profile has those fields.
 
     With a ``signer`` each file also gets its detached signature beside it,
     ``<file name>.sig`` over the file's exact bytes (:mod:`gateway.reports.signing`),
@@ -346,14 +356,16 @@ def write_report(
     Raises:
         ValueError: a bad argument (``report_id`` or ``name_prefix`` that is not a plain
             file-name part, a period that ends before it starts or starts after the year
-            9999, a generator or version that is empty or not printable) or a record
-            that cannot be written (a wrong-length EUI-64, a value over
-            :data:`MAX_FIELD_CHARS`, a time beyond 2**64 - 1 ms ...); the
-            message names the record by position and alert id. Nothing is written.
+            9999, a generator or version that is empty or not printable, an MPAN that is
+            not a valid core, a distributor that is not two digits) or a record that
+            cannot be written (a wrong-length EUI-64, a value over
+            :data:`MAX_FIELD_CHARS`, a time beyond 2**64 - 1 ms ...); the message names
+            the record by position and alert id. Nothing is written.
         OSError: the outbox cannot be written. No temporary file is left behind and no
             CSV appears under the report's name (an ``.xlsx`` copy already put in place
             stays; the re-run replaces it).
     """
+    profile = profile or DEFAULT_PROFILE
     for what, value in (("report_id", report_id), ("name_prefix", name_prefix)):
         if _SAFE_NAME.fullmatch(value) is None:
             raise ValueError(
@@ -370,30 +382,53 @@ def write_report(
         # One physical line for the HEADER keeps "data records start on line 3" true.
         if not value or not value.isprintable() or len(value) > 200:
             raise ValueError(f"{what} {_shown(value)}: use 1-200 printable characters")
+    if distributor is not None and _DISTRIBUTOR_ID.fullmatch(distributor) is None:
+        raise ValueError(f"distributor {_shown(distributor)}: use the two-digit id")
+    if guid_list_sha256 and _SHA256_HEX.fullmatch(guid_list_sha256) is None:
+        raise ValueError(f"guid_list_sha256 {_shown(guid_list_sha256)}: not 64 hex digits")
 
     stem = f"{name_prefix}_{_compact_time(period_start_ms)}_{report_id}"
-    header = [
-        _HEADER,
-        stem,
-        report_id,
-        format_time(period_start_ms),
-        format_time(period_end_ms),
-        generator,
-        version,
-    ]
+    scope = _ALL if distributor is None else distributor
+    header_values = {
+        "report_name": stem,
+        "report_id": report_id,
+        "period_start": format_time(period_start_ms),
+        "period_end": format_time(period_end_ms),
+        "generator": generator,
+        "version": version,
+        "profile": profile.name,
+        "scope": scope,
+        "scope_name": _scope_name(scope),
+        "guid_list_sha256": guid_list_sha256,
+        "window": "" if window_ms is None else _iso_duration(window_ms),
+        "lead": "" if lead_ms is None else _iso_duration(lead_ms),
+    }
+    header = [profile.header_tag, *(header_values[f] for f in profile.header)]
     for field in header:
         _check_length(field, "header")
-    rows = [_row(record, index) for index, record in enumerate(records)]
+    cores = _cores(mpans or {})
+    rows: list[list[str]] = []
+    without_mpan = 0
+    for index, record in enumerate(records):
+        core = cores.get(record.esme_id)
+        without_mpan += core is None
+        rows.append(_row(record, index, core, profile.columns))
     data = _csv_bytes(rows)
     digest = hashlib.sha256(data).hexdigest()
-    trailer = [_TRAILER, str(len(rows)), digest]
-    content = _csv_bytes([header, list(COLUMNS)]) + data + _csv_bytes([trailer])
+    trailer_values = {
+        "records": str(len(rows)),
+        "sha256": digest,
+        "records_without_mpan": str(without_mpan),
+    }
+    trailer = [profile.trailer_tag, *(trailer_values[f] for f in profile.trailer)]
+    content = _csv_bytes([header, list(profile.columns)]) + data + _csv_bytes([trailer])
 
     outbox.mkdir(mode=_OUTBOX_MODE, parents=True, exist_ok=True)
     xlsx_path = None
     if xlsx:
         xlsx_path = outbox / f"{stem}.xlsx"
-        _write_atomically(xlsx_path, lambda out: _write_xlsx(out, header, records, rows, trailer))
+        sheet = _Sheet(profile, header, rows, trailer)
+        _write_atomically(xlsx_path, sheet.write)
         if signer is not None:
             xlsx_signature = signer.sign(xlsx_path.read_bytes())
             _write_atomically(signature_path(xlsx_path), lambda out: out.write(xlsx_signature))
@@ -411,13 +446,74 @@ def write_report(
         period_end_ms=period_end_ms,
         report_id=report_id,
         xlsx_path=xlsx_path,
+        distributor=distributor,
+        records_without_mpan=without_mpan,
     )
 
 
-def _row(record: SuppressionRecord, index: int) -> list[str]:
+def by_distributor(
+    records: Sequence[SuppressionRecord], mpans: Mapping[bytes, str]
+) -> dict[str, list[SuppressionRecord]]:
+    """The records of each distributor's file (``reports.split = "distributor"``), in
+    log order, keyed by two-digit distributor id: every GB distribution area, with no
+    records too (its Network Operator can then tell "nothing suppressed" from "a file is
+    missing"), and any other id an MPAN names (an IDNO's). A record whose meter has no
+    MPAN is in no distributor's file, only in the consolidated report (and counted in
+    its TRAILER)."""
+    split: dict[str, list[SuppressionRecord]] = {area: [] for area in GB_AREAS}
+    for record in records:
+        mpan = mpans.get(record.esme_id)
+        if mpan is not None:
+            split.setdefault(mpan[:2], []).append(record)
+    return dict(sorted(split.items()))
+
+
+_ALL: Final = "all"
+_DISTRIBUTOR_ID = re.compile(r"[0-9]{2}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ISO_DURATION = re.compile(r"PT[0-9]+(?:H|M|S|\.[0-9]{3}S)")
+
+
+def _scope_name(scope: str) -> str:
+    return "all distributors" if scope == _ALL else distributor_of(scope).name
+
+
+def _cores(mpans: Mapping[bytes, str]) -> dict[bytes, MpanCore]:
+    cores = {}
+    for esme, text in mpans.items():
+        try:
+            cores[esme] = MpanCore.parse(text)
+        except MpanError as exc:
+            raise ValueError(f"MPAN of {format_eui64(esme)}: {exc}") from None
+    return cores
+
+
+# How each column is written from a record and its meter's MPAN core (None: none known).
+_CELL: Final[dict[str, Callable[[SuppressionRecord, MpanCore | None], str]]] = {
+    "alert_id": lambda r, _: r.alert_id,
+    "alert_code": lambda _r, _m: ALERT_CODE,
+    "mpan": lambda _, m: "" if m is None else m.digits,
+    "distributor_id": lambda _, m: "" if m is None else m.distributor_id,
+    "distributor": lambda _, m: "" if m is None else distributor_of(m.distributor_id).name,
+    "chf_id": lambda r, _: format_eui64(r.chf_id),
+    "esme_id": lambda r, _: format_eui64(r.esme_id),
+    "raised_at": lambda r, _: format_time(r.raised_at),
+    "received_at": lambda r, _: format_time(r.received_at),
+    "window_start": lambda r, _: format_time(r.window_start),
+    "window_end": lambda r, _: format_time(r.window_end),
+    "activation": lambda r, _: r.activation,
+    "request_id": lambda r, _: r.request_id or "",
+    "originator": lambda r, _: format_eui64(r.originator),
+    "originator_counter": lambda r, _: str(r.originator_counter),
+}
+
+
+def _row(
+    record: SuppressionRecord, index: int, core: MpanCore | None, columns: Sequence[str]
+) -> list[str]:
     # Records are Structs built by our own code, which msgspec does not validate on
     # construction: check here what verify_report will check, so that every report
-    # written also verifies.
+    # written also verifies (whichever columns the profile shows).
     where = f"record {index} (alert_id {_shown(record.alert_id)})"
     for name in ("chf_id", "esme_id", "originator"):
         eui = getattr(record, name)
@@ -430,24 +526,9 @@ def _row(record: SuppressionRecord, index: int) -> list[str]:
     if record.activation not in _ACTIVATIONS:
         raise ValueError(f"{where}: activation {record.activation!r} is not one of {_ACTIVATIONS}")
     try:
-        times = [
-            format_time(record.raised_at),
-            format_time(record.received_at),
-            format_time(record.window_start),
-            format_time(record.window_end),
-        ]
+        row = [_CELL[column](record, core) for column in columns]
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
-    row = [
-        record.alert_id,
-        format_eui64(record.chf_id),
-        format_eui64(record.esme_id),
-        *times,
-        record.request_id or "",
-        format_eui64(record.originator),
-        str(record.originator_counter),
-        record.activation,
-    ]
     for field in row:
         _check_length(field, where)
     return row
@@ -464,72 +545,101 @@ def _csv_bytes(rows: Sequence[Sequence[str]]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def _write_xlsx(
-    out: BinaryIO,
-    header: list[str],
-    records: Sequence[SuppressionRecord],
-    rows: list[list[str]],
-    trailer: list[str],
-) -> None:
+_TIME_COLUMNS: Final = frozenset({"raised_at", "received_at", "window_start", "window_end"})
+_EUI_COLUMNS: Final = frozenset({"chf_id", "esme_id", "originator"})
+_WIDTHS: Final = {
+    "alert_id": 34,
+    "alert_code": 11,
+    "mpan": 16,
+    "distributor_id": 15,
+    "distributor": 32,
+    "request_id": 40,
+    "originator_counter": 22,
+    "activation": 13,
+}
+
+
+def _column_letter(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+class _Sheet:
     """The ``.xlsx`` copy: a sheet of typed records for the DNO's analyst (the column
     names in row 1, an autofilter, times as dates, the counter as a number), and the
     HEADER and TRAILER on a sheet of their own, so that no spreadsheet has to skip rows to
     find the column names. The CSV, not this copy, is the signed record."""
-    # openpyxl is loaded only when a copy is written: most daemons never write one
-    # (reports.xlsx is off by default) and need not import it.
-    from openpyxl import Workbook  # noqa: PLC0415
-    from openpyxl.cell import WriteOnlyCell  # noqa: PLC0415
-    from openpyxl.worksheet.worksheet import Worksheet  # noqa: PLC0415
 
-    workbook = Workbook(write_only=True)
-    sheet = workbook.create_sheet(SHEET_TITLE)
-    # A write-only workbook makes write-only sheets; said through the public class, not
-    # the write-only class's private module.
-    assert not isinstance(sheet, Worksheet)
-    widths = (34, 25, 25, 24, 24, 24, 24, 40, 25, 22, 13)
-    # Widths must be set before the first row is written.
-    dimensions = sheet.column_dimensions
-    for column, width in zip("ABCDEFGHIJK", widths, strict=True):
-        dimensions[column].width = width
-    sheet.freeze_panes = "A2"  # keep the column names in view
-    sheet.auto_filter.ref = f"A1:K{len(records) + 1}"
+    def __init__(
+        self, profile: ReportProfile, header: list[str], rows: list[list[str]], trailer: list[str]
+    ) -> None:
+        self.profile, self.header, self.rows, self.trailer = profile, header, rows, trailer
 
-    def cell(value: str | int | dt.datetime) -> Cell:
-        if isinstance(value, str):
-            return _text_cell(sheet, value)
-        made = WriteOnlyCell(sheet, value=value)
-        if isinstance(value, dt.datetime):
-            made.number_format = XLSX_TIME_FORMAT
-        return made
+    def write(self, out: BinaryIO) -> None:
+        """Write the workbook to ``out``."""
+        # openpyxl is loaded only when a copy is written: most daemons never write one
+        # (reports.xlsx is off by default) and need not import it.
+        from openpyxl import Workbook  # noqa: PLC0415
+        from openpyxl.cell import WriteOnlyCell  # noqa: PLC0415
+        from openpyxl.worksheet.worksheet import Worksheet  # noqa: PLC0415
 
-    sheet.append([cell(name) for name in COLUMNS])
-    for record, row in zip(records, rows, strict=True):
-        typed: list[str | int | dt.datetime] = list(row)
-        for position, ms in ((3, record.raised_at), (4, record.received_at)):
-            typed[position] = _excel_time(ms, row[position])
-        typed[5] = _excel_time(record.window_start, row[5])
-        typed[6] = _excel_time(record.window_end, row[6])
-        counter = record.originator_counter
-        # A counter beyond 2**53 would be rounded by any spreadsheet: kept as text.
-        typed[9] = counter if counter <= _EXCEL_EXACT else row[9]
-        sheet.append([cell(value) for value in typed])
+        columns = self.profile.columns
+        workbook = Workbook(write_only=True)
+        sheet = workbook.create_sheet(SHEET_TITLE)
+        # A write-only workbook makes write-only sheets; said through the public class,
+        # not the write-only class's private module.
+        assert not isinstance(sheet, Worksheet)
+        # Widths must be set before the first row is written.
+        dimensions = sheet.column_dimensions
+        for index, name in enumerate(columns):
+            width = 25 if name in _EUI_COLUMNS else 24 if name in _TIME_COLUMNS else 20
+            dimensions[_column_letter(index)].width = _WIDTHS.get(name, width)
+        sheet.freeze_panes = "A2"  # keep the column names in view
+        sheet.auto_filter.ref = f"A1:{_column_letter(len(columns) - 1)}{len(self.rows) + 1}"
 
-    about = workbook.create_sheet(REPORT_SHEET_TITLE)
-    assert not isinstance(about, Worksheet)
-    about.column_dimensions["A"].width = 30
-    about.column_dimensions["B"].width = 70
-    for label, value in zip(XLSX_HEADER_LABELS, header[1:], strict=True):
-        about.append([WriteOnlyCell(about, value=label), _text_cell(about, value)])
-    about.append(
-        [
-            WriteOnlyCell(about, value=XLSX_TRAILER_LABELS[0]),
-            WriteOnlyCell(about, value=int(trailer[1])),
-        ]
-    )
-    about.append(
-        [WriteOnlyCell(about, value=XLSX_TRAILER_LABELS[1]), _text_cell(about, trailer[2])]
-    )
-    workbook.save(out)
+        def cell(value: str | int | dt.datetime) -> Cell:
+            if isinstance(value, str):
+                return _text_cell(sheet, value)
+            made = WriteOnlyCell(sheet, value=value)
+            if isinstance(value, dt.datetime):
+                made.number_format = XLSX_TIME_FORMAT
+            return made
+
+        times = [i for i, name in enumerate(columns) if name in _TIME_COLUMNS]
+        counter = columns.index("originator_counter") if "originator_counter" in columns else -1
+        sheet.append([cell(name) for name in columns])
+        for row in self.rows:
+            typed: list[str | int | dt.datetime] = list(row)
+            for position in times:
+                typed[position] = _excel_time(parse_time(row[position]), row[position])
+            if counter >= 0:
+                number = int(row[counter])
+                # A counter beyond 2**53 would be rounded by any spreadsheet: kept as text.
+                typed[counter] = number if number <= _EXCEL_EXACT else row[counter]
+            sheet.append([cell(value) for value in typed])
+
+        about = workbook.create_sheet(REPORT_SHEET_TITLE)
+        assert not isinstance(about, Worksheet)
+        about.column_dimensions["A"].width = 30
+        about.column_dimensions["B"].width = 70
+        about.append([_text_cell(about, "record"), _text_cell(about, self.header[0])])
+        for label, value in zip(self.profile.header, self.header[1:], strict=True):
+            about.append([_text_cell(about, label), _text_cell(about, value)])
+        about.append([_text_cell(about, "record"), _text_cell(about, self.trailer[0])])
+        for label, value in zip(self.profile.trailer, self.trailer[1:], strict=True):
+            numeric = label != "sha256"
+            shown: str | int = int(value) if numeric else value
+            about.append(
+                [
+                    _text_cell(about, label),
+                    WriteOnlyCell(about, value=shown) if numeric else _text_cell(about, value),
+                ]
+            )
+        workbook.save(out)
 
 
 def _text_cell(sheet: Any, value: str) -> Cell:
@@ -588,6 +698,28 @@ class ReportCheck(msgspec.Struct, frozen=True, kw_only=True):
     """One human-readable line per problem, each starting ``line N:``."""
 
 
+class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One data record read back from a report: the columns its profile has, typed;
+    the others None (an empty ``request_id``, ``mpan``, ``distributor_id`` or
+    ``distributor`` cell reads back as None too)."""
+
+    alert_id: str
+    alert_code: str | None = None
+    mpan: str | None = None
+    distributor_id: str | None = None
+    distributor: str | None = None
+    chf_id: bytes | None = None
+    esme_id: bytes | None = None
+    raised_at: int | None = None
+    received_at: int | None = None
+    window_start: int | None = None
+    window_end: int | None = None
+    activation: ActivationKind | None = None
+    request_id: str | None = None
+    originator: bytes | None = None
+    originator_counter: int | None = None
+
+
 class ReportContents(msgspec.Struct, frozen=True, kw_only=True):
     """A verified report, read back (:func:`read_report`)."""
 
@@ -595,11 +727,14 @@ class ReportContents(msgspec.Struct, frozen=True, kw_only=True):
     report_id: str
     period_start_ms: int
     period_end_ms: int
-    generator: str
-    version: str
+    header: dict[str, str]
+    """Every HEADER field by its profile name (``version``, ``scope``, ``window`` ...)."""
+    trailer: dict[str, str]
+    """Every TRAILER field by its profile name (``records``, ``sha256`` ...)."""
+    columns: tuple[str, ...]
     sha256: str
-    records: list[SuppressionRecord]
-    """The data records; an empty ``request_id`` reads back as None."""
+    records: list[ReportRow]
+    """The data records, in file order."""
 
 
 class ReportError(GatewayError):
@@ -613,30 +748,38 @@ class ReportError(GatewayError):
         super().__init__(f"{path}: {first}{more}")
 
 
-def verify_report(path: Path) -> ReportCheck:
-    """Check a CSV report: structure, every record, the count and the digest.
+def verify_report(path: Path, profile: ReportProfile | None = None) -> ReportCheck:
+    """Check a CSV report against its profile: structure, every record, the count and
+    the digest.
 
-    Checks that line 1 is a well-formed HEADER, line 2 the column names, the last record
-    a TRAILER whose count and SHA-256 match the data records between them, and that every
-    data record has the 11 columns with valid EUI-64s, times, counter and activation.
+    Without ``profile``, the built-in profile the HEADER names in its ``profile`` field
+    (``dno`` or ``dsp``) is used, and ``dno`` when it names none of them; a report
+    written with a profile file of one's own is verified with that profile given.
+
+    Checks that line 1 is a well-formed HEADER, line 2 the profile's column names, the
+    last record a TRAILER whose count and SHA-256 match the data records between them
+    (and whose count of records without an MPAN matches, when the file has the MPAN
+    column), and that every data record has the profile's columns with valid values:
+    EUI-64s, times, MPAN cores (check digit), a distributor that agrees with the MPAN
+    (and, in a distributor's file, with the HEADER's scope), counter and activation.
     Problems name the line (physical lines, counted from 1; a record whose quoted value
     holds a line break is named by its first line). At most 50 are listed per file.
 
     Raises:
         OSError: the file cannot be read (that is not a problem *of the report*).
     """
-    check, _ = _check(path)
+    check, _ = _check(path, profile)
     return check
 
 
-def read_report(path: Path) -> ReportContents:
-    """Read a report back, verifying it first.
+def read_report(path: Path, profile: ReportProfile | None = None) -> ReportContents:
+    """Read a report back, verifying it first (:func:`verify_report`).
 
     Raises:
         ReportError: the file fails :func:`verify_report`.
         OSError: the file cannot be read.
     """
-    check, parsed = _check(path)
+    check, parsed = _check(path, profile)
     if not check.ok or parsed is None:
         raise ReportError(path, check.problems)
     return parsed
@@ -702,7 +845,7 @@ def _scan(lines: Iterator[bytes], problems: _Problems) -> Iterator[_Record]:
         first = line_no + 1
 
 
-def _check(path: Path) -> tuple[ReportCheck, ReportContents | None]:
+def _check(path: Path, given: ReportProfile | None) -> tuple[ReportCheck, ReportContents | None]:
     problems = _Problems()
     with path.open("rb") as file:
         start = file.read(4)
@@ -716,28 +859,33 @@ def _check(path: Path) -> tuple[ReportCheck, ReportContents | None]:
             problems.add(1, "starts with a byte order mark: a report is UTF-8 without one")
         records = list(_scan(iter(file), problems))
 
+    profile = given or _named_profile(records[0].fields if records else None)
     if not records:
-        problems.add(1, "the file is empty: expected a HEADER record")
+        problems.add(1, f"the file is empty: expected a {profile.header_tag} record")
         return ReportCheck(
             ok=False, records=0, sha256=EMPTY_SHA256, problems=problems.result()
         ), None
 
-    header = _check_header(records[0], problems)
+    header = _check_header(records[0], profile, problems)
+    tag = profile.trailer_tag
     if len(records) < 2:
-        problems.add(records[0].last_line + 1, "missing the column names and the TRAILER record")
+        problems.add(records[0].last_line + 1, f"missing the column names and the {tag} record")
         body: list[_Record] = []
         trailer = None
     else:
-        if records[1].fields != list(COLUMNS):
-            problems.add(records[1].first_line, f"expected the column names {','.join(COLUMNS)}")
+        if records[1].fields != list(profile.columns):
+            problems.add(
+                records[1].first_line,
+                f"expected the column names {','.join(profile.columns)} (profile {profile.name!r})",
+            )
         last = records[-1]
-        if len(records) > 2 and _is_trailer(last):
+        if len(records) > 2 and _is_trailer(last, tag):
             body, trailer = records[2:-1], last
         else:
             body, trailer = records[2:], None
             problems.add(
                 last.last_line,
-                "the last record is not a TRAILER record: the file is incomplete "
+                f"the last record is not a {tag} record: the file is incomplete "
                 f"(it ends at line {last.last_line})",
             )
 
@@ -749,146 +897,260 @@ def _check(path: Path) -> tuple[ReportCheck, ReportContents | None]:
             f"record ends with LF, not CRLF{more}: were the line endings converted?",
         )
     if trailer is not None and not trailer.raw.endswith(b"\n"):
-        problems.add(trailer.first_line, "the TRAILER record does not end with CRLF")
+        problems.add(trailer.first_line, f"the {tag} record does not end with CRLF")
 
-    parsed: list[SuppressionRecord] = []
+    scope = None if header is None else header.get("scope")
+    parsed: list[ReportRow] = []
     for record in body:
         if record.fields is None:
             continue  # already reported by _scan
-        if record.fields and record.fields[0] == _TRAILER and len(record.fields) != len(COLUMNS):
-            problems.add(record.first_line, "a TRAILER record that is not the last record")
+        fields = record.fields
+        if fields and fields[0] == tag and len(fields) != len(profile.columns):
+            problems.add(record.first_line, f"a {tag} record that is not the last record")
             continue
         try:
-            parsed.append(_parse_row(record.fields))
+            parsed.append(_parse_row(fields, profile.columns, scope))
         except ValueError as exc:
             problems.add(record.first_line, str(exc))
 
     data = b"".join(record.raw for record in body)
     digest = hashlib.sha256(data).hexdigest()
+    trailer_fields = None
     if trailer is not None:
-        _check_trailer(trailer, len(body), digest, body, problems)
+        without = None
+        if "mpan" in profile.columns and len(parsed) == len(body):
+            without = sum(row.mpan is None for row in parsed)
+        trailer_fields = _check_trailer(trailer, profile, _Found(body, digest, without), problems)
 
     result = problems.result()
     check = ReportCheck(ok=not result, records=len(body), sha256=digest, problems=result)
-    if result or header is None:
+    if result or header is None or trailer_fields is None:
         return check, None
-    _, name, report_id, start_text, end_text, generator, version = header
     contents = ReportContents(
-        name=name,
-        report_id=report_id,
-        period_start_ms=parse_time(start_text),
-        period_end_ms=parse_time(end_text),
-        generator=generator,
-        version=version,
+        name=header.get("report_name", path.stem),
+        report_id=header["report_id"],
+        period_start_ms=parse_time(header["period_start"]),
+        period_end_ms=parse_time(header["period_end"]),
+        header=header,
+        trailer=trailer_fields,
+        columns=profile.columns,
         sha256=digest,
         records=parsed,
     )
     return check, contents
 
 
-def _is_trailer(record: _Record) -> bool:
-    return bool(record.fields) and record.fields is not None and record.fields[0] == _TRAILER
+def _named_profile(header: list[str] | None) -> ReportProfile:
+    # The built-in profile whose HEADER this is and which it names; else the default.
+    for profile in _BUILTINS:
+        if (
+            header
+            and header[0] == profile.header_tag
+            and len(header) == len(profile.header) + 1
+            and "profile" in profile.header
+            and header[1 + profile.header.index("profile")] == profile.name
+        ):
+            return profile
+    return DEFAULT_PROFILE
 
 
-def _check_header(record: _Record, problems: _Problems) -> list[str] | None:
-    fields, line = record.fields, record.first_line
+def _is_trailer(record: _Record, tag: str) -> bool:
+    return bool(record.fields) and record.fields is not None and record.fields[0] == tag
+
+
+def _check_header(
+    record: _Record, profile: ReportProfile, problems: _Problems
+) -> dict[str, str] | None:
+    fields, line, tag = record.fields, record.first_line, profile.header_tag
     if fields is None:
         return None
-    if not fields or fields[0] != _HEADER:
+    if not fields or fields[0] != tag:
         found = _shown(fields[0]) if fields else "an empty line"
-        problems.add(line, f"expected a HEADER record, found {found}")
+        problems.add(line, f"expected a {tag} record, found {found}")
         return None
-    if len(fields) != _HEADER_FIELDS:
+    if len(fields) != len(profile.header) + 1:
         problems.add(
             line,
-            f"HEADER has {len(fields)} fields, expected {_HEADER_FIELDS}: HEADER, name, "
-            "report id, period start, period end, generator, version",
+            f"{tag} has {len(fields)} fields, expected {len(profile.header) + 1}: "
+            f"{', '.join((tag, *profile.header))} (profile {profile.name!r})",
         )
         return None
+    values = dict(zip(profile.header, fields[1:], strict=True))
     ok = True
-    for index, what in ((1, "report name"), (2, "report id"), (5, "generator"), (6, "version")):
-        if not fields[index]:
-            problems.add(line, f"HEADER: the {what} is empty")
-            ok = False
-    times = []
-    for index, what in ((3, "period start"), (4, "period end")):
-        try:
-            times.append(parse_time(fields[index]))
-        except ValueError as exc:
-            problems.add(line, f"HEADER: {what}: {exc}")
-            ok = False
-    if len(times) == 2 and times[0] > times[1]:
-        problems.add(line, "HEADER: the period ends before it starts")
+
+    def bad(name: str, detail: str) -> None:
+        nonlocal ok
+        problems.add(line, f"{tag}: {name}: {detail}")
         ok = False
-    return fields if ok else None
+
+    for name in ("report_name", "report_id", "generator", "version", "profile", "scope"):
+        if name in values and not values[name]:
+            bad(name, "is empty")
+    times = []
+    for name in ("period_start", "period_end"):
+        try:
+            times.append(parse_time(values[name]))
+        except ValueError as exc:
+            bad(name, str(exc))
+    if len(times) == 2 and times[0] > times[1]:
+        bad("period_end", "the period ends before it starts")
+    if values.get("profile", profile.name) != profile.name:
+        bad("profile", f"{_shown(values['profile'])}, verified as profile {profile.name!r}")
+    scope = values.get("scope", _ALL)
+    if scope != _ALL and _DISTRIBUTOR_ID.fullmatch(scope) is None:
+        bad("scope", f"{_shown(scope)} is neither 'all' nor a two-digit distributor id")
+    elif "scope_name" in values and scope and values["scope_name"] != _scope_name(scope):
+        bad("scope_name", f"{_shown(values['scope_name'])} does not name scope {scope}")
+    digest = values.get("guid_list_sha256", "")
+    if digest and _SHA256_HEX.fullmatch(digest) is None:
+        bad("guid_list_sha256", f"{_shown(digest)} is not a SHA-256 in lowercase hex")
+    for name in ("window", "lead"):
+        value = values.get(name, "")
+        if value and _ISO_DURATION.fullmatch(value) is None:
+            bad(name, f"{_shown(value)} is not a duration like PT30M")
+    return values if ok else None
+
+
+class _Found(NamedTuple):
+    body: list[_Record]
+    digest: str
+    without_mpan: int | None  # None: the file has no MPAN column to count
 
 
 def _check_trailer(
-    trailer: _Record, found: int, digest: str, body: list[_Record], problems: _Problems
-) -> None:
-    fields, line = trailer.fields, trailer.first_line
+    trailer: _Record, profile: ReportProfile, found_: _Found, problems: _Problems
+) -> dict[str, str] | None:
+    body, digest, without_mpan = found_
+    found = len(body)
+    fields, line, tag = trailer.fields, trailer.first_line, profile.trailer_tag
     assert fields is not None
-    if len(fields) != _TRAILER_FIELDS:
-        problems.add(line, f"TRAILER has {len(fields)} fields, expected 3: TRAILER, count, sha256")
-        return
-    count_text, claimed = fields[1], fields[2]
+    if len(fields) != len(profile.trailer) + 1:
+        problems.add(
+            line,
+            f"{tag} has {len(fields)} fields, expected {len(profile.trailer) + 1}: "
+            f"{', '.join((tag, *profile.trailer))}",
+        )
+        return None
+    values = dict(zip(profile.trailer, fields[1:], strict=True))
+    count_text, claimed = values["records"], values["sha256"]
     if not (count_text.isascii() and count_text.isdigit()):
-        problems.add(line, f"TRAILER: record count {_shown(count_text)} is not a number")
+        problems.add(line, f"{tag}: record count {_shown(count_text)} is not a number")
     elif int(count_text) != found:
-        problems.add(line, f"TRAILER says {int(count_text)} records, the file has {found}")
+        problems.add(line, f"{tag} says {int(count_text)} records, the file has {found}")
     if not re.fullmatch(r"[0-9a-f]{64}", claimed):
-        problems.add(line, f"TRAILER: {_shown(claimed)} is not a SHA-256 in lowercase hex")
+        problems.add(line, f"{tag}: {_shown(claimed)} is not a SHA-256 in lowercase hex")
     elif claimed != digest:
         lines = f"lines {body[0].first_line}-{body[-1].last_line}" if body else "no lines"
         problems.add(
             line,
-            f"SHA-256 of the data records ({lines}) is {digest}, the TRAILER says {claimed}: "
+            f"SHA-256 of the data records ({lines}) is {digest}, the {tag} says {claimed}: "
             "the records were changed",
         )
+    if "records_without_mpan" in values:
+        text = values["records_without_mpan"]
+        if not (text.isascii() and text.isdigit()):
+            problems.add(line, f"{tag}: records without an MPAN {_shown(text)} is not a number")
+        elif without_mpan is not None and int(text) != without_mpan:
+            problems.add(
+                line,
+                f"{tag} says {int(text)} records without an MPAN, the file has {without_mpan}",
+            )
+    return values
 
 
-def _parse_row(fields: list[str]) -> SuppressionRecord:
-    if len(fields) != len(COLUMNS):
+def _parse_row(fields: list[str], columns: tuple[str, ...], scope: str | None) -> ReportRow:
+    if len(fields) != len(columns):
         found = "an empty line" if not fields else f"{len(fields)} fields"
-        raise ValueError(f"a data record has {len(COLUMNS)} fields, found {found}")
-    values = dict(zip(COLUMNS, fields, strict=True))
-    alert_id = values["alert_id"]
-    if not 1 <= len(alert_id) <= 128:
-        raise ValueError("alert_id: must be 1 to 128 characters")
-    euis: dict[str, bytes] = {}
-    for name in ("chf_id", "esme_id", "originator"):
+        raise ValueError(f"a data record has {len(columns)} fields, found {found}")
+    values = dict(zip(columns, fields, strict=True))
+    out: dict[str, Any] = {}
+    for name, text in values.items():
         try:
-            euis[name] = parse_eui64(values[name])
+            out[name] = _PARSE[name](text)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
-    times: dict[str, int] = {}
-    for name in ("raised_at", "received_at", "window_start", "window_end"):
-        try:
-            times[name] = parse_time(values[name])
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
-    counter = values["originator_counter"]
-    if not (counter.isascii() and counter.isdigit() and int(counter) <= _UINT64_MAX):
-        raise ValueError(f"originator_counter: {_shown(counter)} is not a 64-bit unsigned number")
-    activation = values["activation"]
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation: {_shown(activation)} is not on-demand or future-dated")
-    kind: ActivationKind = "on-demand" if activation == "on-demand" else "future-dated"
-    return SuppressionRecord(
-        v=1,
-        kind="suppression",
-        alert_id=alert_id,
-        chf_id=euis["chf_id"],
-        esme_id=euis["esme_id"],
-        raised_at=times["raised_at"],
-        received_at=times["received_at"],
-        window_start=times["window_start"],
-        window_end=times["window_end"],
-        request_id=values["request_id"] or None,
-        originator=euis["originator"],
-        originator_counter=int(counter),
-        activation=kind,
-    )
+    mpan, distributor_id = out.get("mpan"), out.get("distributor_id")
+    if "mpan" in out and "distributor_id" in out and distributor_id != (mpan and mpan[:2]):
+        raise ValueError(
+            f"distributor_id: {_shown(fields[columns.index('distributor_id')])} "
+            f"does not agree with the MPAN {_shown(values['mpan'])}"
+        )
+    if "distributor" in out:
+        expected = None if distributor_id is None else distributor_of(distributor_id).name
+        if "distributor_id" in out and out["distributor"] != expected:
+            raise ValueError(
+                f"distributor: {_shown(values['distributor'])} does not name distributor id "
+                f"{_shown(values['distributor_id'])}"
+            )
+    if scope not in (None, _ALL) and "distributor_id" in out and distributor_id != scope:
+        raise ValueError(
+            f"distributor_id: {_shown(values['distributor_id'])} in the file of distributor {scope}"
+        )
+    return ReportRow(**out)
+
+
+def _parse_alert_id(text: str) -> str:
+    if not 1 <= len(text) <= 128:
+        raise ValueError("must be 1 to 128 characters")
+    return text
+
+
+def _parse_code(text: str) -> str:
+    if not text:
+        raise ValueError("is empty")
+    return text
+
+
+def _parse_mpan(text: str) -> str | None:
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        # Written as 13 bare digits; a spaced spelling would change the digest's bytes.
+        raise ValueError(f"{_shown(text)} is not 13 digits")
+    try:
+        return MpanCore.parse(text).digits
+    except MpanError as exc:
+        raise ValueError(exc.detail) from None
+
+
+def _parse_distributor_id(text: str) -> str | None:
+    if not text:
+        return None
+    if _DISTRIBUTOR_ID.fullmatch(text) is None:
+        raise ValueError(f"{_shown(text)} is not a two-digit distributor id")
+    return text
+
+
+def _parse_counter(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= _UINT64_MAX):
+        raise ValueError(f"{_shown(text)} is not a 64-bit unsigned number")
+    return int(text)
+
+
+def _parse_activation(text: str) -> ActivationKind:
+    if text not in _ACTIVATIONS:
+        raise ValueError(f"{_shown(text)} is not on-demand or future-dated")
+    return "on-demand" if text == "on-demand" else "future-dated"
+
+
+# How each column is read back (raising ValueError with what is wrong).
+_PARSE: Final[dict[str, Callable[[str], Any]]] = {
+    "alert_id": _parse_alert_id,
+    "alert_code": _parse_code,
+    "mpan": _parse_mpan,
+    "distributor_id": _parse_distributor_id,
+    "distributor": lambda text: text or None,
+    "chf_id": parse_eui64,
+    "esme_id": parse_eui64,
+    "raised_at": parse_time,
+    "received_at": parse_time,
+    "window_start": parse_time,
+    "window_end": parse_time,
+    "activation": _parse_activation,
+    "request_id": lambda text: text or None,
+    "originator": parse_eui64,
+    "originator_counter": _parse_counter,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -943,13 +1205,15 @@ class Rotation(msgspec.Struct, frozen=True):
         (an empty period still gets its report)."""
         return now_ms >= self.closes_at(period_start_ms)
 
-    def report_id(self, period_start_ms: int, part: int) -> str:
+    def report_id(self, period_start_ms: int, part: int, distributor: str | None = None) -> str:
         """The id of part ``part`` (1, 2 ...) of that period's report, which with the
         period's start makes the file name: ``PT1H-001`` for the first part of an hourly
-        report (the period's length, ISO 8601, then the part)."""
+        report (the period's length, ISO 8601, then the part), ``PT1H-001-D10`` for
+        distributor 10's file of that part (``reports.split = "distributor"``)."""
         if part < 1:
             raise ValueError(f"part must be at least 1, got {part}")
-        return f"{_iso_duration(self.period_ms)}-{part:03d}"
+        suffix = "" if distributor is None else f"-D{distributor}"
+        return f"{_iso_duration(self.period_ms)}-{part:03d}{suffix}"
 
 
 def _iso_duration(ms: int) -> str:
