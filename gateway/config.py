@@ -552,8 +552,8 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Originator counters of devices gone from the inventory: how long a device must be
     # seen absent before its counters are dropped.
     counters: Duration = _d("30d")
-    # Report files in paths.outbox (with their .sig/.xlsx siblings), from when they were
-    # written.
+    # Report files in paths.outbox and its sent/ folder (with their .sig/.xlsx
+    # siblings), from when they were written.
     outbox: Duration = _d("35d")
 
     def __post_init__(self) -> None:

@@ -21,8 +21,10 @@ Two kinds need more than a cutoff, and live here:
   the device is absent every CS06 for it is refused (``unknown-device``) whatever its
   counter; the delete names the value read, so a counter raised meanwhile stays.
 - **Report files.** :func:`sweep_outbox` deletes, in a thread, the regular files of the
-  outbox whose names start with the reports' prefix and which were last written before
-  the cutoff; links, folders, temporary files and anything else stay.
+  outbox, and of its ``sent/`` folder (where the delivery unit moves what it handed
+  over, systemd/poa-gateway-reports.service), whose names start with the reports' prefix
+  and which were last written before the cutoff; links, other folders, temporary files
+  and anything else stay.
 """
 
 from __future__ import annotations
@@ -88,11 +90,24 @@ class CounterSweep:
         return deleted
 
 
+SENT: Final = "sent"
+"""The outbox's folder of delivered reports (systemd/poa-gateway-reports.service)."""
+
+
 def sweep_outbox(outbox: Path, prefix: str, before_ms: int) -> list[str]:
-    """Delete the report files of ``outbox`` last written before ``before_ms``: regular
-    files (never a link, which is not followed either) named ``<prefix>_...``, i.e. a
-    report and its siblings (``.csv.sig``, ``.xlsx``); returns their names. Blocking:
-    run it in a thread."""
+    """Delete the report files of ``outbox`` and of ``outbox/sent`` last written before
+    ``before_ms``: regular files (never a link, which is not followed either) named
+    ``<prefix>_...``, i.e. a report and its siblings (``.csv.sig``, ``.xlsx``); returns
+    their names (``sent/NAME`` for the delivered ones). ``sent`` is swept only when it
+    is a real folder, not a link. Blocking: run it in a thread."""
+    removed = _sweep(outbox, prefix, before_ms)
+    sent = outbox / SENT
+    if sent.is_dir() and not sent.is_symlink():
+        removed += [f"{SENT}/{name}" for name in _sweep(sent, prefix, before_ms)]
+    return sorted(removed)
+
+
+def _sweep(outbox: Path, prefix: str, before_ms: int) -> list[str]:
     removed: list[str] = []
     try:
         entries = os.scandir(outbox)
@@ -111,4 +126,4 @@ def sweep_outbox(outbox: Path, prefix: str, before_ms: int) -> list[str]:
             except FileNotFoundError:
                 continue  # removed meanwhile
             removed.append(entry.name)
-    return sorted(removed)
+    return removed

@@ -320,6 +320,36 @@ def test_the_outbox_sweep_deletes_old_report_files_and_leaves_the_rest(tmp_path:
     assert sweep_outbox(tmp_path / "missing", "P", CUTOFF) == []
 
 
+def test_the_outbox_sweep_ages_out_delivered_reports_in_sent_too(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    sent = outbox / "sent"
+    sent.mkdir(parents=True)
+    aged(sent / "P_20260101T000000Z_PT1H-001.csv", CUTOFF - 1)
+    aged(sent / "P_20260101T000000Z_PT1H-001.csv.sig", CUTOFF - 1)
+    aged(sent / "P_20260131T000000Z_PT1H-001.csv", CUTOFF)  # inside the retention
+    aged(sent / "notes.txt", CUTOFF - DAY)
+    (sent / "P_deeper").mkdir()
+    aged(sent / "P_deeper" / "P_20260101T000000Z_PT1H-002.csv", CUTOFF - DAY)  # one level only
+    assert sweep_outbox(outbox, "P", CUTOFF) == [
+        "sent/P_20260101T000000Z_PT1H-001.csv",
+        "sent/P_20260101T000000Z_PT1H-001.csv.sig",
+    ]
+    assert sorted(p.name for p in sent.iterdir()) == [
+        "P_20260131T000000Z_PT1H-001.csv",
+        "P_deeper",
+        "notes.txt",
+    ]
+    # A "sent" that is a link out of the outbox is not followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    aged(elsewhere / "P_20260101T000000Z_PT1H-003.csv", CUTOFF - DAY)
+    other = tmp_path / "outbox2"
+    other.mkdir()
+    (other / "sent").symlink_to(elsewhere)
+    assert sweep_outbox(other, "P", CUTOFF) == []
+    assert (elsewhere / "P_20260101T000000Z_PT1H-003.csv").exists()
+
+
 # -- housekeeping ------------------------------------------------------------------------
 
 
