@@ -34,6 +34,7 @@ keys generated on the spot.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import random
 from collections.abc import Iterable
@@ -45,6 +46,7 @@ import msgspec
 from gateway import pki
 from gateway.config import format_duration
 from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
+from gateway.core.mpan import check_digit
 from gateway.guids import write_guid_list
 from gateway.state.inventory import Inventory
 from gateway.transport.embedded_broker import free_port
@@ -158,6 +160,15 @@ class Premises(msgspec.Struct, frozen=True, kw_only=True):
         """True when MP102B covers this ESME (a CS06 to it should open a window)."""
         return self.category is Category.LISTED
 
+    @property
+    def mpan(self) -> str | None:
+        """The meter point's MPAN core in the inventory: spread over the 14 GB areas by
+        index; every 20th premises has none (a gap the reports count, not drop)."""
+        if self.index % 20 == 19:
+            return None
+        first12 = f"{10 + self.index % 14:02d}{self.index:010d}"
+        return f"{first12}{check_digit(first12)}"
+
 
 class Population(msgspec.Struct, frozen=True, kw_only=True):
     """The simulated estate, in a fixed order (``premises[i].index == i``)."""
@@ -208,6 +219,7 @@ class Population(msgspec.Struct, frozen=True, kw_only=True):
                     chf_id=p.chf,
                     model=f"SIM-{p.category.value}",
                     supplier_id=p.supplier_id,
+                    mpan=p.mpan,
                 )
             )
         return out
@@ -464,10 +476,13 @@ def write_gateway_home(
     trust.mkdir(parents=True, exist_ok=True)
     for name, pem in credentials.trust_files(devices=device_certificates).items():
         (trust / name).write_bytes(pem)
+    guids = [] if empty_guid_list else population.guid_list()
     write_guid_list(
         root / "guid-list.bin",
-        [] if empty_guid_list else population.guid_list(),
-        sha256=bytes(32),
+        guids,
+        # There is no source sheet: the digest of the list itself stands in for it (the
+        # reports' HEADER names it).
+        sha256=hashlib.sha256(b"".join(g.to_bytes(8, "big") for g in sorted(guids))).digest(),
         imported_at_ms=imported_at_ms,
     )
     with Inventory.open(root / "inventory.sqlite") as inventory:

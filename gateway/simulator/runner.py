@@ -347,6 +347,7 @@ class Runner:
                                 chf_id=r.chf_id,
                                 status=r.status,
                                 supplier_id=r.supplier_id,
+                                mpan=r.mpan,
                             )
                         ),
                     )
