@@ -106,6 +106,12 @@ def test_the_window_is_the_smaller_of_ours_and_the_brokers_receive_maximum() -> 
     assert up(other, receive_max=20)[0] == Connected(False, 20, 10, 30)
 
 
+@pytest.mark.parametrize("protocol", [0, 3, 6, 311])
+def test_a_protocol_other_than_4_or_5_is_refused_at_construction(protocol: int) -> None:
+    with pytest.raises(ValueError, match=f"protocol must be 5 .* or 4 .*, not {protocol}"):
+        MqttSession("gw", protocol=protocol)
+
+
 @pytest.mark.parametrize(
     ("code", "permanent"),
     [
@@ -469,12 +475,19 @@ class SessionAgainstModel(RuleBasedStateMachine):
     window outstanding; no PUBACK for a message the application has not released (or
     released on an older connection); every unacknowledged publish is on the wire of the
     current connection or waits for window room, the wire full while one waits (so after
-    a reconnect without the session, every one is re-sent)."""
+    a reconnect without the session, every one is re-sent).
+
+    The broker speaks MQTT 5 here; the ``protocol`` and the four wire methods are what a
+    subclass changes to run the same model over MQTT 3.1.1 (tests/test_session_v311.py)."""
+
+    protocol = 5
 
     def __init__(self) -> None:
         super().__init__()
         # 24 packet ids: they wrap around every few dozen publishes.
-        self.session = MqttSession("gw", inflight=8, receive_maximum=1000, packet_id_limit=24)
+        self.session = MqttSession(
+            "gw", inflight=8, receive_maximum=1000, packet_id_limit=24, protocol=self.protocol
+        )
         self.unacked: dict[int, bytes] = {}  # token -> payload, the application's view
         self.wire: dict[int, bytes] = {}  # packet id -> payload: sent, not PUBACKed
         self.carried: dict[int, bytes] = {}  # in the broker's kept session, not re-sent
@@ -484,6 +497,19 @@ class SessionAgainstModel(RuleBasedStateMachine):
         self.next_broker_id = 1
         self.n = 0
         self.window = 0
+
+    def sent_packets(self) -> list[mqtt5.Packet]:
+        return sent(self.session)
+
+    def connack_bytes(self, present: bool, receive_max: int) -> bytes:
+        return connack(present=present, receive_max=receive_max)
+
+    def puback_bytes(self, packet_id: int, refuse: bool) -> bytes:
+        code = mqtt5.PubAckReasonCode.QUOTA_EXCEEDED if refuse else mqtt5.PubAckReasonCode.SUCCESS
+        return mqtt5.PubAckPacket(packet_id, reason_code=code).write()
+
+    def inbound_bytes(self, packet_id: int) -> bytes:
+        return inbound(packet_id)
 
     def drain(self, events: list[Event]) -> None:
         for event in events:
@@ -495,7 +521,7 @@ class SessionAgainstModel(RuleBasedStateMachine):
                 self.deliveries[event.delivery] = (self.session.generation, event.packet_id)
             elif isinstance(event, Connected):
                 self.window = event.window
-        for packet in sent(self.session):
+        for packet in self.sent_packets():
             if isinstance(packet, mqtt5.PublishPacket):
                 pid = packet.packet_id
                 assert pid is not None
@@ -519,7 +545,7 @@ class SessionAgainstModel(RuleBasedStateMachine):
         else:
             self.carried.clear()
         self.wire.clear()
-        self.drain(self.session.receive(connack(present=present, receive_max=receive_max), 0.0))
+        self.drain(self.session.receive(self.connack_bytes(present, receive_max), 0.0))
 
     @initialize(receive_max=st.integers(1, 20))
     def start(self, receive_max: int) -> None:
@@ -539,8 +565,7 @@ class SessionAgainstModel(RuleBasedStateMachine):
     def broker_acks(self, data: st.DataObject, refuse: bool) -> None:
         pid = data.draw(st.sampled_from(sorted(self.wire)))
         del self.wire[pid]
-        code = mqtt5.PubAckReasonCode.QUOTA_EXCEEDED if refuse else mqtt5.PubAckReasonCode.SUCCESS
-        self.drain(self.session.receive(mqtt5.PubAckPacket(pid, reason_code=code).write(), 0.0))
+        self.drain(self.session.receive(self.puback_bytes(pid, refuse), 0.0))
 
     @precondition(lambda self: self.session.connected)
     @rule()
@@ -549,7 +574,7 @@ class SessionAgainstModel(RuleBasedStateMachine):
             self.next_broker_id = self.next_broker_id % 0xFFFF + 1
         pid = self.next_broker_id
         self.broker_ids.add(pid)
-        self.drain(self.session.receive(inbound(pid), 0.0))
+        self.drain(self.session.receive(self.inbound_bytes(pid), 0.0))
 
     @precondition(lambda self: self.deliveries)
     @rule(data=st.data())
