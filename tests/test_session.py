@@ -622,3 +622,11 @@ class SessionAgainstModel(RuleBasedStateMachine):
 
 SessionAgainstModel.TestCase.settings = settings(max_examples=200, stateful_step_count=80)
 test_session_against_the_model = SessionAgainstModel.TestCase
+
+
+def test_an_invalid_topic_filter_is_refused_at_subscribe_even_while_disconnected() -> None:
+    # Sent later, inside receive() at the CONNACK, it would raise out of receive().
+    session = MqttSession("c")
+    with pytest.raises(ValueError):  # noqa: PT011 - mqtt5's message is its own
+        session.subscribe(["a/#/b"])
+    assert session.data_to_send() == b""

@@ -783,12 +783,16 @@ class MqttSession:
         :class:`Subscribed` or :class:`SubscribeRefused` follows.
 
         Raises:
-            ValueError: (MQTT 3.1.1) a topic filter MQTT cannot carry.
+            ValueError: a topic filter MQTT cannot carry (refused now, not when it is
+                sent: a subscription made while disconnected goes out inside
+                ``receive``, which must not raise).
         """
         new = tuple(topics)
-        if self.protocol == 4:
-            for topic in new:
-                _filter_v311(topic)  # refused now, not when it is sent
+        for topic in new:
+            if self.protocol == 4:
+                _filter_v311(topic)
+            else:
+                mqtt5.TopicFilter(topic, max_qos=mqtt5.QoS.AT_LEAST_ONCE)
         self._topics.extend(t for t in new if t not in self._topics)
         if self.state is SessionState.CONNECTED:
             self._send_subscribe(new)
