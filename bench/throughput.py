@@ -325,7 +325,7 @@ class DecisionLog:
     """The daemon's ``alert.*`` log lines, read as they are written.
 
     ``alert.forwarded`` / ``alert.suppressed`` are logged after the decision's durable
-    commit, just before the handler returns and gmqtt sends the PUBACK: their count and
+    commit, just before the handler returns and the PUBACK is written: their count and
     the last one's timestamp say when the inputs were done with, not only when the
     outputs appeared.
     """

@@ -8,7 +8,7 @@ other bytes are written as hex. Secrets are never written: a field whose name co
 ``password``, ``secret`` or ``token`` is written ``"***"``, and so is any
 :class:`gateway.config.Secret`, wherever it appears.
 
-Records of the standard :mod:`logging` module (gmqtt uses it) are routed into the same
+Records of the standard :mod:`logging` module (libraries' own: amqtt, psycopg) are routed into the same
 stream by :func:`route_stdlib_logging`, as events named ``lib.<logger name>``.
 
 Writing a record never raises because of a field's value: fields often carry what came
@@ -397,7 +397,7 @@ class _StdlibHandler(logging.Handler):
 def route_stdlib_logging(
     log: JsonLog, level: str = "warning", *, secrets: Iterable[Secret] = ()
 ) -> logging.Handler:
-    """Send :mod:`logging` records (gmqtt's) to ``log`` as ``lib.<logger name>`` events.
+    """Send :mod:`logging` records (the libraries') to ``log`` as ``lib.<logger name>`` events.
 
     Installs one handler on the root logger, replacing one installed earlier, and sets
     the root level to ``level``; records are also subject to ``log``'s own level.

@@ -1410,7 +1410,9 @@ class Gateway:
             "mqtt.connect_failed",
             "mqtt.resync",
             "mqtt.ack_withheld",
-            "mqtt.internals",
+            "mqtt.rejected",
+            "mqtt.subscribe_refused",
+            "mqtt.unexpected_message",
         )
         level = self.log.warning if event in warn and not self._closing else self.log.info
         if event == "mqtt.refused":

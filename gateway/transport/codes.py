@@ -1,5 +1,5 @@
-"""MQTT code tables and constants shared by the gmqtt adapter (gateway/transport/mqtt.py)
-and the sans-I/O session (gateway/transport/session.py); imports no MQTT library."""
+"""MQTT code tables and constants of the sans-I/O session (gateway/transport/session.py)
+and the adapter that drives it (gateway/transport/mqtt.py)."""
 
 from __future__ import annotations
 
@@ -84,9 +84,8 @@ PERMANENT_REFUSALS: Final[frozenset[int]] = frozenset(
 )
 """CONNACK codes on which the adapter gives up. Every other failure (server unavailable
 or busy, quota or connection rate exceeded, unspecified) is retried with the backoff.
-These are exactly the codes on which gmqtt stops reconnecting (tests/test_mqtt.py
-compares them): a code gmqtt gave up on that we took for transient would leave the
-daemon waiting for ever."""
+A 3.1.1 broker's return codes are reported in their MQTT 5 form by the session
+(gateway/transport/session.py), so the 3.1.1 codes here serve only to name them."""
 
 
 def refusal_name(code: int) -> str:

@@ -1,117 +1,125 @@
-"""The MQTT adapter: the only module that imports the MQTT client library (gmqtt).
+"""The MQTT adapter: asyncio sockets carrying bytes to and from the sans-I/O session.
 
 Theory of operation
 -------------------
-At-least-once, end to end. The adapter holds two connections to the broker, each with
-a fixed client id and a persistent session (MQTT v5, ``clean_session=False``, a long
-session expiry): ``client_id`` subscribes and receives, ``client_id-out`` publishes.
-The broker keeps the receiving session's subscriptions and queues messages while the
-gateway is away.
+At-least-once, end to end. The protocol lives in :class:`~gateway.transport.session.MqttSession`
+(a pure state machine over the ``mqtt5`` codec: bytes and time in, bytes and events out);
+this module only opens sockets, moves bytes, keeps one timer per connection and turns the
+session's events into the daemon's (docs/decisions.md D28, D35). No MQTT library runs here,
+so nothing reaches into one.
 
-Inbound messages are QoS 1, acknowledged only once their effect is durable (a
-suppression record committed, a forwarded copy acknowledged by the broker, a state
-change committed). gmqtt can do that (``optimistic_acknowledgement=False``: the PUBACK
-goes out when an ``on_message`` coroutine returns), but at the price of a task per
-message; the adapter takes the messages from gmqtt's QoS 1 handler instead
-(:meth:`_Link.take_qos1`) and hands each to the application with a :class:`Delivery`,
-whose ``ack()`` sends the PUBACK. A coroutine handler (``on_message``, for the simulator
-and the tests) is run as a task and acknowledged when it returns; the daemon's
-``on_delivery`` handler batches the DCC alerts of one loop pass and acknowledges them
-together (docs/decisions.md D20).
+The adapter holds two connections to the broker, each with a fixed client id and a
+persistent session (MQTT 5 ``clean_start`` 0 and a long session expiry; 3.1.1 clean
+session 0): ``client_id`` subscribes and receives, ``client_id-out`` publishes. The broker
+keeps the receiving session's subscriptions and queues messages while the gateway is away.
 
-Why two connections. Inbound messages in progress are bounded by ``receive_maximum``: MQTT 5
-asks the broker to respect the Receive Maximum we send, but mosquitto before 2.0.13
-ignores it once acknowledgements flow (eclipse/mosquitto#2306; measured with mosquitto
-2.0.11: 49,633 messages in flight at once), and a backlog of a million alerts then sits
-in the gateway's memory. So the adapter stops *reading* the receiving socket while that
-many handlers are running and reads again when half of them are done; the broker keeps
-the rest queued (how, without a public gmqtt API: :meth:`_Link.gate_reads`).
-The PUBACKs of our own publishes must still be read while inbound reading is paused,
-which is why publishing has a connection of its own (on one connection, pausing would
-deadlock: the handlers wait for PUBACKs that are never read).
+Why two connections. Inbound messages in progress are bounded by ``receive_maximum``: the
+session stops parsing at the bound (mosquitto before 2.0.13 ignores the Receive Maximum we
+send once acknowledgements flow, eclipse/mosquitto#2306) and the adapter stops *reading*
+the socket, so the broker keeps the rest queued and a backlog of a million alerts stays
+with the broker, not in the gateway's memory. The PUBACKs of our own publishes must still
+be read meanwhile (the handlers in progress wait for them), which is why publishing has a
+connection of its own: on one connection, pausing would deadlock.
 
-Withholding an acknowledgement. A message whose effect failed (``delivery.fail``, or a
-coroutine handler that raised) is not acknowledged, so the broker redelivers it; since
-mosquitto redelivers only on a new session, the adapter reconnects (once per failing
-connection). A message whose connection was lost before its ``ack()`` is not
-acknowledged either: its packet id belonged to the old connection, and acknowledging
-it on the new one could acknowledge a different message. Both are logged as
-``mqtt.ack_withheld`` with the reason.
+Inbound messages are QoS 1 and acknowledged only once their effect is durable: each is
+handed to the application with a :class:`Delivery`, whose :meth:`Delivery.ack` has the
+session write the PUBACK, if the message's connection is still the current one (a packet
+id of a lost connection may name another message on the new one; the broker redelivers
+it). A coroutine handler (``on_message``, for the simulator and tests) is run as a task
+and acknowledged when it returns; the daemon's ``on_delivery`` handler is called at once
+and acknowledges when it is done (docs/decisions.md D20). A message whose effect failed
+(:meth:`Delivery.fail`) is not acknowledged; since mosquitto redelivers only on a new
+connection, the adapter reconnects (once per failing connection).
 
-Outbound publishes are QoS 1 and awaitable until the broker's PUBACK: gmqtt has no
-public PUBACK callback, but it hands every QoS 1 message to its ``persistent_storage``
-(``push_message`` on send, ``remove_message_by_mid`` on PUBACK), which is a documented
-constructor argument; :class:`_AckStorage` resolves a future there. Unacknowledged
-publishes are bounded by a window, clamped below the broker's Receive Maximum: gmqtt's
-packet-id allocator raises OverflowError beyond it. The window
-is a counter and a FIFO of waiters rather than an ``asyncio.Semaphore``, whose release
-re-scans its waiters (13 % of the daemon's CPU in a storm). gmqtt re-sends stored
-publishes after a reconnect, so their futures still resolve; if the broker lost the
-session, they are published again.
+Outbound publishes are QoS 1 and awaitable until the broker's PUBACK. The session keeps
+them across reconnects, re-sends them with DUP when the broker kept our session and as new
+packets when it did not, and sends at most ``min(inflight, the broker's Receive Maximum)``
+at once. A PUBACK with a reason code of 0x80 or above fails the publish
+(:class:`PublishRefused`): the broker did not take the message.
 
-Reconnects use gmqtt's own loop with the delay re-drawn before each attempt:
-exponential backoff between ``reconnect_min`` and ``reconnect_max`` with full jitter,
-so a fleet of gateways does not reconnect in lockstep.
+Writes are gathered: whatever the session has to send after a read, an acknowledgement or
+a publish is written once, at the end of the event loop's pass (one system call for a
+batch of PUBACKs, not one each).
 
-Connection events (``on_event``), one per fact, so that the daemon's ``poa_up`` can
-follow the connection: ``mqtt.connected`` when a link comes up, ``mqtt.disconnected``
-when it goes down, ``mqtt.connect_failed`` for every attempt that fails (no socket, a
-transient refusal, a connection closed before its CONNACK), ``mqtt.refused`` for a
-permanent refusal. :attr:`MqttAdapter.connected` is true exactly while both links are
-between their ``mqtt.connected`` and the next ``mqtt.disconnected``. gmqtt reports
-none of the failed attempts: a socket that cannot be opened is seen through its retry
-(:meth:`_Link._watch_failed_reconnects`), a refusal through the CONNACK itself.
+Reconnects: exponential backoff between ``reconnect_min`` and ``reconnect_max`` with full
+jitter, so a fleet of gateways does not reconnect in lockstep. Connection events
+(``on_event``), one per fact, so that the daemon's ``poa_up`` can follow the connection:
+``mqtt.connected`` when a link comes up, ``mqtt.disconnected`` when it goes down (with
+why: closed by the broker, a DISCONNECT and its reason, no PINGRESP, a packet the session
+rejected), ``mqtt.connect_failed`` for every attempt that fails (no socket, a transient
+refusal, a connection closed before its CONNACK, no CONNACK in time), ``mqtt.refused`` for
+a permanent refusal, ``mqtt.rejected`` for bytes from the broker that are not a packet we
+accept (the connection is then closed, never the process). :attr:`MqttAdapter.connected`
+is true exactly while both links are between their ``mqtt.connected`` and the next
+``mqtt.disconnected``.
 
-Refusals. A broker that refuses a connection says why in its CONNACK (MQTT 5 reason
-code, MQTT 3.1.1 return code). Some refusals the same CONNECT would meet again (bad
-user name or password, not authorised, a banned or invalid client id): gmqtt stops
-reconnecting on those, and the daemon would idle for ever, running but deaf. The
-adapter reads each CONNACK's code before gmqtt does (:meth:`_Link._watch_connacks`).
-A permanent refusal of the first connection makes :meth:`MqttAdapter.connect` raise
-:class:`ConnectionRefusedPermanently`; one on a reconnect is reported (``mqtt.refused``)
-and ends :meth:`MqttAdapter.wait_failed`, so that the daemon exits non-zero. Transient
-refusals (server unavailable or busy, a quota, a connection rate) are retried with the
-backoff above (docs/decisions.md D23).
+Refusals: a CONNACK refusal the same CONNECT would meet again (bad user name or password,
+not authorised, a banned or invalid client id, an unsupported protocol version) makes the
+first :meth:`MqttAdapter.connect` raise :class:`ConnectionRefusedPermanently`; on a
+reconnect it is reported (``mqtt.refused``) and ends :meth:`MqttAdapter.wait_failed`, so
+that the daemon exits non-zero rather than idle deaf. Transient refusals are retried with
+the backoff (docs/decisions.md D23).
+
+Leadership (docs/ha.md): ``may_act()`` is asked before every acknowledgement, publish and
+connection attempt. Once it says no, nothing more is acknowledged or published and no link
+connects again: a reconnect under the deployment's client id would take the broker session
+from the new leader.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, cast
 
-import gmqtt
 import msgspec
-from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
-from gmqtt.storage import PersistentStorage
 
 from gateway.errors import GatewayError
-
-# The CONNACK tables live in codes.py, shared with the sans-I/O session (session.py).
-from gateway.transport.codes import (
-    PERMANENT_REFUSALS,
-    SESSION_EXPIRY_S,
-    ConnectReturnCode,
-    refusal_name,
+from gateway.transport.codes import SESSION_EXPIRY_S, refusal_name
+from gateway.transport.session import (
+    Connected,
+    Disconnected,
+    Event,
+    MessageReceived,
+    MqttSession,
+    PacketRejected,
+    PublishAcked,
+    Refused,
+    SessionState,
+    Subscribed,
+    SubscribeRefused,
+    TimedOut,
+    Waited,
 )
+from gateway.transport.session import PublishRefused as _Refused
+
+__all__ = [
+    "OUT_SUFFIX",
+    "ConnectionRefusedPermanently",
+    "Delivery",
+    "DeliveryHandler",
+    "EventSink",
+    "MessageHandler",
+    "MqttAdapter",
+    "MqttSettings",
+    "NotConnected",
+    "PublishRefused",
+    "SubscriptionRefused",
+    "install_exception_filter",
+]
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 DeliveryHandler = Callable[[str, bytes, "Delivery"], None]
 EventSink = Callable[[str, dict[str, Any]], None]
 
-_DISCONNECT = b"\xe0"  # the fixed header's first byte of an MQTT DISCONNECT
+OUT_SUFFIX: Final = "-out"
+"""The publishing connection's client id is the configured one with this suffix."""
 
-# The publishing connection's client id is the configured one with this suffix.
-OUT_SUFFIX = "-out"
-
-# The reconnect delay of a link that may no longer act (see MqttAdapter's ``may_act``):
-# long enough never to come, since gmqtt has no public way to cancel a reconnect it
-# has already scheduled.
-_NEVER_S = 10.0**7
+_CLOSE_WAIT_S: Final = 5.0  # at close, how long the broker gets to see our DISCONNECT
 
 
 class MqttSettings(msgspec.Struct, frozen=True):
@@ -129,22 +137,24 @@ class MqttSettings(msgspec.Struct, frozen=True):
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
-    inflight: int = 100  # unacknowledged publishes (clamped below the broker's limit)
+    inflight: int = 100  # unacknowledged publishes (and at most the broker's Receive Maximum)
     receive_maximum: int = 1000  # inbound messages being handled at once
     # How long the broker keeps the session after a disconnect: a week for the daemon;
     # 0 for a one-off client (poa-gateway quarantine replay), whose session ends with it.
     session_expiry_s: int = SESSION_EXPIRY_S
-    # MQTT 5 unless the broker speaks only 3.1.1 (the embedded demo broker). With
-    # 3.1.1 gmqtt acknowledges on receipt, so the at-least-once guarantee is lost:
-    # production brokers must speak MQTT 5.
+    # MQTT 5, or 4 for a broker that speaks only MQTT 3.1.1 (the embedded demo broker).
+    # Both acknowledge only after the effect; 3.1.1 has no reason codes on PUBACK, so a
+    # broker's refusal of a publish cannot be told, and no Receive Maximum.
     protocol: int = 5
+    # No CONNACK this long after the socket opened: the attempt failed.
+    connect_timeout_s: float = 30.0
 
     def __repr__(self) -> str:  # never show the password
         return f"MqttSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
 
 
 class NotConnected(GatewayError):
-    """A publish was attempted before the first connection."""
+    """A publish was attempted before the first connection, or after leadership was lost."""
 
 
 class PublishRefused(GatewayError):
@@ -157,14 +167,24 @@ class PublishRefused(GatewayError):
         self.code = code
 
 
+class SubscriptionRefused(GatewayError):
+    """The broker refused a topic filter we subscribed to (a SUBACK code 0x80 or above)."""
+
+    def __init__(self, topics: tuple[str, ...], codes: tuple[int, ...]) -> None:
+        shown = ", ".join(f"{t} (0x{c:02X})" for t, c in zip(topics, codes, strict=False))
+        super().__init__(f"the broker refused the subscription: {shown}")
+        self.topics = topics
+        self.codes = codes
+
+
 class ConnectionRefusedPermanently(GatewayError):
     """The broker refused to connect us for a reason retrying cannot fix (see
-    :data:`PERMANENT_REFUSALS`): bad user name or password, not authorised, a banned or
-    invalid client id... The gateway's configuration or the broker's must change.
+    :data:`~gateway.transport.codes.PERMANENT_REFUSALS`): bad user name or password, not
+    authorised, a banned or invalid client id... The configuration must change.
 
     Attributes:
-        code: the CONNACK's reason code (MQTT 5) or return code (MQTT 3.1.1).
-        reason: its name, a stable slug (:func:`refusal_name`), e.g. ``not-authorized``.
+        code: the CONNACK's reason code (MQTT 5 form, also for a 3.1.1 broker).
+        reason: its name, a stable slug (``refusal_name``), e.g. ``not-authorized``.
         host: the broker's host, as configured.
         port: the broker's port.
         client_id: the client id that was refused.
@@ -181,22 +201,22 @@ class ConnectionRefusedPermanently(GatewayError):
         super().__init__(
             f"the broker at {host}:{port} refused the connection of client {client_id!r}: "
             f"reason code 0x{code:02X} ({self.reason.replace('-', ' ')}); retrying cannot "
-            "fix this: check [broker] username, password and client_id against the "
-            "broker's users"
+            "fix this: check [broker] username, password, client_id and protocol against "
+            "the broker's"
         )
 
 
 class Delivery:
-    """One inbound QoS 1 message, handed to a :data:`DeliveryHandler`: call :meth:`ack`
-    once its effect is durable (the PUBACK goes out), or :meth:`fail` to leave it with
-    the broker for redelivery. The first call counts; later ones are ignored."""
+    """One inbound message, handed to a :data:`DeliveryHandler`: call :meth:`ack` once its
+    effect is durable (the PUBACK goes out), or :meth:`fail` to leave it with the broker
+    for redelivery. The first call counts; later ones are ignored."""
 
-    __slots__ = ("_adapter", "generation", "mid", "settled", "started", "topic")
+    __slots__ = ("_adapter", "generation", "number", "settled", "started", "topic")
 
-    def __init__(self, adapter: MqttAdapter, mid: int | None, generation: int, topic: str) -> None:
+    def __init__(self, adapter: MqttAdapter, number: int, generation: int, topic: str) -> None:
         self._adapter = adapter
-        self.mid = mid  # None for QoS 0: nothing to acknowledge
-        self.generation = generation
+        self.number = number  # the session's delivery number
+        self.generation = generation  # the receiving link's connection it came on
         self.topic = topic
         self.started = time.monotonic()
         self.settled = False
@@ -208,838 +228,6 @@ class Delivery:
     def fail(self, exc: BaseException) -> None:
         """The effect could not be made durable: do not acknowledge."""
         self._adapter._settle(self, exc)
-
-
-class _AckStorage(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's message store, extended to resolve a future when a publish is PUBACKed."""
-
-    def __init__(self, on_ack: Callable[[int], None], on_clear: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_ack = on_ack
-        self._on_clear = on_clear
-        self.last_mid: int | None = None
-
-    def push_message(self, mid: int, raw_package: bytes) -> None:
-        self.last_mid = mid
-        super().push_message(mid, raw_package)
-
-    def remove_message_by_mid(self, mid: int) -> None:
-        super().remove_message_by_mid(mid)
-        self._on_ack(mid)
-
-    def clear(self) -> None:
-        # gmqtt clears its store when the broker has no session for us; those
-        # publishes will never be acknowledged, so their senders must re-send.
-        super().clear()
-        self._on_clear()
-
-
-class _Link:
-    """One gmqtt client: its connection generation, backoff and connected state."""
-
-    def __init__(
-        self,
-        name: str,
-        settings: MqttSettings,
-        client_id: str,
-        on_event: EventSink,
-        *,
-        receives: bool,
-        storage: PersistentStorage | None = None,
-        may_act: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self.name = name
-        self._may_act = may_act
-        self._leaving: asyncio.Future[Any] | None = None  # a disconnect after a fence
-        self._settings = settings
-        self._client_id = client_id
-        self._on_event = on_event
-        kwargs: dict[str, Any] = {}
-        if storage is not None:
-            kwargs["persistent_storage"] = storage
-        if receives:
-            # Our Receive Maximum, for the broker. Only on the receiving link: gmqtt
-            # hands on_connect the CONNECT properties merged over the CONNACK's, so a
-            # value sent here would hide the broker's own.
-            kwargs["receive_maximum"] = max(settings.receive_maximum, 1)
-        self.client = gmqtt.Client(
-            client_id,
-            clean_session=False,
-            optimistic_acknowledgement=False,
-            session_expiry_interval=settings.session_expiry_s,
-            **kwargs,
-        )
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.refused: Callable[[int, int], None] | None = None
-        self.watching_reasons = self._watch_puback_reasons()
-        if settings.username:
-            self.client.set_auth_credentials(settings.username, settings.password)
-        self.generation = 0
-        self.connected = asyncio.Event()
-        self.reconnects = 0
-        self.coalescing = False
-        self._attempt = 0
-        # Called with (session_present, CONNACK properties, first connection?).
-        self.connect_hook: Callable[[bool, Any, bool], None] = lambda _s, _p, _f: None
-        self.up = False  # from on_connect to the next on_disconnect
-        self.failure: ConnectionRefusedPermanently | None = None
-        self.failed = asyncio.Event()  # set with failure
-        self.on_failure: Callable[[ConnectionRefusedPermanently], None] = lambda _exc: None
-        self._refusal: int | None = None  # the current attempt's refused CONNACK code
-        self._refusals = 0  # refused CONNACKs so far
-        self._downgraded = False
-        self._closing = False
-        self.watching_connacks = self._watch_connacks()
-        self._reconnect = self._watch_failed_reconnects()
-
-    def _ssl(self) -> ssl.SSLContext | bool:
-        s = self._settings
-        if not s.tls:
-            return False
-        context = ssl.create_default_context(cafile=s.ca_file or None)
-        if s.cert_file:
-            context.load_cert_chain(s.cert_file, s.key_file or None)
-        return context
-
-    async def connect(self) -> None:
-        """Connect, retrying with jittered backoff until the broker accepts.
-
-        Raises:
-            ConnectionRefusedPermanently: the broker refused for a reason retrying
-                cannot fix (then gmqtt does not retry either).
-        """
-        self.client.set_config(
-            {"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": self._next_delay()}
-        )
-        while True:
-            refusals = self._refusals
-            try:
-                await self.client.connect(
-                    self._settings.host,
-                    self._settings.port,
-                    ssl=self._ssl(),
-                    keepalive=self._settings.keepalive_s,
-                    version=MQTTv50 if self._settings.protocol == 5 else MQTTv311,
-                )
-                break
-            except (TimeoutError, OSError) as exc:
-                delay = self._next_delay()
-                self._on_event(
-                    "mqtt.connect_failed",
-                    {"link": self.name, "reason": type(exc).__name__, "retry_in_s": delay},
-                )
-                await asyncio.sleep(delay)
-            except gmqtt.MQTTConnectError:
-                if self._refusals == refusals:
-                    raise  # not a refusal (a CONNACK gmqtt could not read): no retry
-                # A refused CONNACK, already judged by _on_refused: if transient, gmqtt
-                # is reconnecting by itself (calling connect again would race it).
-                break
-        waits = [asyncio.ensure_future(e.wait()) for e in (self.connected, self.failed)]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        if not self.connected.is_set():
-            assert self.failure is not None
-            raise self.failure
-
-    def _next_delay(self) -> float:
-        s = self._settings
-        ceiling = min(s.reconnect_max_s, s.reconnect_min_s * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return random.uniform(s.reconnect_min_s, max(ceiling, s.reconnect_min_s))  # noqa: S311
-
-    def _on_connect(self, _client: Any, session_present: Any, _rc: Any, properties: Any) -> None:
-        if not self._may_act():
-            # A reconnect that was already scheduled when this process lost the right to
-            # act (gmqtt cannot cancel one): leave at once, so the broker session goes
-            # back to the instance that holds it, and say so.
-            self._on_event("mqtt.fenced", {"link": self.name, "reason": "connected-after-fence"})
-            self._stop_reconnecting()
-            self._leaving = asyncio.ensure_future(self.client.disconnect())
-            return
-        self.generation += 1
-        self._attempt = 0
-        self.up = True
-        self._refusal = None
-        first = not self.connected.is_set()
-        self.connected.set()
-        if not first:
-            self.reconnects += 1
-        self.coalescing = self.coalesce_writes()
-        if not self.coalescing:
-            self._on_event("mqtt.internals", {"link": self.name, "reason": "no-write-coalescing"})
-        self.connect_hook(bool(session_present), properties, first)
-        self._on_event(
-            "mqtt.connected",
-            {
-                "link": self.name,
-                "generation": self.generation,
-                "reconnect": not first,
-                "session_present": bool(session_present),
-            },
-        )
-
-    def _on_disconnect(self, _client: Any, _packet: Any, exc: Any = None) -> None:
-        if not self._may_act():
-            self.up = False
-            self._stop_reconnecting()
-            self._on_event(
-                "mqtt.disconnected",
-                {"link": self.name, "reason": repr(exc) if exc else "closed", "reconnect": False},
-            )
-            return
-        if self.up:
-            self.up = False
-            self.client.reconnect_delay = self._next_delay()
-            self._on_event(
-                "mqtt.disconnected", {"link": self.name, "reason": repr(exc) if exc else "closed"}
-            )
-        elif self._refusal is not None:
-            # The broker closes the socket after refusing: that attempt is reported.
-            self._refusal = None
-        elif not self._closing:
-            # The connection closed before its CONNACK: a failed attempt.
-            self._retry_reported("closed-before-connack")
-
-    def _stop_reconnecting(self) -> None:
-        # Synchronous, before gmqtt schedules its reconnect: with no retries left it does
-        # not start one, and one already sleeping waits _NEVER_S.
-        self.client.stop_reconnect()
-        self.client.reconnect_delay = _NEVER_S
-
-    def _retry_reported(self, reason: str, **fields: Any) -> None:
-        if not self._may_act():
-            self._stop_reconnecting()
-            return
-        # Re-drawn here, before gmqtt's reconnect sleeps: the backoff grows with every
-        # failed attempt, not only with every lost connection.
-        delay = self._next_delay()
-        self.client.reconnect_delay = delay
-        self._on_event(
-            "mqtt.connect_failed",
-            {"link": self.name, "reason": reason, **fields, "retry_in_s": delay},
-        )
-
-    def _on_refused(self, code: int) -> None:
-        self._refusal = code
-        self._refusals += 1
-        s = self._settings
-        if (
-            code == ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION
-            and s.protocol == 5
-            and not self._downgraded
-        ):
-            # gmqtt's answer to a broker without MQTT 5: it tries again in 3.1.1.
-            self._downgraded = True
-            self._retry_reported(refusal_name(code), code=code)
-            return
-        if code not in PERMANENT_REFUSALS:
-            self._retry_reported(refusal_name(code), code=code)
-            return
-        # gmqtt stops reconnecting on these codes already (PERMANENT_REFUSALS); said
-        # again here so that giving up does not depend on its table.
-        self.client.stop_reconnect()
-        if self.failure is not None:
-            return
-        self.failure = ConnectionRefusedPermanently(
-            code, host=s.host, port=s.port, client_id=self._client_id, link=self.name
-        )
-        self.failed.set()
-        self._on_event(
-            "mqtt.refused",
-            {
-                "link": self.name,
-                "code": code,
-                "reason": self.failure.reason,
-                "host": s.host,
-                "port": s.port,
-                "client_id": self._client_id,
-            },
-        )
-        self.on_failure(self.failure)
-
-    # gmqtt's internals, reached in one place each (docs/decisions.md D19).
-
-    def _package_handler(self) -> Any:
-        return getattr(self.client, "_package_handler", None)
-
-    def _watch_connacks(self) -> bool:
-        """Have every refused CONNACK's code handed to :meth:`_on_refused` before gmqtt
-        handles it.
-
-        gmqtt keeps the code to itself: it raises it from the first ``connect()`` only,
-        and after a refused reconnect it just stops (a permanent code) or retries, with
-        no callback. Like the PUBACK handler, its CONNACK handler is looked up by name
-        on first use, so an instance attribute set before the first CONNACK takes its
-        place. Returns False when gmqtt's internals are not where expected.
-        """
-        handler = self._package_handler()
-        original = getattr(handler, "_handle_connack_packet", None)
-        if original is None:
-            return False
-
-        def connack(cmd: int, packet: bytes) -> None:
-            # MQTT 5 3.2.2 / 3.1.1 3.2.2: the acknowledge flags, then the code.
-            if len(packet) >= 2 and packet[1] != 0:
-                self._on_refused(packet[1])
-            original(cmd, packet)
-
-        handler._handle_connack_packet = connack
-        return True
-
-    def _watch_failed_reconnects(self) -> Callable[..., Awaitable[None]]:
-        """Report each reconnect attempt that could not open a socket (broker down,
-        unreachable), which gmqtt only logs; returns gmqtt's own ``reconnect``.
-
-        gmqtt retries such an attempt by calling ``self.reconnect(delay=True)`` (its
-        other callers hold the bound method from before), so a ``reconnect`` set on the
-        instance runs exactly when an attempt failed that way; it also re-draws the
-        backoff, which gmqtt would keep as drawn at the disconnection.
-        tests/test_mqtt.py fails if gmqtt retries another way.
-        """
-        original: Callable[..., Awaitable[None]] = self.client.reconnect
-
-        async def reconnect(delay: bool = False) -> None:
-            if not self._closing:
-                self._retry_reported("cannot-connect")
-            await original(delay=delay)
-
-        self.client.reconnect = reconnect
-        return original
-
-    def resync(self) -> Awaitable[None]:
-        """Start a new connection (and session) after the reconnect delay."""
-        return self._reconnect(delay=True)
-
-    def _protocol(self) -> Any:
-        """The current connection's protocol object (a new one per connection)."""
-        return getattr(getattr(self.client, "_connection", None), "_protocol", None)
-
-    def _watch_puback_reasons(self) -> bool:
-        """Report PUBACKs that carry a failure reason code (MQTT 5, 0x80 and up).
-
-        gmqtt ignores the reason code and treats every PUBACK as success ("TODO" in its
-        handler), so a publish the broker refused (an ACL, a quota) would count as
-        delivered and its alert be acknowledged: lost. gmqtt looks its packet handlers
-        up by name on first use, so an instance attribute set before the first PUBACK
-        takes the method's place; it calls ``refused`` first, then gmqtt's own handler.
-        """
-        handler = self._package_handler()
-        original = getattr(handler, "_handle_puback_packet", None)
-        if original is None:
-            return False
-
-        def puback(cmd: int, packet: bytes) -> None:
-            if len(packet) >= 3 and packet[2] >= 0x80 and self.refused is not None:
-                self.refused(int.from_bytes(packet[:2], "big"), packet[2])
-            original(cmd, packet)
-
-        handler._handle_puback_packet = puback
-        return True
-
-    def take_qos1(self, deliver: Callable[[int | None, str, bytes], None]) -> bool:
-        """Have inbound QoS 1 messages handed to ``deliver(mid, topic, payload)`` at once,
-        in place of gmqtt's handling, which starts a task per message and sends the PUBACK
-        from its completion callback: a third of the loop's time in a storm. gmqtt calls
-        the handler's ``_handle_qos_1_publish_packet`` by name, so an instance attribute
-        takes its place; :meth:`send_puback` sends the acknowledgement later. Returns
-        False when gmqtt's internals are not where expected (tests/test_mqtt.py fails
-        then)."""
-        handler = self._package_handler()
-        if handler is None or not hasattr(handler, "_handle_qos_1_publish_packet"):
-            return False
-        if not hasattr(handler, "_send_puback"):
-            return False
-
-        def qos1(mid: int, packet: bytes, topic: str, _properties: Any) -> None:
-            deliver(mid, topic, packet)
-
-        handler._handle_qos_1_publish_packet = qos1
-        return True
-
-    def send_puback(self, mid: int) -> None:
-        """Acknowledge inbound message ``mid`` on the current connection."""
-        self._package_handler()._send_puback(mid)
-
-    def packet_id_limit(self) -> int | None:
-        """gmqtt's packet-id allocator's size (the broker's Receive Maximum), if found."""
-        limit = getattr(getattr(self._package_handler(), "id_generator", None), "_max", None)
-        return limit if isinstance(limit, int) else None
-
-    def free_packet_id(self, mid: int) -> None:
-        """Return a packet id to gmqtt's allocator (only for publishes the broker forgot)."""
-        generator = getattr(self._package_handler(), "id_generator", None)
-        if generator is not None:
-            generator.free_id(mid)
-
-    def gate_reads(self, gate: asyncio.Event) -> bool:
-        """Make the current connection's read loop wait for ``gate`` before each read.
-
-        gmqtt has no public flow control: its protocol object reads the socket in a
-        loop and dispatches every packet at once. Wrapping that object's ``read``
-        (looked up per iteration) lets the loop block; asyncio's own stream flow control
-        then pauses the socket once 128 KiB are buffered. Returns False when gmqtt's
-        internals are not where this expects them (tests/test_mqtt.py fails then).
-        """
-        protocol = self._protocol()
-        read = getattr(protocol, "read", None)
-        if read is None:
-            return False
-        if getattr(read, "poa_gated", False):
-            return True
-
-        async def gated_read(n: int = -1) -> bytes:
-            if not gate.is_set():
-                await gate.wait()
-            data: bytes = await read(n)
-            return data
-
-        gated_read.poa_gated = True  # type: ignore[attr-defined]
-        protocol.read = gated_read
-        return True
-
-    def coalesce_writes(self) -> bool:
-        """Gather the packets written in one pass of the event loop into one socket write.
-
-        gmqtt writes each packet (every PUBLISH, every PUBACK) with a system call of its
-        own: a third of its cost per message in a storm. The protocol's ``write_data``
-        is looked up per packet, so wrapping it on the instance is enough; the gathered
-        bytes are written, in order, by a callback at the end of the current pass. A
-        DISCONNECT is written at once with everything before it: the socket closes
-        right after it. Returns False when gmqtt's internals are not where expected.
-        """
-        protocol = self._protocol()
-        write = getattr(protocol, "write_data", None)
-        if write is None:
-            return False
-        if getattr(write, "poa_coalesced", False):
-            return True
-        pending: list[bytes] = []
-        loop = asyncio.get_running_loop()
-
-        def flush() -> None:
-            if pending:
-                data = b"".join(pending)
-                pending.clear()
-                write(data)
-
-        def coalesced(data: bytes) -> None:
-            if not pending:
-                loop.call_soon(flush)
-            pending.append(data)
-            if data[:1] == _DISCONNECT:
-                flush()
-
-        coalesced.poa_coalesced = True  # type: ignore[attr-defined]
-        protocol.write_data = coalesced
-        return True
-
-    async def close(self) -> None:
-        self._closing = True
-        self.client.reconnect_retries = 0
-        await self.client.disconnect()
-
-
-class MqttAdapter:
-    """QoS 1 in and out with acknowledgement after the effect is durable."""
-
-    def __init__(
-        self,
-        settings: MqttSettings,
-        on_message: MessageHandler | None = None,
-        *,
-        on_delivery: DeliveryHandler | None = None,
-        on_event: EventSink | None = None,
-        may_act: Callable[[], bool] | None = None,
-    ) -> None:
-        """``on_message(topic, payload)``: a coroutine per message, acknowledged when it
-        returns. Or ``on_delivery(topic, payload, delivery)``: called at once, on the event
-        loop, and acknowledged when ``delivery.ack()`` is called (the daemon's way).
-
-        ``may_act()``, asked synchronously before every acknowledgement, publish and
-        reconnection: once it says False (a leader that lost its lease, gateway/ha.py)
-        nothing more is acknowledged or published, and neither link reconnects (a
-        reconnect under the deployment's client id would take the broker session from
-        the new leader)."""
-        if (on_message is None) == (on_delivery is None):
-            raise ValueError("give exactly one of on_message and on_delivery")
-        self._settings = settings
-        self._handler = on_message
-        self._on_delivery = on_delivery
-        self._tasks: set[asyncio.Future[Any]] = set()
-        self._on_event: EventSink = on_event or (lambda _event, _fields: None)
-        self._storage = _AckStorage(self._acked, self._session_lost)
-        self._topics: list[str] = []
-        self._may_act: Callable[[], bool] = may_act or (lambda: True)
-        self._in = _Link(
-            "in",
-            settings,
-            settings.client_id,
-            self._on_event,
-            receives=True,
-            may_act=self._may_act,
-        )
-        self._out = _Link(
-            "out",
-            settings,
-            settings.client_id + OUT_SUFFIX,
-            self._on_event,
-            receives=False,
-            storage=self._storage,
-            may_act=self._may_act,
-        )
-        if not self._in.take_qos1(self._deliver):
-            raise RuntimeError("gmqtt's internals moved: cannot take inbound QoS 1 messages")
-        if not (self._in.watching_connacks and self._out.watching_connacks):
-            # Without the codes a permanent refusal would leave the daemon idle for ever.
-            raise RuntimeError("gmqtt's internals moved: cannot read CONNACK reason codes")
-        self._failure: ConnectionRefusedPermanently | None = None
-        self._failed = asyncio.Event()
-        self._in.on_failure = self._out.on_failure = self._link_failed
-        # Only QoS 1 is subscribed; should the broker grant less, QoS 0 messages still
-        # reach the handler (with nothing to acknowledge).
-        self._in.client.on_message = self._qos0
-        self._in.client.on_subscribe = self._on_subscribe
-        self._in.connect_hook = self._in_connected
-        self._out.connect_hook = self._out_connected
-        self._out.refused = self._refused
-        self._refusals: dict[int, int] = {}
-        self._pending: dict[int, _Pending] = {}
-        self.refusals = 0
-        self._subscribed: asyncio.Future[None] | None = None
-        self.window_size = max(settings.inflight, 1)
-        self._window_ready = False
-        self._free = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._resync_generation = -1
-        self.withheld_not_leader = 0  # acknowledgements not sent once may_act() said no
-        # Inbound flow control (see the module docstring).
-        self.inbound_limit = max(settings.receive_maximum, 1)
-        self.inbound = 0
-        self.inbound_peak = 0
-        self.pauses = 0
-        self._gate = asyncio.Event()  # set: reading; clear: paused
-        self._gate.set()
-        self._held = False  # paused by the application (hold_intake), whatever the count
-        self.flow_control = False
-
-    # -- connection -----------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Connect both links, retrying with jittered backoff until the broker accepts
-        (transient refusals included).
-
-        Raises:
-            ConnectionRefusedPermanently: the broker refused a link for a reason retrying
-                cannot fix (bad user name or password, not authorised, ...).
-        """
-        # Publishing first: a subscription may deliver as soon as it exists.
-        await self._out.connect()
-        await self._in.connect()
-
-    def _link_failed(self, exc: ConnectionRefusedPermanently) -> None:
-        if self._failure is None:
-            self._failure = exc
-            self._failed.set()
-
-    @property
-    def failure(self) -> ConnectionRefusedPermanently | None:
-        """The broker's first permanent refusal of either link, or None."""
-        return self._failure
-
-    async def wait_failed(self) -> ConnectionRefusedPermanently:
-        """Wait until the broker refuses a link permanently, and return the refusal.
-
-        For the daemon while it runs: a reconnect refused that way is not retried (the
-        same CONNECT would be refused again), so the process must stop and exit non-zero
-        rather than idle. Also returns for a refusal of the first connection, which
-        :meth:`connect` raises.
-        """
-        await self._failed.wait()
-        assert self._failure is not None
-        return self._failure
-
-    def _out_connected(self, _session_present: bool, properties: Any, _first: bool) -> None:
-        # Every connection: a broker restarted with another max_inflight_messages
-        # changes the limit. gmqtt allocates at most receive_maximum - 1 packet ids and
-        # raises OverflowError beyond; its allocator is the authority.
-        limit = self._out.packet_id_limit() or _property(properties, "receive_maximum")
-        size = max(self._settings.inflight, 1)
-        if limit is not None:
-            size = max(1, min(size, limit - 1))
-        if not self._window_ready:
-            self.window_size = size
-            self._free = size
-            self._window_ready = True
-        elif size != self.window_size:
-            # Slots in use stay in use; a smaller window waits for them (free < 0).
-            self._free += size - self.window_size
-            self.window_size = size
-            while self._free > 0 and self._wake_one():
-                self._free -= 1
-
-    def _in_connected(self, session_present: bool, _properties: Any, first: bool) -> None:
-        self.flow_control = self._in.gate_reads(self._gate)
-        if not self.flow_control:
-            self._on_event("mqtt.internals", {"link": "in", "reason": "no-flow-control"})
-        if not first and not session_present and self._topics:
-            # The broker lost our session (and so our subscriptions): subscribe again.
-            self._in.client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
-
-    def _on_subscribe(self, _client: Any, _mid: Any, _qos: Any, _properties: Any) -> None:
-        if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_result(None)
-
-    async def subscribe(self, topics: list[str]) -> None:
-        """Subscribe at QoS 1 and wait for the broker's SUBACK."""
-        self._topics = list(topics)
-        self._subscribed = asyncio.get_running_loop().create_future()
-        self._in.client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
-        await self._subscribed
-
-    async def close(self) -> None:
-        """Disconnect cleanly (unacknowledged inbound messages stay with the broker)."""
-        await self._in.close()
-        await self._out.close()
-
-    @property
-    def connected(self) -> bool:
-        """True while both connections are up: each between its ``mqtt.connected`` event
-        and its next ``mqtt.disconnected`` (a refused CONNACK never counts as up)."""
-        return self._in.up and self._out.up
-
-    @property
-    def paused(self) -> bool:
-        """True while inbound reading waits for handlers to finish, or is held."""
-        return not self._gate.is_set()
-
-    def hold_intake(self) -> None:
-        """Stop reading inbound messages until :meth:`release_intake`, whatever the number
-        in progress: the daemon holds intake while its state store cannot commit, so the
-        broker keeps new messages instead of the gateway deciding what it cannot record."""
-        if not self._held:
-            self._held = True
-            self.pauses += 1
-            self._gate.clear()
-
-    def release_intake(self) -> None:
-        """Read again after :meth:`hold_intake` (unless the inbound bound still holds it)."""
-        if self._held:
-            self._held = False
-            if self.inbound < self.inbound_limit:
-                self._gate.set()
-
-    @property
-    def coalescing(self) -> bool:
-        """True while both connections gather their writes (see :meth:`_Link.coalesce_writes`)."""
-        return self._in.coalescing and self._out.coalescing
-
-    @property
-    def checks_puback_reasons(self) -> bool:
-        """True when refused publishes are recognised (see :meth:`_Link._watch_puback_reasons`)."""
-        return self._out.watching_reasons
-
-    @property
-    def reconnects(self) -> int:
-        """Reconnections so far, both links together."""
-        return self._in.reconnects + self._out.reconnects
-
-    # -- inbound ----------------------------------------------------------------------
-
-    def _qos0(self, _client: Any, topic: str, payload: bytes, qos: int, _properties: Any) -> int:
-        if qos == 0:
-            self._deliver(None, topic, payload)
-        return 0
-
-    def _deliver(self, mid: int | None, topic: str, payload: bytes) -> None:
-        delivery = Delivery(self, mid, self._in.generation, topic)
-        self.inbound += 1
-        if self.inbound >= self.inbound_limit and not self.paused:
-            self.pauses += 1
-            self._gate.clear()
-        self.inbound_peak = max(self.inbound_peak, self.inbound)
-        if self._on_delivery is not None:
-            try:
-                self._on_delivery(topic, payload, delivery)
-            except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
-                delivery.fail(exc)
-            return
-        self._spawn(self._run_handler(topic, payload, delivery))
-
-    def _spawn(self, awaitable: Awaitable[Any]) -> None:
-        # The loop keeps only weak references to tasks: hold them until they finish.
-        task = asyncio.ensure_future(awaitable)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(self, topic: str, payload: bytes, delivery: Delivery) -> None:
-        assert self._handler is not None
-        try:
-            await self._handler(topic, payload)
-        except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
-            delivery.fail(exc)
-        else:
-            delivery.ack()
-
-    def _settle(self, delivery: Delivery, exc: BaseException | None) -> None:
-        if delivery.settled:
-            return
-        delivery.settled = True
-        self.inbound -= 1
-        if self.paused and not self._held and self.inbound <= self.inbound_limit // 2:
-            self._gate.set()
-        generation = delivery.generation
-        if not self._may_act():
-            # Another instance leads: it gets this message from the broker session. Said
-            # once, then counted: a step-down finds up to receive_maximum in hand.
-            self.withheld_not_leader += 1
-            if self.withheld_not_leader == 1:
-                self._on_event(
-                    "mqtt.ack_withheld",
-                    {"reason": "not the leader (the rest: withheld in mqtt.stats)"},
-                )
-            return
-        if exc is not None:
-            # Not acknowledged; the broker redelivers it only on a new session, so
-            # start one (once per failing connection).
-            if generation == self._in.generation and self._resync_generation != generation:
-                self._resync_generation = generation
-                self._on_event("mqtt.resync", {"reason": repr(exc), "topic": delivery.topic})
-                self._spawn(self._in.resync())
-            self._on_event(
-                "mqtt.ack_withheld", {"reason": f"handler failed: {exc!r}", "topic": delivery.topic}
-            )
-            return
-        if generation != self._in.generation or not self._in.client.is_connected:
-            # Its packet id belonged to a connection that is gone: acknowledging it on a
-            # new one could acknowledge a different message. The broker redelivers it.
-            self._on_event(
-                "mqtt.ack_withheld",
-                {"reason": f"connection {generation} is gone; the broker will redeliver"},
-            )
-            return
-        if delivery.mid is not None:
-            self._in.send_puback(delivery.mid)
-
-    # -- outbound ---------------------------------------------------------------------
-
-    def _session_lost(self) -> None:
-        # gmqtt clears its store when the broker answers without our session: those
-        # publishes will never be acknowledged. At least once: each goes out again, in
-        # order, on the new session, keeping its window slot and its group.
-        pending, self._pending = self._pending, {}
-        self._refusals.clear()
-        for mid in pending:
-            # gmqtt keeps the packet ids of the publishes it forgot allocated, so each
-            # session loss would shrink the pool until every publish overflowed.
-            self._out.free_packet_id(mid)
-        lost = list(pending.values())
-        if lost:
-            asyncio.get_running_loop().call_soon(self._resend, lost)
-
-    def _resend(self, lost: list[_Pending]) -> None:
-        for entry in lost:
-            if entry.group.future.done():
-                self._release()  # its group already failed: nobody waits for it
-            else:
-                self._send(entry.topic, entry.payload, entry.group)
-
-    def _refused(self, mid: int, code: int) -> None:
-        # Called just before gmqtt removes the message as if it had been accepted.
-        self._refusals[mid] = code
-
-    def _acked(self, mid: int) -> None:
-        entry = self._pending.pop(mid, None)
-        if entry is None:
-            return
-        self._release()
-        code = self._refusals.pop(mid, None) if self._refusals else None
-        if code is None:
-            entry.group.one_done()
-        else:
-            self.refusals += 1
-            entry.group.fail(PublishRefused(entry.topic, code))
-
-    @property
-    def inflight_publishes(self) -> int:
-        """Publishes sent and not yet acknowledged by the broker."""
-        return self.window_size - self._free if self._window_ready else 0
-
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1 and return once the broker has acknowledged it."""
-        await self.publish_many([(topic, payload)])
-
-    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
-        """Publish each (topic, payload) at QoS 1, in order, and return once the broker
-        has acknowledged them all; raises :class:`PublishRefused` if it refused one.
-
-        One future for the lot rather than one per message: a batch of alerts costs
-        one wake-up, not one each.
-        """
-        if not self._window_ready:
-            raise NotConnected("publish before the first connection")
-        if not self._may_act():
-            raise NotConnected("not the leader: publishing is fenced")
-        if not messages:
-            return
-        group = _Group(asyncio.get_running_loop(), len(messages))
-        for topic, payload in messages:
-            await self._acquire()
-            self._send(topic, payload, group)
-        await group.future
-
-    def publish_soon(self, topic: str, payload: bytes) -> asyncio.Task[None]:
-        """Publish at QoS 1 in the background (the live suppression feed)."""
-        return asyncio.ensure_future(self.publish(topic, payload))
-
-    def _send(self, topic: str, payload: bytes, group: _Group) -> None:
-        # The caller holds a window slot, which the acknowledgement releases.
-        if not self._may_act():
-            self._release()
-            group.fail(NotConnected("not the leader: publishing is fenced"))
-            return
-        try:
-            self._out.client.publish(topic, payload, qos=1)
-        except Exception as exc:  # noqa: BLE001 - any failure to send fails the group
-            self._release()
-            group.fail(exc)
-            return
-        mid = self._storage.last_mid
-        if mid is None:
-            self._release()
-            group.fail(RuntimeError("gmqtt did not store the QoS 1 publish"))
-            return
-        self._pending[mid] = _Pending(topic, payload, group)
-
-    async def _acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # granted and cancelled at once: pass the slot on
-            raise
-
-    def _release(self) -> None:
-        if self._free >= 0 and self._wake_one():
-            return
-        self._free += 1
-
-    def _wake_one(self) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return True
-        return False
 
 
 class _Group:
@@ -1062,35 +250,680 @@ class _Group:
             self.future.set_exception(exc)
 
 
-class _Pending(NamedTuple):
-    """A publish awaiting the broker's PUBACK (kept to send it again if the session is lost)."""
+class _Link(asyncio.Protocol):
+    """One connection of the adapter and its session: opens the socket (again, with
+    backoff), moves bytes between it and the session, keeps the session's one timer, and
+    hands the session's events to the adapter."""
 
-    topic: str
-    payload: bytes
-    group: _Group
+    def __init__(
+        self,
+        name: str,
+        settings: MqttSettings,
+        client_id: str,
+        adapter: MqttAdapter,
+        *,
+        receive_maximum: int,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._client_id = client_id
+        self._adapter = adapter
+        self.session = MqttSession(
+            client_id,
+            username=settings.username or None,
+            password=settings.password if settings.username else None,
+            keep_alive_s=settings.keepalive_s,
+            session_expiry_s=settings.session_expiry_s,
+            inflight=max(1, min(settings.inflight, 65_000)),
+            receive_maximum=receive_maximum,
+            connect_timeout_s=settings.connect_timeout_s,
+            protocol=settings.protocol,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._flush_pending = False
+        self._resume_pending = False
+        self._reading = True
+        self._lost: asyncio.Future[None] | None = None
+        self._ended: str | None = None  # why the current connection ended, when known
+        self._refused_now = False  # the current attempt's CONNACK was a refusal
+        self._run_task: asyncio.Task[None] | None = None
+        self._attempt = 0
+        self._closing = False
+        self._resync_generation = -1
+        self.generation = 0  # accepted connections so far
+        self.up = False  # from the accepting CONNACK to the end of that connection
+        self.ever_connected = asyncio.Event()
+        self.reconnects = 0
+        self.failure: ConnectionRefusedPermanently | None = None
+        self.failed = asyncio.Event()
 
+    # -- the connection loop --------------------------------------------------------
 
-def _property(properties: Any, name: str) -> int | None:
-    if not isinstance(properties, dict):
+    async def connect(self) -> None:
+        """Connect, retrying with jittered backoff until the broker accepts; the link
+        then reconnects by itself whenever the connection is lost.
+
+        Raises:
+            ConnectionRefusedPermanently: the broker refused for a reason retrying
+                cannot fix.
+        """
+        if self._run_task is None:
+            self._run_task = asyncio.create_task(self._run(), name=f"mqtt-{self.name}")
+        waits = [
+            asyncio.ensure_future(self.ever_connected.wait()),
+            asyncio.ensure_future(self.failed.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if not self.ever_connected.is_set():
+            assert self.failure is not None
+            raise self.failure
+
+    async def _run(self) -> None:
+        s = self._settings
+        while not self._closing and self.failure is None:
+            if not self._adapter.may_act():
+                self._adapter.event("mqtt.fenced", link=self.name, reason="not-the-leader")
+                return
+            self._lost = self._loop.create_future()
+            self._ended = None
+            self._refused_now = False
+            try:
+                await self._loop.create_connection(
+                    lambda: self,
+                    s.host,
+                    s.port,
+                    ssl=self._ssl(),
+                    server_hostname=s.host if s.tls else None,
+                )
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                if self._closing:
+                    return
+                self.failed_attempt("cannot-connect", detail=_describe(exc))
+                await asyncio.sleep(self._retry_delay)
+                continue
+            await self._lost
+            if self._closing or self.failure is not None:
+                return
+            await asyncio.sleep(self._retry_delay)
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        s = self._settings
+        if not s.tls:
+            return None
+        context = ssl.create_default_context(cafile=s.ca_file or None)
+        if s.cert_file:
+            context.load_cert_chain(s.cert_file, s.key_file or None)
+        return context
+
+    def _next_delay(self) -> float:
+        s = self._settings
+        ceiling = min(s.reconnect_max_s, s.reconnect_min_s * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 32)
+        return random.uniform(s.reconnect_min_s, max(ceiling, s.reconnect_min_s))  # noqa: S311
+
+    _retry_delay: float = 0.0
+
+    def failed_attempt(self, reason: str, **fields: Any) -> None:
+        # Drawn per failed attempt, so that the backoff grows with each, not only with
+        # each lost connection.
+        self._retry_delay = self._next_delay()
+        self._adapter.event(
+            "mqtt.connect_failed",
+            link=self.name,
+            reason=reason,
+            **fields,
+            retry_in_s=self._retry_delay,
+        )
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The socket is open: the session writes its CONNECT."""
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, but has its
+        # methods).
+        self._transport = cast("asyncio.Transport", transport)
+        self._reading = True
+        self.session.connect(self._loop.time())
+        self._flush()
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the broker: to the session, and its events on."""
+        self._handle(self.session.receive(data, self._loop.time()))
+
+    def eof_received(self) -> bool | None:
+        """The broker closed its side: close ours (no half-open connections)."""
         return None
-    value = properties.get(name)
-    if isinstance(value, list | tuple) and value:
-        value = value[0]
-    return value if isinstance(value, int) else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed, by either side, for whatever reason."""
+        was_up = self.up
+        state = self.session.state
+        self.session.connection_lost()
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = None
+        self.up = False
+        if was_up:
+            reason = self._ended or (_describe(exc) if exc is not None else "closed")
+            self._retry_delay = self._next_delay()
+            self._adapter.link_down(self, reason)
+        elif self._ended is not None and not self._refused_now:
+            self.failed_attempt(self._ended)
+        elif not self._refused_now and not self._closing and state is SessionState.CONNECTING:
+            self.failed_attempt("closed-before-connack")
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full (a slow broker): nothing to do, the session's window
+        bounds what is written."""
+
+    def resume_writing(self) -> None:
+        """The socket's buffer drained."""
+
+    # -- the session's events -------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, MessageReceived):
+                self._adapter.deliver(self, event)
+            elif isinstance(event, PublishAcked):
+                self._adapter.acked(event.token, None)
+            elif isinstance(event, _Refused):
+                self._adapter.acked(event.token, event.code)
+            elif isinstance(event, Connected):
+                self._connected(event)
+            elif isinstance(event, Subscribed | SubscribeRefused):
+                self._adapter.subscribed(event)
+            else:
+                self._ending(event)
+        if self.session.paused and self._reading and self._transport is not None:
+            self._reading = False
+            self._transport.pause_reading()
+            if not self.session.held:
+                self._adapter.pauses += 1  # the inbound bound (hold_intake counts its own)
+        self._flush()
+        self._arm()
+
+    def _connected(self, event: Connected) -> None:
+        if not self._adapter.may_act():
+            # Connected after this process lost the right to act: leave at once, so the
+            # broker session goes back to the instance that holds it.
+            self._adapter.event("mqtt.fenced", link=self.name, reason="connected-after-fence")
+            self._closing = True
+            self.session.disconnect()
+            self._close_transport()
+            return
+        self.generation += 1
+        self._attempt = 0
+        self.up = True
+        first = not self.ever_connected.is_set()
+        if not first:
+            self.reconnects += 1
+        self.ever_connected.set()
+        self._adapter.link_up(self, event, first)
+
+    def _ending(self, event: Event) -> None:
+        # A terminal event: the session is CLOSED; write what it has (a DISCONNECT with
+        # the reason, when it rejected a packet) and close the socket.
+        if isinstance(event, Refused):
+            self._refused_now = True
+            self._adapter.refused(self, event.code, permanent=event.permanent)
+        elif isinstance(event, TimedOut):
+            self._ended = (
+                "connack-timeout" if event.waited_for is Waited.CONNACK else "pingresp-timeout"
+            )
+        elif isinstance(event, Disconnected):
+            self._ended = f"disconnect-by-broker: 0x{event.code:02X}" + (
+                f" {event.reason}" if event.reason else ""
+            )
+        elif isinstance(event, PacketRejected):
+            self._ended = f"rejected: {event.reason}: {event.detail}"[:300]
+            self._adapter.event(
+                "mqtt.rejected", link=self.name, reason=str(event.reason), detail=event.detail[:300]
+            )
+        self._flush()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- writes, reads and time -----------------------------------------------------
+
+    def kick(self) -> None:
+        """The session has bytes to send (an acknowledgement, a publish): write them at
+        the end of this pass of the event loop, with whatever else comes meanwhile."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        data = self.session.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def maybe_resume(self) -> None:
+        """Deliveries were settled (or intake released): read again once the session's
+        bound allows, in a later pass (never inside a handler's call)."""
+        if not self._reading and not self.session.paused and not self._resume_pending:
+            self._resume_pending = True
+            self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_pending = False
+        if self._reading or self.session.paused or self._transport is None:
+            return
+        self._reading = True
+        self._transport.resume_reading()
+        # The bytes kept while paused are parsed now.
+        self._handle(self.session.receive(b"", self._loop.time()))
+
+    def _arm(self) -> None:
+        deadline = self.session.next_deadline()
+        if deadline == self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._deadline = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._deadline = None
+        self._handle(self.session.tick(self._loop.time()))
+
+    def resync(self) -> None:
+        """End the current connection (a new one follows after the backoff): mosquitto
+        redelivers an unacknowledged message only on a new connection."""
+        if self._transport is not None:
+            self._ended = "resync"
+            self.session.disconnect()
+            self._flush()
+            self._close_transport()
+
+    async def close(self) -> None:
+        """Disconnect cleanly and stop reconnecting (the broker keeps the session)."""
+        self._closing = True
+        if self._run_task is not None and not self._run_task.done():
+            self._run_task.cancel()
+        if self._transport is not None:
+            lost = self._lost
+            self.session.disconnect()
+            self._flush()
+            self._close_transport()
+            if lost is not None and not lost.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(lost), _CLOSE_WAIT_S)
+                except TimeoutError:
+                    if self._transport is not None:
+                        self._transport.abort()
+        if self._run_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run_task
+
+    def stop(self) -> None:
+        """Stop reconnecting, at once (a fenced leader): the current connection, if any,
+        is dropped without a DISCONNECT."""
+        self._closing = True
+        if self._run_task is not None and not self._run_task.done():
+            self._run_task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+class MqttAdapter:
+    """QoS 1 in and out with acknowledgement after the effect is durable."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        on_message: MessageHandler | None = None,
+        *,
+        on_delivery: DeliveryHandler | None = None,
+        on_event: EventSink | None = None,
+        may_act: Callable[[], bool] | None = None,
+    ) -> None:
+        """``on_message(topic, payload)``: a coroutine per message, acknowledged when it
+        returns. Or ``on_delivery(topic, payload, delivery)``: called at once, on the event
+        loop, and acknowledged when ``delivery.ack()`` is called (the daemon's way).
+
+        ``may_act()``, asked synchronously before every acknowledgement, publish and
+        connection attempt: once it says False (a leader that lost its lease,
+        gateway/ha.py) nothing more is acknowledged or published, and neither link
+        connects again."""
+        if (on_message is None) == (on_delivery is None):
+            raise ValueError("give exactly one of on_message and on_delivery")
+        self._settings = settings
+        self._handler = on_message
+        self._on_delivery = on_delivery
+        self._on_event: EventSink = on_event or (lambda _event, _fields: None)
+        self._may_act: Callable[[], bool] = may_act or (lambda: True)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.inbound_limit = max(settings.receive_maximum, 1)
+        self._in = _Link(
+            "in", settings, settings.client_id, self, receive_maximum=self.inbound_limit
+        )
+        # The publishing link receives nothing of its own: its bound only guards against
+        # a broker that sends it messages anyway.
+        self._out = _Link(
+            "out", settings, settings.client_id + OUT_SUFFIX, self, receive_maximum=16
+        )
+        self._failure: ConnectionRefusedPermanently | None = None
+        self._failed = asyncio.Event()
+        self._groups: dict[int, tuple[_Group, str]] = {}  # publish token -> (group, topic)
+        self._subscribed: asyncio.Future[None] | None = None
+        self.refusals = 0  # publishes the broker refused
+        self.withheld_not_leader = 0  # acknowledgements not sent once may_act() said no
+        self.inbound = 0  # deliveries handed out and not yet settled
+        self.inbound_peak = 0
+        self.pauses = 0
+        self.window_size = max(1, settings.inflight)
+        """Publishes that may be unacknowledged at once on the current connection:
+        ``inflight``, or the broker's Receive Maximum when lower."""
+        self._held = False
+
+    # -- events from the links -----------------------------------------------------------
+
+    def may_act(self) -> bool:
+        """Whether this process may act (see the constructor)."""
+        return self._may_act()
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Report an event to the sink."""
+        self._on_event(name, fields)
+
+    def link_up(self, link: _Link, event: Connected, first: bool) -> None:
+        """A link's connection was accepted."""
+        if link is self._out:
+            self.window_size = event.window
+        self.event(
+            "mqtt.connected",
+            link=link.name,
+            generation=link.generation,
+            reconnect=not first,
+            session_present=event.session_present,
+        )
+
+    def link_down(self, link: _Link, reason: str) -> None:
+        """A link's accepted connection ended."""
+        fields: dict[str, Any] = {"link": link.name, "reason": reason}
+        if not self._may_act():
+            fields["reconnect"] = False
+        self._on_event("mqtt.disconnected", fields)
+
+    def refused(self, link: _Link, code: int, *, permanent: bool) -> None:
+        """A link's CONNECT was refused."""
+        if not permanent:
+            link.failed_attempt(refusal_name(code), code=code)
+            return
+        s = self._settings
+        failure = ConnectionRefusedPermanently(
+            code, host=s.host, port=s.port, client_id=link.session.client_id, link=link.name
+        )
+        link.failure = failure
+        link.failed.set()
+        self.event(
+            "mqtt.refused",
+            link=link.name,
+            code=code,
+            reason=failure.reason,
+            host=s.host,
+            port=s.port,
+            client_id=failure.client_id,
+        )
+        if self._failure is None:
+            self._failure = failure
+            self._failed.set()
+
+    def subscribed(self, event: Subscribed | SubscribeRefused) -> None:
+        """A SUBACK."""
+        waiting = self._subscribed
+        if isinstance(event, SubscribeRefused):
+            self.event("mqtt.subscribe_refused", topics=list(event.topics), codes=list(event.codes))
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(SubscriptionRefused(event.topics, event.codes))
+            return
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    # -- connection -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect both links, retrying with jittered backoff until the broker accepts
+        (transient refusals included).
+
+        Raises:
+            ConnectionRefusedPermanently: the broker refused a link for a reason retrying
+                cannot fix (bad user name or password, not authorised, ...).
+        """
+        # Publishing first: a subscription may deliver as soon as it exists.
+        await self._out.connect()
+        await self._in.connect()
+
+    @property
+    def failure(self) -> ConnectionRefusedPermanently | None:
+        """The broker's first permanent refusal of either link, or None."""
+        return self._failure
+
+    async def wait_failed(self) -> ConnectionRefusedPermanently:
+        """Wait until the broker refuses a link permanently, and return the refusal.
+
+        For the daemon while it runs: such a refusal is not retried (the same CONNECT
+        would be refused again), so the process must stop and exit non-zero rather than
+        idle. Also returns for a refusal of the first connection, which :meth:`connect`
+        raises.
+        """
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    async def subscribe(self, topics: list[str]) -> None:
+        """Subscribe at QoS 1 and wait for the broker's SUBACK (kept across reconnects:
+        subscribed again whenever the broker lost our session).
+
+        Raises:
+            SubscriptionRefused: the broker refused a topic filter.
+        """
+        self._subscribed = asyncio.get_running_loop().create_future()
+        self._in.session.subscribe(list(topics))
+        self._in.kick()
+        await self._subscribed
+
+    async def close(self) -> None:
+        """Disconnect cleanly (unacknowledged inbound messages stay with the broker)."""
+        await self._in.close()
+        await self._out.close()
+        for group, _ in list(self._groups.values()):
+            group.fail(NotConnected("the adapter was closed"))
+        self._groups.clear()
+
+    @property
+    def connected(self) -> bool:
+        """True while both connections are up: each between its ``mqtt.connected`` event
+        and its next ``mqtt.disconnected`` (a refused CONNACK never counts as up)."""
+        return self._in.up and self._out.up
+
+    @property
+    def paused(self) -> bool:
+        """True while inbound reading waits for handlers to finish, or is held."""
+        return self._in.session.paused
+
+    def hold_intake(self) -> None:
+        """Stop reading inbound messages until :meth:`release_intake`, whatever the number
+        in progress: the daemon holds intake while its state store cannot commit, so the
+        broker keeps new messages instead of the gateway deciding what it cannot record."""
+        if not self._held:
+            self._held = True
+            self.pauses += 1
+            self._in.session.hold()
+
+    def release_intake(self) -> None:
+        """Read again after :meth:`hold_intake` (unless the inbound bound still holds it)."""
+        if self._held:
+            self._held = False
+            self._in.session.release()
+            self._in.maybe_resume()
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnections so far, both links together."""
+        return self._in.reconnects + self._out.reconnects
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def deliver(self, link: _Link, event: MessageReceived) -> None:
+        """A message from the broker: to the application, with its :class:`Delivery`."""
+        delivery = Delivery(self, event.delivery, link.generation, event.topic)
+        if link is not self._in:
+            # Nothing is subscribed on the publishing link: a broker bug. Acknowledged,
+            # so it does not come back, and said.
+            self.event("mqtt.unexpected_message", link=link.name, topic=event.topic[:200])
+            link.session.ack(event.delivery)
+            link.kick()
+            return
+        self.inbound += 1
+        self.inbound_peak = max(self.inbound_peak, self.inbound)
+        if self._on_delivery is not None:
+            try:
+                self._on_delivery(event.topic, event.payload, delivery)
+            except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
+                delivery.fail(exc)
+            return
+        self._spawn(self._run_handler(event.topic, event.payload, delivery))
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, topic: str, payload: bytes, delivery: Delivery) -> None:
+        assert self._handler is not None
+        try:
+            await self._handler(topic, payload)
+        except Exception as exc:  # noqa: BLE001 - not acknowledged, and said why
+            delivery.fail(exc)
+        else:
+            delivery.ack()
+
+    def _settle(self, delivery: Delivery, exc: BaseException | None) -> None:
+        if delivery.settled:
+            return
+        delivery.settled = True
+        self.inbound -= 1
+        link, session = self._in, self._in.session
+        if not self._may_act():
+            # Another instance leads: it gets this message from the broker session. Said
+            # once, then counted: a step-down finds up to receive_maximum in hand.
+            session.withhold(delivery.number)
+            self.withheld_not_leader += 1
+            if self.withheld_not_leader == 1:
+                self.event(
+                    "mqtt.ack_withheld",
+                    reason="not the leader (the rest: withheld in mqtt.stats)",
+                )
+        elif exc is not None:
+            session.withhold(delivery.number)
+            # Not acknowledged; mosquitto redelivers it only on a new connection, so
+            # start one (once per failing connection).
+            generation = delivery.generation
+            if generation == link.generation and link._resync_generation != generation:
+                link._resync_generation = generation
+                self.event("mqtt.resync", reason=repr(exc), topic=delivery.topic)
+                link.resync()
+            self.event("mqtt.ack_withheld", reason=f"handler failed: {exc!r}", topic=delivery.topic)
+        elif session.ack(delivery.number):
+            link.kick()
+        else:
+            # Its packet id belonged to a connection that is gone: acknowledging it on a
+            # new one could acknowledge a different message. The broker redelivers it.
+            self.event(
+                "mqtt.ack_withheld",
+                reason=f"connection {delivery.generation} is gone; the broker will redeliver",
+            )
+        link.maybe_resume()
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def acked(self, token: int, refused_code: int | None) -> None:
+        """The broker's PUBACK for the publish of ``token``."""
+        entry = self._groups.pop(token, None)
+        if entry is None:
+            return
+        group, topic = entry
+        if refused_code is None:
+            group.one_done()
+        else:
+            self.refusals += 1
+            group.fail(PublishRefused(topic, refused_code))
+
+    @property
+    def inflight_publishes(self) -> int:
+        """Publishes sent and not yet acknowledged by the broker."""
+        return self._out.session.outstanding
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and return once the broker has acknowledged it."""
+        await self.publish_many([(topic, payload)])
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
+        """Publish each (topic, payload) at QoS 1, in order, and return once the broker
+        has acknowledged them all; raises :class:`PublishRefused` if it refused one.
+
+        One future for the lot rather than one per message: a batch of alerts costs
+        one wake-up, not one each. The session sends at most the window at once and
+        keeps the rest queued, across reconnects.
+
+        Raises:
+            NotConnected: before the first connection, or once ``may_act`` said no.
+            PublishRefused: the broker refused one of them.
+            InvalidPublish: a topic MQTT cannot carry.
+        """
+        if not self._out.ever_connected.is_set():
+            raise NotConnected("publish before the first connection")
+        if not self._may_act():
+            raise NotConnected("not the leader: publishing is fenced")
+        if not messages:
+            return
+        group = _Group(asyncio.get_running_loop(), len(messages))
+        session, groups = self._out.session, self._groups
+        for topic, payload in messages:
+            groups[session.publish(topic, payload)] = (group, topic)
+        self._out.kick()
+        await group.future
+
+    def publish_soon(self, topic: str, payload: bytes) -> asyncio.Task[None]:
+        """Publish at QoS 1 in the background (the live suppression feed)."""
+        return asyncio.ensure_future(self.publish(topic, payload))
 
 
 def install_exception_filter(
     loop: asyncio.AbstractEventLoop, log: Callable[[str, dict[str, Any]], None]
 ) -> None:
-    """Route errors the event loop would print (an exception nobody retrieved, in gmqtt
-    or here) through our log, as ``loop.error`` with the reason."""
+    """Route errors the event loop would print (an exception nobody retrieved) through
+    our log, as ``loop.error`` with the reason."""
 
     def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if isinstance(exc, asyncio.CancelledError):
-            # A task cancelled at shutdown (gmqtt's reconnect among them, whose done
-            # callback re-raises it): not a failure.
-            return
+            return  # a task cancelled at shutdown: not a failure
         fields = {"reason": repr(exc) if exc else context.get("message", "")}
         if exc is not None and context.get("message"):
             fields["detail"] = str(context["message"])[:300]

@@ -1,6 +1,6 @@
 """What the daemon's shell talks to the broker through: a transport with its outbox.
 
-The service (gateway/service.py) is written against these protocols, not against gmqtt:
+The service (gateway/service.py) is written against these protocols, not an MQTT client:
 the MQTT adapter (gateway/transport/mqtt.py) implements them, the service is handed a
 factory (``Gateway(make_transport=...)``), and another transport is one more
 implementation. Its counterpart for durable state is gateway/state/protocol.py. Tests

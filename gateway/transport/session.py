@@ -24,7 +24,7 @@ The session speaks MQTT 5 by default, or MQTT 3.1.1 with ``protocol=4`` (see "MQ
 
 The session is the persistent MQTT session of one client id (``clean_start``, Clean
 Session in 3.1.1, is never set), so it outlives its connections; what it keeps across
-them is what the adapter over gmqtt guaranteed:
+them is what the adapter (gateway/transport/mqtt.py) relies on:
 
 Outbound publishes are QoS 1. ``publish`` returns a token at once and queues the
 packet; it goes out while fewer than the *window* are unacknowledged, the window being
