@@ -60,19 +60,50 @@ def _builder(subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.Certif
 def remote_party(eui64: bytes, role: RemotePartyRole = RemotePartyRole.SUPPLIER) -> Identity:
     """A remote party (Supplier by default) with a fresh P-256 key, self-issued."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "POA TEST PARTY"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"{int(role):02X}"),
-            # A BIT STRING value (0 unused bits + EUI-64); cryptography takes bytes here
-            # only with an explicit ASN.1 type.
-            x509.NameAttribute(
-                OID_X500_UNIQUE_IDENTIFIER, b"\x00" + eui64, _type=x509.name._ASN1Type.BitString
-            ),
-        ]
-    )
+    subject = _remote_party_name(eui64, f"{int(role):02X}", key)
     cert = _builder(subject, key).sign(key, hashes.SHA256())
     return Identity(eui64, key, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    # One DER TLV: short form length below 128, else the long form (X.690, 8.1.3).
+    size = len(body)
+    if size < 0x80:
+        return bytes((tag, size)) + body
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + body
+
+
+def _name_attribute(oid_der: bytes, tag: int, value: bytes) -> bytes:
+    # RelativeDistinguishedName: SET { SEQUENCE { type OID, value } }.
+    return _der(0x31, _der(0x30, _der(0x06, oid_der) + _der(tag, value)))
+
+
+def _remote_party_name(eui64: bytes, role_ou: str, key: ec.EllipticCurvePrivateKey) -> x509.Name:
+    """Subject CN=POA TEST PARTY, OU=<role>, x500UniqueIdentifier=<EUI-64 as a BIT STRING>.
+
+    cryptography builds a BIT STRING name attribute only through a private type
+    (``x509.name._ASN1Type``), so the Name is written in DER here and read back through
+    the public API: as the subject of a certification request (whose signature is
+    never checked: only its subject is used).
+    """
+    name = _der(
+        0x30,
+        _name_attribute(b"\x55\x04\x03", 0x0C, b"POA TEST PARTY")  # CN, UTF8String
+        + _name_attribute(b"\x55\x04\x0b", 0x0C, role_ou.encode())  # OU, UTF8String
+        # x500UniqueIdentifier (2.5.4.45), a BIT STRING: 0 unused bits, then the EUI-64.
+        + _name_attribute(b"\x55\x04\x2d", 0x03, b"\x00" + eui64),
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    info = _der(0x30, _der(0x02, b"\x00") + name + spki + b"\xa0\x00")  # version 0, no attrs
+    ecdsa_with_sha256 = _der(0x30, _der(0x06, bytes.fromhex("2a8648ce3d040302")))
+    request = _der(0x30, info + ecdsa_with_sha256 + _der(0x03, b"\x00"))
+    subject = x509.load_der_x509_csr(request).subject
+    # The OID the trust store reads (gbcs.trust) is the one written above.
+    assert subject.get_attributes_for_oid(OID_X500_UNIQUE_IDENTIFIER)[0].value == b"\x00" + eui64
+    return subject
 
 
 def device(eui64: bytes) -> Identity:

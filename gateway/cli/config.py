@@ -11,12 +11,12 @@ from pathlib import Path
 from gateway.config import Config, ConfigError, load_config, render_toml
 from gateway.exits import Exit
 
-from .support import add_config_option, load_cli_config
+from .support import SubCommands, add_config_option, load_cli_config
 
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``config check`` and ``config show`` to a subcommand set."""
     config = sub.add_parser(
         "config",

@@ -28,6 +28,7 @@ from gateway.state.inventory_store import open_inventory
 from gateway.state.sqlite import MARKER_SUFFIX, Store, StoreError
 
 from .support import (
+    SubCommands,
     add_config_option,
     add_json_option,
     load_cli_config,
@@ -473,7 +474,7 @@ def _report_of(store: CliStore, alert_id: str, config: Config | None) -> dict[st
     }
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``run``, ``status`` and ``explain``."""
     run = sub.add_parser(
         "run",

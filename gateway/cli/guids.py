@@ -19,6 +19,7 @@ from gateway.exits import Exit
 from gateway.guids import GuidList, GuidListError
 
 from .support import (
+    SubCommands,
     add_config_option,
     add_json_option,
     load_cli_config,
@@ -165,7 +166,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add the ``guids`` command and its subcommands to ``sub``."""
     guids = sub.add_parser(
         "guids",

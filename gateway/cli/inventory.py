@@ -22,12 +22,12 @@ from gateway.exits import Exit
 from gateway.state.inventory import ImportIssue, Inventory, InventoryError, InventoryStore
 from gateway.state.inventory_store import open_inventory
 
-from .support import add_config_option, add_json_option, load_cli_config, print_result
+from .support import SubCommands, add_config_option, add_json_option, load_cli_config, print_result
 
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``inventory import`` and ``inventory show`` to a subcommand set."""
     inventory = sub.add_parser(
         "inventory",

@@ -21,6 +21,7 @@ from gateway.exits import Exit
 from gateway.render import render_frame
 
 from . import config, daemon, guids, inventory, quarantine, report, simulate, state
+from .support import SubCommands
 
 
 class CliError(GatewayError):
@@ -69,6 +70,10 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, SubCommands]:
     parser = argparse.ArgumentParser(
         prog="poa-gateway",
         description="AD1 Power Outage Alert suppression gateway (SEC MP102B).",
@@ -104,15 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_parser(sub)
     state.add_parser(sub)
     simulate.add_parser(sub)
-    return parser
+    return parser, sub
 
 
 def subcommand_names() -> list[str]:
     """Names of every subcommand (tests check each one has ``--help``)."""
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return sorted(action.choices)
-    return []
+    _, sub = _build()
+    return sorted(sub.choices)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

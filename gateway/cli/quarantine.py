@@ -23,6 +23,7 @@ from gateway.state.sqlite import QuarantineEntry, StoreError
 
 from .daemon import CliStore, with_state
 from .support import (
+    SubCommands,
     add_config_option,
     add_json_option,
     print_result,
@@ -32,7 +33,7 @@ from .support import (
 _PREVIEW_BYTES = 64
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``quarantine`` and its subcommands."""
     q = sub.add_parser(
         "quarantine",

@@ -26,12 +26,12 @@ from gateway.reports.signing import (
     signature_path,
 )
 
-from .support import add_json_option
+from .support import SubCommands, add_json_option
 
 __all__ = ["add_parser", "record_json"]
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``report verify`` and ``report show`` to a subcommand set."""
     report = sub.add_parser(
         "report",

@@ -23,6 +23,8 @@ from gateway.simulator.process import default_gateway_command
 from gateway.simulator.runner import SimulationError, SimulationOptions, SimulationOutcome, simulate
 from gateway.transport.embedded_broker import EmbeddedBroker
 
+from .support import SubCommands
+
 __all__ = ["add_parser"]
 
 EXIT_PASSED = 0
@@ -53,7 +55,7 @@ def _broker(text: str) -> BrokerAddress:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``simulate`` to a subcommand set."""
     p = sub.add_parser(
         "simulate",

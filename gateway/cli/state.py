@@ -22,7 +22,7 @@ import msgspec
 
 from gateway.exits import Exit
 
-from .support import add_json_option
+from .support import SubCommands, add_json_option
 
 __all__ = ["add_parser"]
 
@@ -30,7 +30,7 @@ _PASSWORD_ENV = "POA_PG_PASSWORD"  # noqa: S105 - a variable's name, as state.pa
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubCommands) -> None:
     """Add ``state`` and its subcommand ``copy``."""
     state = sub.add_parser(
         "state",

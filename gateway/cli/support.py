@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.reports.files import format_time
@@ -26,6 +26,7 @@ from gateway.reports.files import format_time
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
+    "SubCommands",
     "add_config_option",
     "add_json_option",
     "config_path",
@@ -34,6 +35,23 @@ __all__ = [
     "print_result",
     "when",
 ]
+
+
+class SubCommands(Protocol):
+    """The set of subcommands ``ArgumentParser.add_subparsers()`` returns, as far as the
+    commands use it. argparse names that class privately (``_SubParsersAction``); this
+    names the public method we call, so that no module here names argparse's private
+    class (tests/test_no_library_internals.py)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add a subcommand and return its parser."""
+        ...
+
+    @property
+    def choices(self) -> Any:
+        """Each subcommand's name, mapped to its parser (an argparse Action's choices)."""
+        ...
+
 
 DEFAULT_CONFIG: Final = Path("/etc/poa-gateway/poa-gateway.toml")
 """The configuration file when neither ``--config`` nor :data:`CONFIG_ENV` names one."""
