@@ -116,10 +116,14 @@ IN_TOPIC = "csp/dcc/alert"
 OUT_TOPICS = ["dno/dcc/alert", "gateway/suppressed"]
 
 GOALS = {
-    "storm_rate": 10_000.0,  # AD1/s at QoS 1, 0 lost
-    "bridge_ratio": 0.35,  # gateway / mosquitto's C bridge
-    "latency_p99_ms": 5.0,  # at 1,000 alerts/s
-    "backlog_rss_mb": 300.0,  # peak RSS while draining 1,000,000 queued alerts
+    "storm_rate": 10_000.0,  # AD1/s at QoS 1, 0 lost (issue 4)
+    "bridge_ratio": 0.5,  # gateway / mosquitto's C bridge (issue 14; issue 4 asked 0.35)
+    # Daemon CPU per alert in a storm: half of the 119 us measured at e760e74 on gmqtt
+    # (issue 14). Machines differ: compare with the old code run in the same sitting.
+    "cpu_us_per_alert": 119.0 / 2,
+    "latency_p99_ms": 2.0,  # at 1,000 alerts/s through a fresh daemon (issue 14)
+    "latency_after_storm_p99_ms": 5.0,  # the same just after a storm (issue 14)
+    "backlog_rss_mb": 150.0,  # peak RSS draining 1,000,000 queued alerts (issue 14)
     "pg_sqlite_ratio": 0.8,  # storm rate on PostgreSQL / on SQLite, same machine and run
 }
 
@@ -1164,7 +1168,12 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         cpu = f"{one['daemon_us_per_alert']:.0f} us"
         if state == "postgresql":
             cpu += f" (and the server's {1e6 * one['pg_server_cpu_s'] / one['sent']:.0f} us)"
-        row(f"storm daemon CPU per alert{on(state)}", "(info)", cpu, None)
+        if state == args.states[0]:
+            goal_us = GOALS["cpu_us_per_alert"]
+            ok_cpu = one["daemon_us_per_alert"] <= goal_us
+            row(f"storm daemon CPU per alert{on(state)}", f"<= {goal_us:.0f} us", cpu, ok_cpu)
+        else:
+            row(f"storm daemon CPU per alert{on(state)}", "(info)", cpu, None)
     pg = storms.get("postgresql", {})
     if "ratio_to_sqlite" in pg:
         ratio = pg["rate_rx"] / storms["sqlite"]["rate_rx"]  # as show_state_ratio printed it
@@ -1182,7 +1191,8 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     if storm and bridge and bridge["rate_rx"]:
         ratio = storm["rate_rx"] / bridge["rate_rx"]
         name = f"gateway / C bridge{on(args.states[0])}"
-        row(name, ">= 0.35", f"{ratio:.2f}", ratio >= GOALS["bridge_ratio"])
+        goal = GOALS["bridge_ratio"]
+        row(name, f">= {goal}", f"{ratio:.2f}", ratio >= goal)
     for key, label in (("latency", "fresh daemon"), ("latency_after_storm", "after the storm")):
         latency = results.get(key)
         if latency and latency["exact_latency_ms"]:
@@ -1192,12 +1202,10 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                 f"p50 {p['p50']:.2f} / p99 {p['p99']:.2f} ms (exact p99 {e['p99']:.2f} ms), "
                 f"{latency['rate_rx']:,.0f}/s out"
             )
-            ok = p["p99"] <= GOALS["latency_p99_ms"] and latency["lost"] == 0
+            goal = GOALS["latency_p99_ms" if key == "latency" else "latency_after_storm_p99_ms"]
+            ok = p["p99"] <= goal and latency["lost"] == 0
             name = f"latency at {args.latency_rate:,.0f}/s, {label}{on(args.states[0])}"
-            if key == "latency":
-                row(name, "p99 <= 5 ms", got, ok)
-            else:
-                row(name, "(info)", got, None)
+            row(name, f"p99 <= {goal:g} ms", got, ok)
     backlog = results.get("backlog")
     if backlog:
         got = (
@@ -1213,7 +1221,8 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
             and backlog["duplicates"] == 0
             and backlog["daemon_peak_rss_mb"] < GOALS["backlog_rss_mb"]
         )
-        row(f"backlog drained{on(args.states[0])}", "0 lost, 0 dups, RSS < 300 MB", got, ok)
+        target = f"0 lost, 0 dups, RSS < {GOALS['backlog_rss_mb']:.0f} MB"
+        row(f"backlog drained{on(args.states[0])}", target, got, ok)
     widths = [
         max(len(r[i]) for r in [*rows, ("goal", "target", "measured", "verdict")]) for i in range(4)
     ]

@@ -268,7 +268,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_payload: int = DEFAULT_MAX_PAYLOAD
     # 5 = MQTT 5 (required for acknowledgement after the effect is durable);
     # 4 = MQTT 3.1.1, only for brokers that speak nothing newer (the embedded demo broker):
-    # the client library then acknowledges on receipt.
+    # acknowledgement still waits for the effect, but a refused publish looks delivered.
     protocol: int = 5
 
     def __post_init__(self) -> None:

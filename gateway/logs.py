@@ -8,8 +8,8 @@ other bytes are written as hex. Secrets are never written: a field whose name co
 ``password``, ``secret`` or ``token`` is written ``"***"``, and so is any
 :class:`gateway.config.Secret`, wherever it appears.
 
-Records of the standard :mod:`logging` module (libraries' own: amqtt, psycopg) are routed into the same
-stream by :func:`route_stdlib_logging`, as events named ``lib.<logger name>``.
+Records of the standard :mod:`logging` module (libraries' own: amqtt, psycopg) are routed
+into the same stream by :func:`route_stdlib_logging`, as events named ``lib.<logger name>``.
 
 Writing a record never raises because of a field's value: fields often carry what came
 off the wire. Integers beyond 64 bits are written as text (``str()`` of one past 4,300

@@ -413,7 +413,8 @@ class Gateway:
             self.log.warning(
                 "mqtt.protocol",
                 reason="mqtt-3.1.1",
-                detail="acknowledgement on receipt: a crash may lose in-flight messages",
+                detail="MQTT 3.1.1 has no reason codes: a publish the broker refuses "
+                "(an ACL) looks delivered, and its alert acknowledged; use MQTT 5",
             )
         await self.mqtt.connect()
         await self.mqtt.subscribe([self.topics[t] for t in self._subscribed_topics()])

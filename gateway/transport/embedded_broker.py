@@ -1,7 +1,8 @@
 """An MQTT broker inside the process, for the simulator demo (``./dev run``) only.
 
 amqtt is a pure-Python broker that speaks MQTT 3.1.1, so clients of it run in 3.1.1 mode
-(``broker.protocol = 4``), where acknowledgements come on receipt. Good enough to show
+(``broker.protocol = 4``; gateway/transport/session.py), where a refused publish looks
+delivered and an unacknowledged message is not redelivered. Good enough to show
 the gateway working on a machine without mosquitto; production uses mosquitto 2.0.13+
 with MQTT 5 (docs/operations.md).
 """
