@@ -534,3 +534,13 @@ def test_the_delivery_service_sends_each_report_with_its_signature_then_moves_it
     assert check_signature(sent / first.name, keys.key.public_key())[0] is SignatureStatus.OK
     assert run() == 0  # a wake-up with nothing new sends nothing again
     assert len(log.read_text().splitlines()) == 1
+
+
+def test_a_signature_of_the_digest_is_the_signature_of_the_bytes(keys: Keys) -> None:
+    # The report writer hashes a CSV as it streams it and signs the digest: the .sig
+    # must be what signing the file's bytes gives (RFC 6979: deterministic).
+    signer = Signer(keys.key)
+    data = b"HEADER,...\r\n" * 1000
+    by_digest = signer.sign_digest(hashlib.sha256(data).digest())
+    assert by_digest == signer.sign(data)
+    keys.key.public_key().verify(by_digest, data, ec.ECDSA(hashes.SHA256()))

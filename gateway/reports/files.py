@@ -406,49 +406,106 @@ def write_report(
     header = [profile.header_tag, *(header_values[f] for f in profile.header)]
     for field in header:
         _check_length(field, "header")
-    cores = _cores(mpans or {})
-    rows: list[list[str]] = []
-    without_mpan = 0
-    for index, record in enumerate(records):
-        core = cores.get(record.esme_id)
-        without_mpan += core is None
-        rows.append(_row(record, index, core, profile.columns))
-    data = _csv_bytes(rows)
-    digest = hashlib.sha256(data).hexdigest()
-    trailer_values = {
-        "records": str(len(rows)),
-        "sha256": digest,
-        "records_without_mpan": str(without_mpan),
-    }
-    trailer = [profile.trailer_tag, *(trailer_values[f] for f in profile.trailer)]
-    content = _csv_bytes([header, list(profile.columns)]) + data + _csv_bytes([trailer])
-
+    body = _Body(profile, header, _cores(mpans or {}), keep_rows=xlsx)
     outbox.mkdir(mode=_OUTBOX_MODE, parents=True, exist_ok=True)
-    xlsx_path = None
-    if xlsx:
-        xlsx_path = outbox / f"{stem}.xlsx"
-        sheet = _Sheet(profile, header, rows, trailer)
-        _write_atomically(xlsx_path, sheet.write)
-        if signer is not None:
-            xlsx_signature = signer.sign(xlsx_path.read_bytes())
-            _write_atomically(signature_path(xlsx_path), lambda out: out.write(xlsx_signature))
     path = outbox / f"{stem}.csv"
-    if signer is not None:
-        signature = signer.sign(content)
-        _write_atomically(signature_path(path), lambda out: out.write(signature))
-    _write_atomically(path, lambda out: out.write(content))
+    # The CSV is streamed to its temporary file a slice of records at a time (a part of
+    # 50,000 records never sits in memory as text), hashed on the way: the TRAILER's
+    # digest over the data records, the signature's over the whole file. A record that
+    # cannot be written raises here, and the temporary file goes with it.
+    tmp = _temp_file(path, lambda out: body.write(out, records))
+    try:
+        xlsx_path = None
+        if xlsx:
+            xlsx_path = outbox / f"{stem}.xlsx"
+            sheet = _Sheet(profile, header, body.rows, body.trailer)
+            _write_atomically(xlsx_path, sheet.write)
+            if signer is not None:
+                xlsx_signature = signer.sign(xlsx_path.read_bytes())
+                _write_atomically(signature_path(xlsx_path), lambda out: out.write(xlsx_signature))
+        if signer is not None:
+            signature = signer.sign_digest(body.whole.digest())
+            _write_atomically(signature_path(path), lambda out: out.write(signature))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _put_in_place(tmp, path)
     return ReportFile(
         name=path.name,
         path=path,
-        records=len(rows),
-        sha256=digest,
+        records=body.count,
+        sha256=body.digest,
         period_start_ms=period_start_ms,
         period_end_ms=period_end_ms,
         report_id=report_id,
         xlsx_path=xlsx_path,
         distributor=distributor,
-        records_without_mpan=without_mpan,
+        records_without_mpan=body.without_mpan,
     )
+
+
+_SLICE: Final = 1_000  # records formatted, hashed and written at a time
+
+
+class _Body:
+    """The CSV's lines after the HEADER, written to a file as they are formatted: the
+    column names, the data records a slice at a time, and the TRAILER, which needs their
+    count and digest."""
+
+    def __init__(
+        self,
+        profile: ReportProfile,
+        header: list[str],
+        cores: dict[bytes, MpanCore],
+        *,
+        keep_rows: bool,
+    ) -> None:
+        self.profile, self.header, self.cores = profile, header, cores
+        self.keep_rows = keep_rows
+        self.rows: list[list[str]] = []  # only for the .xlsx copy
+        self.trailer: list[str] = []
+        self.whole = hashlib.sha256()  # the file's bytes: the signature's digest
+        self.count = 0
+        self.without_mpan = 0
+        self.digest = EMPTY_SHA256
+
+    def write(self, out: BinaryIO, records: Sequence[SuppressionRecord]) -> None:
+        """Write the whole CSV to ``out``."""
+        columns, cores, whole = self.profile.columns, self.cores, self.whole
+        data = hashlib.sha256()  # the data records' bytes: the TRAILER's digest
+
+        def put(chunk: bytes) -> None:
+            out.write(chunk)
+            whole.update(chunk)
+
+        put(_csv_bytes([self.header, list(columns)]))
+        batch: list[list[str]] = []
+        for index, record in enumerate(records):
+            core = cores.get(record.esme_id)
+            self.without_mpan += core is None
+            batch.append(_row(record, index, core, columns))
+            if len(batch) == _SLICE:
+                self._flush(batch, put, data)
+        self._flush(batch, put, data)
+        self.digest = data.hexdigest()
+        values = {
+            "records": str(self.count),
+            "sha256": self.digest,
+            "records_without_mpan": str(self.without_mpan),
+        }
+        self.trailer = [self.profile.trailer_tag, *(values[f] for f in self.profile.trailer)]
+        put(_csv_bytes([self.trailer]))
+
+    def _flush(self, batch: list[list[str]], put: Callable[[bytes], None], data: Any) -> None:
+        if not batch:
+            return
+        chunk = _csv_bytes(batch)
+        data.update(chunk)
+        put(chunk)
+        self.count += len(batch)
+        if self.keep_rows:
+            self.rows.extend(batch)
+        batch.clear()
 
 
 def by_distributor(
@@ -667,6 +724,12 @@ _EXCEL_EPOCH_MS: Final = -2_208_988_800_000  # 1900-01-01T00:00:00Z
 
 
 def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    _put_in_place(_temp_file(path, write), path)
+
+
+def _temp_file(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    # The file's bytes in a dot-named temporary beside it, flushed, mode set and fsynced;
+    # nothing is left behind if writing fails.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -674,6 +737,16 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
             out.flush()
             os.fchmod(out.fileno(), _FILE_MODE)
             os.fsync(out.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _put_in_place(tmp: str, path: Path) -> None:
+    # Renamed over the final name (atomic on POSIX), then the folder fsynced so that the
+    # rename survives a power cut.
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -41,6 +41,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from gateway.errors import GatewayError, StartupError, StartupReason
 
@@ -106,10 +107,12 @@ class Signer:
             raise SigningKeyError(f"an ECDSA key on {key.curve.name}, not P-256 (secp256r1)")
         self._key = key
         self._algorithm = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+        self._prehashed = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=True)
         try:
             key.sign(b"", self._algorithm)
         except UnsupportedAlgorithm:  # pragma: no cover - an OpenSSL before 3.2
             self._algorithm = ec.ECDSA(hashes.SHA256())
+            self._prehashed = ec.ECDSA(Prehashed(hashes.SHA256()))
 
     @classmethod
     def from_pem_file(cls, path: Path) -> Signer:
@@ -153,6 +156,11 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         """The DER ECDSA P-256 signature over SHA-256 of ``data`` (a ``.sig`` file's bytes)."""
         return self._key.sign(data, self._algorithm)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """As :meth:`sign`, given the SHA-256 of the data rather than the data (for a file
+        hashed as it was written): the same signature, byte for byte."""
+        return self._key.sign(digest, self._prehashed)
 
     def __repr__(self) -> str:
         return f"Signer(P-256, fingerprint {fingerprint(self.public_key)[:16]}...)"
