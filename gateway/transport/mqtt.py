@@ -573,15 +573,6 @@ class _Link(asyncio.Protocol):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._run_task
 
-    def stop(self) -> None:
-        """Stop reconnecting, at once (a fenced leader): the current connection, if any,
-        is dropped without a DISCONNECT."""
-        self._closing = True
-        if self._run_task is not None and not self._run_task.done():
-            self._run_task.cancel()
-        if self._transport is not None:
-            self._transport.abort()
-
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
