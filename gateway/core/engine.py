@@ -111,8 +111,10 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dedupe_ms: int = 120 * MINUTE_MS
     # Bound on remembered alert ids, so a backlog of a million alerts cannot grow memory
     # without limit; the oldest are forgotten first. QoS 1 redeliveries come within
-    # seconds of a reconnect, far inside either bound.
-    dedupe_max: int = 200_000
+    # seconds of a reconnect, far inside either bound: at most receive_maximum (4,000)
+    # messages are unacknowledged at once. 50,000 (about 15 MB) rather than 200,000: the
+    # memo was a third of the daemon's memory draining a backlog (docs/decisions.md D13).
+    dedupe_max: int = 50_000
     # How long an ended window is still kept to judge late-arriving alerts: an AD1 raised
     # inside a window is firmware-caused however late it is delivered (a backlog, a
     # broker outage). It no longer counts as active after its end.
@@ -146,7 +148,7 @@ _REC = struct.Struct("<8sHQqqqB")
 _REC_SIZE = _REC.size
 _F_FUTURE = 0x01
 # A decision packed into bytes (pack_decision): the engine's in-memory memo. It
-# remembers up to dedupe_max (200,000) of them, about 200 bytes each with the key and the
+# remembers up to dedupe_max (50,000) of them, about 300 bytes each with the key and the
 # dict slot (600 as objects; docs/decisions.md D21). The state store's decisions row has
 # its own encoder (gateway/state/sqlite.py), the same bytes today; changing one is not a change
 # of the other.
