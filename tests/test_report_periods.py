@@ -19,7 +19,6 @@ import pytest_asyncio
 
 from gateway import wire
 from gateway.config import load_config
-from gateway.core.devices import DeviceRecord, DeviceStatus, DeviceType
 from gateway.core.mpan import GB_AREAS
 from gateway.logs import JsonLog
 from gateway.metrics import Metrics
@@ -31,6 +30,7 @@ from gateway.state.sqlite import Store
 from gateway.transport.protocol import DeliveryHandler, EventSink, Transport
 
 from .e2e_support import CHF, ESME, Home, cs06
+from .test_inventory import esme
 from .test_shell import FakeDelivery, FakeTransport, settle
 
 pytestmark = pytest.mark.asyncio
@@ -215,18 +215,7 @@ async def test_a_period_past_max_records_is_split_into_numbered_parts(
 def give_mpan(home: Home, mpan: str) -> None:
     """Record the test meter's MPAN in the home's inventory (as an import would)."""
     with Inventory.open(home.root / "inventory.sqlite") as inventory:
-        inventory.upsert(
-            DeviceRecord(
-                device_id=ESME,
-                device_type=DeviceType.ESME,
-                smets=2,
-                manufacturer="Landis+Gyr",
-                status=DeviceStatus.COMMISSIONED,
-                chf_id=CHF,
-                mpan=mpan,
-            ),
-            1,
-        )
+        inventory.upsert(esme(ESME, CHF, mpan=mpan), 1)
 
 
 async def test_records_carry_the_mpan_and_distributor_the_inventory_holds_at_writing(

@@ -4,17 +4,14 @@ distributors' files, and the layout as a declared profile changeable without cod
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 from pathlib import Path
-from typing import cast
 
 import msgspec
 import pytest
 
-from gateway.cli.report import add_parser
 from gateway.core.mpan import GB_AREAS
 from gateway.exits import Exit
 from gateway.reports.files import (
@@ -33,7 +30,7 @@ from gateway.reports.profile import (
     load_profile,
 )
 
-from .test_reports import END, ESME, MPAN, START, SUPPLIER, record
+from .test_reports import END, ESME, MPAN, START, SUPPLIER, _cli, record
 
 OTHER_ESME = bytes.fromhex("00DB1234567890B0")
 OTHER_MPAN = "2312345678900"  # Yorkshire (NPg)
@@ -260,13 +257,6 @@ def test_an_unknown_profile_name_or_unreadable_file_is_refused(tmp_path: Path) -
     (tmp_path / "bad.toml").write_text("name = [")
     with pytest.raises(ProfileError, match="invalid TOML"):
         load_profile(str(tmp_path / "bad.toml"))
-
-
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="poa-gateway")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return cast("int", args.handler(args))
 
 
 def test_report_verify_refuses_a_bad_profile_option(

@@ -30,7 +30,7 @@ from gateway.transport.session import (
     TimedOut,
     Waited,
 )
-from tests.test_session import SessionAgainstModel
+from tests.test_session import SessionAgainstModel, publishes
 
 QOS1 = mqtt5.QoS.AT_LEAST_ONCE
 PINGRESP = b"\xd0\x00"  # 3.13
@@ -152,10 +152,6 @@ def packets4(data: bytes) -> list[mqtt5.Packet]:
 
 def sent(session: MqttSession) -> list[mqtt5.Packet]:
     return packets4(session.data_to_send())
-
-
-def publishes(items: list[mqtt5.Packet]) -> list[mqtt5.PublishPacket]:
-    return [p for p in items if isinstance(p, mqtt5.PublishPacket)]
 
 
 def session4(

@@ -1031,6 +1031,26 @@ def _is_trailer(record: _Record, tag: str) -> bool:
     return bool(record.fields) and record.fields is not None and record.fields[0] == tag
 
 
+def _named(
+    fields: list[str],
+    names: tuple[str, ...],
+    problems: _Problems,
+    *,
+    tag: str,
+    line: int,
+    profile: str,
+) -> dict[str, str] | None:
+    # A HEADER or TRAILER record's fields by the profile's names, or None (said why).
+    if len(fields) != len(names) + 1:
+        problems.add(
+            line,
+            f"{tag} has {len(fields)} fields, expected {len(names) + 1}: "
+            f"{', '.join((tag, *names))} (profile {profile!r})",
+        )
+        return None
+    return dict(zip(names, fields[1:], strict=True))
+
+
 def _check_header(
     record: _Record, profile: ReportProfile, problems: _Problems
 ) -> dict[str, str] | None:
@@ -1041,14 +1061,9 @@ def _check_header(
         found = _shown(fields[0]) if fields else "an empty line"
         problems.add(line, f"expected a {tag} record, found {found}")
         return None
-    if len(fields) != len(profile.header) + 1:
-        problems.add(
-            line,
-            f"{tag} has {len(fields)} fields, expected {len(profile.header) + 1}: "
-            f"{', '.join((tag, *profile.header))} (profile {profile.name!r})",
-        )
+    values = _named(fields, profile.header, problems, tag=tag, line=line, profile=profile.name)
+    if values is None:
         return None
-    values = dict(zip(profile.header, fields[1:], strict=True))
     ok = True
 
     def bad(name: str, detail: str) -> None:
@@ -1097,14 +1112,9 @@ def _check_trailer(
     found = len(body)
     fields, line, tag = trailer.fields, trailer.first_line, profile.trailer_tag
     assert fields is not None
-    if len(fields) != len(profile.trailer) + 1:
-        problems.add(
-            line,
-            f"{tag} has {len(fields)} fields, expected {len(profile.trailer) + 1}: "
-            f"{', '.join((tag, *profile.trailer))}",
-        )
+    values = _named(fields, profile.trailer, problems, tag=tag, line=line, profile=profile.name)
+    if values is None:
         return None
-    values = dict(zip(profile.trailer, fields[1:], strict=True))
     count_text, claimed = values["records"], values["sha256"]
     if not (count_text.isascii() and count_text.isdigit()):
         problems.add(line, f"{tag}: record count {_shown(count_text)} is not a number")
