@@ -290,6 +290,7 @@ class _Link(asyncio.Protocol):
         self._ended: str | None = None  # why the current connection ended, when known
         self._refused_now = False  # the current attempt's CONNACK was a refusal
         self._run_task: asyncio.Task[None] | None = None
+        self._handshaking = False  # the socket is open, the TLS handshake not done
         self._attempt = 0
         self._closing = False
         self._resync_generation = -1
@@ -334,24 +335,54 @@ class _Link(asyncio.Protocol):
             self._lost = self._loop.create_future()
             self._ended = None
             self._refused_now = False
+            context = self._ssl()
+            self._handshaking = context is not None
             try:
-                await self._loop.create_connection(
-                    lambda: self,
-                    s.host,
-                    s.port,
-                    ssl=self._ssl(),
-                    server_hostname=s.host if s.tls else None,
-                )
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                raw, _ = await self._loop.create_connection(lambda: self, s.host, s.port)
+            except (OSError, TimeoutError) as exc:
                 if self._closing:
                     return
                 self.failed_attempt("cannot-connect", detail=_describe(exc))
+                await asyncio.sleep(self._retry_delay)
+                continue
+            if context is not None and not await self._secure(raw, context):
                 await asyncio.sleep(self._retry_delay)
                 continue
             await self._lost
             if self._closing or self.failure is not None:
                 return
             await asyncio.sleep(self._retry_delay)
+
+    async def _secure(self, raw: asyncio.BaseTransport, context: ssl.SSLContext) -> bool:
+        """The TLS handshake on the open socket, then the session's CONNECT. Done here
+        rather than by ``create_connection(ssl=...)``: when a handshake fails that way,
+        asyncio leaves the plain socket open (CPython 3.11), one more per reconnect to a
+        broker whose certificate is not trusted; here it is closed."""
+        transport = cast("asyncio.Transport", raw)
+        try:
+            secured = await self._loop.start_tls(
+                transport,
+                self,
+                context,
+                server_hostname=self._settings.host,
+                ssl_handshake_timeout=self._settings.connect_timeout_s,
+            )
+        except BaseException as exc:
+            transport.abort()
+            self._transport = None
+            self._handshaking = False
+            if isinstance(exc, Exception) and not self._closing:
+                self.failed_attempt("tls-failed", detail=_describe(exc))
+                return False
+            raise
+        self._handshaking = False
+        if secured is None:  # closed during the handshake
+            transport.abort()
+            self._transport = None
+            self.failed_attempt("tls-failed", detail="the connection closed")
+            return False
+        self._begin(secured)
+        return True
 
     def _ssl(self) -> ssl.SSLContext | None:
         s = self._settings
@@ -385,10 +416,16 @@ class _Link(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """The socket is open: the session writes its CONNECT."""
+        """The socket is open: the session writes its CONNECT (after the TLS handshake,
+        with TLS: :meth:`_secure`)."""
         # A stream transport (uvloop's is not an asyncio.Transport subclass, but has its
         # methods).
         self._transport = cast("asyncio.Transport", transport)
+        if not self._handshaking:
+            self._begin(self._transport)
+
+    def _begin(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
         self._reading = True
         self.session.connect(self._loop.time())
         self._flush()
@@ -558,6 +595,10 @@ class _Link(asyncio.Protocol):
         self._closing = True
         if self._run_task is not None and not self._run_task.done():
             self._run_task.cancel()
+            # First the connection loop ends: a connection it was opening may come up
+            # meanwhile (its transport is then ours to close, below).
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run_task
         if self._transport is not None:
             lost = self._lost
             self.session.disconnect()
@@ -569,9 +610,6 @@ class _Link(asyncio.Protocol):
                 except TimeoutError:
                     if self._transport is not None:
                         self._transport.abort()
-        if self._run_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._run_task
 
 
 def _describe(exc: BaseException) -> str:
