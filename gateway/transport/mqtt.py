@@ -348,7 +348,9 @@ class _Link(asyncio.Protocol):
             if context is not None and not await self._secure(raw, context):
                 await asyncio.sleep(self._retry_delay)
                 continue
-            await self._lost
+            # Shielded: close() cancels this loop, and then waits on the same future for
+            # the connection's end.
+            await asyncio.shield(self._lost)
             if self._closing or self.failure is not None:
                 return
             await asyncio.sleep(self._retry_delay)
