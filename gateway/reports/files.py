@@ -360,7 +360,8 @@ def write_report(
             not a valid core, a distributor that is not two digits) or a record that
             cannot be written (a wrong-length EUI-64, a value over
             :data:`MAX_FIELD_CHARS`, a time beyond 2**64 - 1 ms ...); the message names
-            the record by position and alert id. Nothing is written.
+            the record by position and alert id. Nothing is written (the outbox folder
+            may have been created: the CSV is streamed to a temporary file there).
         OSError: the outbox cannot be written. No temporary file is left behind and no
             CSV appears under the report's name (an ``.xlsx`` copy already put in place
             stays; the re-run replaces it).

@@ -122,13 +122,7 @@ class Signer:
             SigningKeyError: the file cannot be read, is not such a key, is encrypted,
                 or is not ECDSA P-256.
         """
-        try:
-            with path.open("rb") as file:
-                pem = file.read(_MAX_KEY_BYTES + 1)
-        except OSError as exc:
-            raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        if len(pem) > _MAX_KEY_BYTES:
-            raise SigningKeyError(f"{path}: over {_MAX_KEY_BYTES} bytes: not a PEM private key")
+        pem = _read_pem(path, "private key")
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except TypeError:
@@ -166,19 +160,26 @@ class Signer:
         return f"Signer(P-256, fingerprint {fingerprint(self.public_key)[:16]}...)"
 
 
-def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    """The DSP's public key from a PEM file: a ``PUBLIC KEY`` or a ``CERTIFICATE``.
-
-    Raises:
-        SigningKeyError: the file cannot be read or holds no P-256 public key.
-    """
+def _read_pem(path: Path, what: str) -> bytes:
+    # A key file's bytes, read no further than a key can be: a file named by mistake
+    # (a log, a device) is refused without being read whole.
     try:
         with path.open("rb") as file:
             pem = file.read(_MAX_KEY_BYTES + 1)
     except OSError as exc:
         raise SigningKeyError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(pem) > _MAX_KEY_BYTES:
-        raise SigningKeyError(f"{path}: over {_MAX_KEY_BYTES} bytes: not a PEM public key")
+        raise SigningKeyError(f"{path}: over {_MAX_KEY_BYTES} bytes: not a PEM {what}")
+    return pem
+
+
+def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """The DSP's public key from a PEM file: a ``PUBLIC KEY`` or a ``CERTIFICATE``.
+
+    Raises:
+        SigningKeyError: the file cannot be read or holds no P-256 public key.
+    """
+    pem = _read_pem(path, "public key")
     key: object
     try:
         if b"-----BEGIN CERTIFICATE-----" in pem:

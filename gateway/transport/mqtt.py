@@ -292,6 +292,7 @@ class _Link(asyncio.Protocol):
         self._run_task: asyncio.Task[None] | None = None
         self._handshaking = False  # the socket is open, the TLS handshake not done
         self._attempt = 0
+        self._retry_delay = 0.0  # drawn per failed attempt or lost connection
         self._closing = False
         self._resync_generation = -1
         self.generation = 0  # accepted connections so far
@@ -400,8 +401,6 @@ class _Link(asyncio.Protocol):
         ceiling = min(s.reconnect_max_s, s.reconnect_min_s * (2**self._attempt))
         self._attempt = min(self._attempt + 1, 32)
         return random.uniform(s.reconnect_min_s, max(ceiling, s.reconnect_min_s))  # noqa: S311
-
-    _retry_delay: float = 0.0
 
     def failed_attempt(self, reason: str, **fields: Any) -> None:
         # Drawn per failed attempt, so that the backoff grows with each, not only with
